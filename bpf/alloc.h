@@ -1,0 +1,141 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Copyright (c) 2026 The udstrace Authors */
+/*
+ * libc allocator uprobes. One entry program for the whole malloc family (the
+ * attach cookie says which function), one return program, one for free.
+ * Only the outermost allocator call of a thread is reported: glibc's
+ * realloc(NULL, n) calls malloc, memalign calls malloc, realloc(p, 0) calls
+ * free, and those inner calls are the same allocation, not new ones.
+ */
+#pragma once
+
+#include "stack.h"
+
+struct call_state {
+	u64 size;
+	u64 old_addr;
+	u64 memptr; /* posix_memalign's result pointer */
+	u64 sp;     /* stack pointer at entry: nested calls run below it */
+	u8 kind;
+	u8 depth;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, u32); /* tid */
+	__type(value, struct call_state);
+} inflight SEC(".maps");
+
+/* in_allocator returns the kind of the allocator call tid is inside, K_NONE if none. */
+static __always_inline u8 in_allocator(u32 tid, u64 sp)
+{
+	struct call_state *st = bpf_map_lookup_elem(&inflight, &tid);
+	if (st && st->depth && (sp == 0 || sp <= st->sp))
+		return st->kind;
+	return K_NONE;
+}
+
+SEC("uprobe")
+int alloc_enter(struct pt_regs *ctx)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tid = (u32)pid_tgid;
+	if (!traced(pid_tgid >> 32))
+		return 0;
+	u64 sp = ctx->sp;
+	struct call_state *cur = bpf_map_lookup_elem(&inflight, &tid);
+	if (cur && cur->depth) {
+		if (sp <= cur->sp) { /* <=: glibc tail-calls malloc from realloc(NULL, n) */
+			if (cur->depth < 255)
+				cur->depth++;
+			return 0;
+		}
+		count_lost(LOST_STALE); /* a return we never saw: start afresh */
+	}
+
+	u8 kind = bpf_get_attach_cookie(ctx);
+	u64 a = ctx->di, b = ctx->si, c = ctx->dx;
+	struct call_state st = { .sp = sp, .kind = kind, .depth = 1 };
+	switch (kind) {
+	case K_CALLOC:
+		st.size = a * b;
+		break;
+	case K_REALLOC:
+		st.old_addr = a;
+		st.size = b;
+		break;
+	case K_REALLOCARRAY:
+		st.old_addr = a;
+		st.size = b * c;
+		break;
+	case K_POSIX_MEMALIGN:
+		st.memptr = a;
+		st.size = c;
+		break;
+	case K_ALIGNED_ALLOC:
+	case K_MEMALIGN:
+		st.size = b;
+		break;
+	default: /* malloc, valloc, pvalloc */
+		st.size = a;
+	}
+	if (bpf_map_update_elem(&inflight, &tid, &st, BPF_ANY))
+		count_lost(LOST_INFLIGHT);
+	return 0;
+}
+
+SEC("uretprobe")
+int alloc_return(struct pt_regs *ctx)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tid = (u32)pid_tgid;
+	struct call_state *cur = bpf_map_lookup_elem(&inflight, &tid);
+	if (!cur || !cur->depth)
+		return 0;
+	if (cur->depth > 1) {
+		cur->depth--;
+		return 0;
+	}
+	struct call_state st = *cur;
+	bpf_map_delete_elem(&inflight, &tid);
+
+	struct scratch *s = new_event(st.kind, pid_tgid);
+	if (!s)
+		return 0;
+	u64 ret = ctx->ax;
+	s->ev.size = st.size;
+	s->ev.old_addr = st.old_addr;
+	if (st.kind == K_POSIX_MEMALIGN) {
+		if ((int)ret == 0)
+			bpf_probe_read_user(&s->ev.addr, sizeof(s->ev.addr), (void *)st.memptr);
+		else
+			s->ev.flags |= F_FAILED;
+	} else {
+		s->ev.addr = ret;
+		bool frees = (st.kind == K_REALLOC || st.kind == K_REALLOCARRAY) && st.old_addr && st.size == 0;
+		if (!ret && !frees)
+			s->ev.flags |= F_FAILED;
+	}
+	/* At a return probe ip is already the caller's return address: the direct caller is frame 0. */
+	capture_stack(ctx, s, ctx->ip, ctx->sp, ctx->bp);
+	submit(s);
+	return 0;
+}
+
+SEC("uprobe")
+int free_enter(struct pt_regs *ctx)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u64 ptr = ctx->di;
+	if (!ptr || !traced(pid_tgid >> 32))
+		return 0;
+	if (in_allocator((u32)pid_tgid, ctx->sp) != K_NONE)
+		return 0; /* realloc(p, 0) freeing p: reported by realloc's return */
+	struct scratch *s = new_event(K_FREE, pid_tgid);
+	if (!s)
+		return 0;
+	s->ev.addr = ptr;
+	submit(s);
+	return 0;
+}

@@ -1,0 +1,163 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Copyright (c) 2026 The udstrace Authors */
+/*
+ * Memory requested from the kernel: mmap, munmap, mremap and brk, seen at
+ * syscall entry (the request) and exit (the result). A request made while
+ * the thread is inside a traced allocator call is tagged with that call's
+ * kind: it is malloc's own doing, not a second allocation by the program.
+ */
+#pragma once
+
+#include "alloc.h"
+
+#define PROT_EXEC 0x4
+
+struct sys_state {
+	u64 args[6];
+	u64 brk_before;
+	u8 kind;
+	u8 inside;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, u32); /* tid */
+	__type(value, struct sys_state);
+} sysinflight SEC(".maps");
+
+static __always_inline int sys_enter(struct trace_event_raw_sys_enter *ctx, u8 kind)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tid = (u32)pid_tgid;
+	if (!traced(pid_tgid >> 32))
+		return 0;
+	struct sys_state st = { .kind = kind };
+	/*
+	 * Read only the arguments this syscall has: the kernel refuses to attach a
+	 * program that reads past its tracepoint's record. kind is a constant here,
+	 * so each program keeps just its own branch.
+	 */
+	st.args[0] = ctx->args[0];
+	if (kind == K_MMAP || kind == K_MUNMAP || kind == K_MREMAP)
+		st.args[1] = ctx->args[1];
+	if (kind == K_MMAP || kind == K_MREMAP) {
+		st.args[2] = ctx->args[2];
+		st.args[3] = ctx->args[3];
+		st.args[4] = ctx->args[4];
+	}
+	if (kind == K_MMAP)
+		st.args[5] = ctx->args[5];
+	st.inside = in_allocator(tid, 0);
+	if (kind == K_BRK) {
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+		st.brk_before = BPF_CORE_READ(task, mm, brk);
+	}
+	if (bpf_map_update_elem(&sysinflight, &tid, &st, BPF_ANY))
+		count_lost(LOST_INFLIGHT);
+	return 0;
+}
+
+/* emit_map tells user space which file an executable mapping shows, for symbols after the process is gone. */
+static __always_inline void emit_map(u32 pid, u64 addr, u64 len, u64 pgoff, s32 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (fd < 0 || (u32)fd >= BPF_CORE_READ(fdt, max_fds))
+		return;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = 0;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	if (!f)
+		return;
+	struct proc_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count_lost(LOST_RINGBUF);
+		return;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->type = EV_MAP;
+	ev->pid = pid;
+	ev->ts = bpf_ktime_get_ns();
+	ev->addr = addr;
+	ev->len = len;
+	ev->pgoff = pgoff;
+	ev->ino = BPF_CORE_READ(f, f_inode, i_ino);
+	ev->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+	const unsigned char *name = BPF_CORE_READ(f, f_path.dentry, d_name.name);
+	bpf_probe_read_kernel_str(ev->name, sizeof(ev->name), name);
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	bpf_ringbuf_submit(ev, 0);
+}
+
+static __always_inline int sys_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	u32 tid = (u32)pid_tgid;
+	struct sys_state *p = bpf_map_lookup_elem(&sysinflight, &tid);
+	if (!p)
+		return 0;
+	struct sys_state st = *p;
+	bpf_map_delete_elem(&sysinflight, &tid);
+
+	long ret = ctx->ret;
+	bool failed = ret < 0 && ret > -4096;
+	struct scratch *s = new_event(st.kind, pid_tgid);
+	if (!s)
+		return 0;
+	s->ev.inside = st.inside;
+	switch (st.kind) {
+	case K_MMAP:
+		s->ev.size = st.args[1];
+		s->ev.addr = failed ? 0 : ret;
+		s->ev.aux = st.args[2] << 32 | (u32)st.args[3];
+		s->ev.fd = (s32)st.args[4];
+		break;
+	case K_MUNMAP:
+		s->ev.addr = st.args[0];
+		s->ev.size = st.args[1];
+		failed = ret != 0;
+		break;
+	case K_MREMAP:
+		s->ev.old_addr = st.args[0];
+		s->ev.old_size = st.args[1];
+		s->ev.size = st.args[2];
+		s->ev.addr = failed ? 0 : ret;
+		break;
+	case K_BRK:
+		/* brk returns the new break; the old one was read at entry. size is the signed growth. */
+		s->ev.old_addr = st.brk_before;
+		s->ev.addr = ret;
+		s->ev.size = (u64)ret - st.brk_before;
+		failed = st.args[0] && (u64)ret != st.args[0];
+		break;
+	}
+	if (failed)
+		s->ev.flags |= F_FAILED;
+	if (st.inside == K_NONE) {
+		u64 ip, sp, bp;
+		user_regs(&ip, &sp, &bp);
+		capture_stack(ctx, s, ip, sp, bp);
+	}
+	submit(s);
+	if (st.kind == K_MMAP && !failed && (st.args[2] & PROT_EXEC))
+		emit_map(pid_tgid >> 32, ret, st.args[1], st.args[5], (s32)st.args[4]);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_mmap")
+int mmap_enter(struct trace_event_raw_sys_enter *ctx) { return sys_enter(ctx, K_MMAP); }
+SEC("tracepoint/syscalls/sys_exit_mmap")
+int mmap_exit(struct trace_event_raw_sys_exit *ctx) { return sys_exit(ctx); }
+SEC("tracepoint/syscalls/sys_enter_munmap")
+int munmap_enter(struct trace_event_raw_sys_enter *ctx) { return sys_enter(ctx, K_MUNMAP); }
+SEC("tracepoint/syscalls/sys_exit_munmap")
+int munmap_exit(struct trace_event_raw_sys_exit *ctx) { return sys_exit(ctx); }
+SEC("tracepoint/syscalls/sys_enter_mremap")
+int mremap_enter(struct trace_event_raw_sys_enter *ctx) { return sys_enter(ctx, K_MREMAP); }
+SEC("tracepoint/syscalls/sys_exit_mremap")
+int mremap_exit(struct trace_event_raw_sys_exit *ctx) { return sys_exit(ctx); }
+SEC("tracepoint/syscalls/sys_enter_brk")
+int brk_enter(struct trace_event_raw_sys_enter *ctx) { return sys_enter(ctx, K_BRK); }
+SEC("tracepoint/syscalls/sys_exit_brk")
+int brk_exit(struct trace_event_raw_sys_exit *ctx) { return sys_exit(ctx); }

@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Copyright (c) 2026 The udstrace Authors */
+/*
+ * Process life cycle: exec (what runs and where it is loaded), fork (who
+ * follows whom into the trace), exit (status, socket counts, and cleanup of
+ * per-thread state so a thread that dies inside malloc leaves nothing behind).
+ */
+#pragma once
+
+#include "memsys.h"
+
+#define AT_NULL 0
+#define AT_BASE 7
+
+static __always_inline struct proc_event *new_proc_event(u8 type, u32 pid)
+{
+	struct proc_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count_lost(LOST_RINGBUF);
+		return 0;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->type = type;
+	ev->pid = pid;
+	ev->ts = bpf_ktime_get_ns();
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	return ev;
+}
+
+SEC("tp_btf/sched_process_exec")
+int on_exec(u64 *ctx)
+{
+	struct task_struct *p = (struct task_struct *)ctx[0];
+	struct linux_binprm *bprm = (struct linux_binprm *)ctx[2];
+	u32 tgid = BPF_CORE_READ(p, tgid);
+	u8 *state = bpf_map_lookup_elem(&targets, &tgid);
+	if (state && *state == T_PENDING_EXEC)
+		*state = T_TRACED; /* the command udstrace started is now itself */
+	if (!traced(tgid))
+		return 0;
+	struct proc_event *ev = new_proc_event(EV_EXEC, tgid);
+	if (!ev)
+		return 0;
+	ev->ppid = BPF_CORE_READ(p, real_parent, tgid);
+	struct mm_struct *mm = BPF_CORE_READ(p, mm);
+	ev->addr = BPF_CORE_READ(mm, start_code);
+	for (int i = 0; i < 27; i++) {
+		u64 pair[2];
+		if (bpf_probe_read_kernel(pair, sizeof(pair), &mm->saved_auxv[2 * i]))
+			break;
+		if (pair[0] == AT_NULL)
+			break;
+		if (pair[0] == AT_BASE) {
+			ev->len = pair[1];
+			break;
+		}
+	}
+	ev->ino = BPF_CORE_READ(bprm, file, f_inode, i_ino);
+	ev->dev = BPF_CORE_READ(bprm, file, f_inode, i_sb, s_dev);
+	bpf_probe_read_kernel_str(ev->name, sizeof(ev->name), BPF_CORE_READ(bprm, filename));
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int on_fork(u64 *ctx)
+{
+	struct task_struct *parent = (struct task_struct *)ctx[0];
+	struct task_struct *child = (struct task_struct *)ctx[1];
+	u32 ptgid = BPF_CORE_READ(parent, tgid);
+	u32 ctgid = BPF_CORE_READ(child, tgid);
+	if (ptgid == ctgid || !traced(ptgid))
+		return 0; /* a new thread, or a process outside the trace */
+	if (cfg_filter) {
+		if (!cfg_follow)
+			return 0;
+		u8 state = T_TRACED;
+		bpf_map_update_elem(&targets, &ctgid, &state, BPF_ANY);
+	}
+	struct proc_event *ev = new_proc_event(EV_FORK, ctgid);
+	if (!ev)
+		return 0;
+	ev->ppid = ptgid;
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int on_exit(u64 *ctx)
+{
+	struct task_struct *p = (struct task_struct *)ctx[0];
+	u32 tid = BPF_CORE_READ(p, pid);
+	u32 tgid = BPF_CORE_READ(p, tgid);
+	bpf_map_delete_elem(&inflight, &tid);
+	bpf_map_delete_elem(&sysinflight, &tid);
+	if (BPF_CORE_READ(p, signal, live.counter) != 0)
+		return 0; /* other threads live on */
+	bool was_traced = traced(tgid);
+	bpf_map_delete_elem(&targets, &tgid);
+	struct sock_stats *st = bpf_map_lookup_elem(&sockstats, &tgid);
+	if (was_traced) {
+		struct proc_event *ev = new_proc_event(EV_EXIT, tgid);
+		if (ev) {
+			ev->exit_code = BPF_CORE_READ(p, exit_code);
+			if (st)
+				ev->sock = *st;
+			bpf_ringbuf_submit(ev, 0);
+		}
+	}
+	if (st)
+		bpf_map_delete_elem(&sockstats, &tgid);
+	return 0;
+}

@@ -1,0 +1,19 @@
+//go:build ignore
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Copyright (c) 2026 The udstrace Authors */
+/*
+ * udstrace's BPF programs, one header per concern:
+ *   alloc.h    libc allocator uprobes (malloc family, free)
+ *   memsys.h   mmap/munmap/mremap/brk syscall tracepoints
+ *   sockets.h  AF_UNIX socket syscall counters
+ *   procs.h    exec/fork/exit: scope, mappings, cleanup
+ *   stack.h    user stacks and event output
+ */
+#include "procs.h"
+#include "sockets.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Referenced so their layouts reach BTF, from which bpf2go generates the Go types. */
+const struct alloc_event *unused_alloc_event __attribute__((unused));
+const struct proc_event *unused_proc_event __attribute__((unused));

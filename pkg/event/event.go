@@ -1,0 +1,152 @@
+// Package event is the tracer's decoded event model, shared by the loader and the report.
+package event
+
+// Kind names what a traced call or syscall was; allocator kinds are named after the libc function called.
+type Kind uint8
+
+const (
+	KindNone Kind = iota
+	Malloc
+	Calloc
+	Realloc
+	ReallocArray
+	Free
+	PosixMemalign
+	AlignedAlloc
+	Memalign
+	Valloc
+	Pvalloc
+	Mmap
+	Munmap
+	Mremap
+	Brk
+	kindCount
+)
+
+var kindNames = [...]string{
+	KindNone: "none", Malloc: "malloc", Calloc: "calloc", Realloc: "realloc",
+	ReallocArray: "reallocarray", Free: "free", PosixMemalign: "posix_memalign",
+	AlignedAlloc: "aligned_alloc", Memalign: "memalign", Valloc: "valloc", Pvalloc: "pvalloc",
+	Mmap: "mmap", Munmap: "munmap", Mremap: "mremap", Brk: "brk",
+}
+
+func (k Kind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return "unknown"
+}
+
+// KindByName maps a libc symbol name to its kind; ok is false for names udstrace does not probe.
+func KindByName(name string) (Kind, bool) {
+	for k, n := range kindNames {
+		if n == name && k != int(KindNone) {
+			return Kind(k), true
+		}
+	}
+	return KindNone, false
+}
+
+// IsHeap reports whether k is a malloc-family call (an allocation or a free made through libc).
+func (k Kind) IsHeap() bool { return k >= Malloc && k <= Pvalloc }
+
+// IsSyscall reports whether k is a memory request made to the kernel directly.
+func (k Kind) IsSyscall() bool { return k >= Mmap && k <= Brk }
+
+// Frame is one user-stack frame: a runtime address, and where it falls in a mapped file.
+type Frame struct {
+	Addr       uint64 // runtime address in the process
+	Module     string // path of the mapped file as the process saw it; "" when the address is in no file mapping
+	BuildID    string // hex GNU build-id of Module, when it has one
+	FileOffset uint64 // offset of Addr inside Module's file
+	ModuleKey  string // identity of the file (device:inode), stable across processes
+	Return     bool   // Addr is a return address: the call instruction is just before it
+}
+
+// Alloc is one allocator call, free or memory syscall made by a traced thread.
+type Alloc struct {
+	Time    uint64 // CLOCK_MONOTONIC ns
+	PID     uint32
+	TID     uint32
+	Comm    string
+	Kind    Kind
+	Size    uint64 // bytes asked (nmemb*size for calloc/reallocarray); for brk the growth in bytes (may be negative as two's complement: see Shrink)
+	Addr    uint64 // address returned (allocations), freed (free, munmap), or new address (mremap)
+	OldAddr uint64 // realloc's/mremap's old address
+	OldSize uint64 // mremap's old length
+	Failed  bool   // the call returned NULL / an error: nothing was allocated
+	Shrink  bool   // brk moved the break down, or munmap-like release
+	Inside  Kind   // not KindNone: made inside this allocator call (e.g. malloc's own mmap), not by the program itself
+	Flags   uint64 // mmap: prot<<32 | flags
+	FD      int32  // mmap: file descriptor (-1 for anonymous)
+	Stack   []Frame
+}
+
+// ProcKind says what happened to a process.
+type ProcKind uint8
+
+const (
+	ProcExec ProcKind = iota + 1
+	ProcFork
+	ProcExit
+)
+
+// Proc is a process life-cycle event.
+type Proc struct {
+	Time     uint64
+	Kind     ProcKind
+	PID      uint32
+	PPID     uint32 // ProcFork: the parent
+	Comm     string
+	Exe      string // ProcExec: the file executed
+	ExitCode int    // ProcExit: exit status as wait(2) encodes it (status<<8 | signal)
+}
+
+// SocketCall names the socket-path syscalls counted as evidence that the socket path ran.
+type SocketCall uint8
+
+const (
+	SockSocket SocketCall = iota
+	SockSocketpair
+	SockBind
+	SockListen
+	SockAccept
+	SockAccept4
+	SockConnect
+	SockRead
+	SockWrite
+	SockSendto
+	SockRecvfrom
+	SockSendmsg
+	SockRecvmsg
+	SockClose
+	SocketCallCount
+)
+
+var socketCallNames = [...]string{
+	"socket", "socketpair", "bind", "listen", "accept", "accept4", "connect",
+	"read", "write", "sendto", "recvfrom", "sendmsg", "recvmsg", "close",
+}
+
+func (s SocketCall) String() string {
+	if int(s) < len(socketCallNames) {
+		return socketCallNames[s]
+	}
+	return "unknown"
+}
+
+// SocketStats counts one process's syscalls on AF_UNIX sockets.
+type SocketStats struct {
+	PID       uint32
+	FirstTime uint64 // time of the first counted call; 0 when none
+	Counts    [SocketCallCount]uint64
+}
+
+// Total is the number of counted socket syscalls.
+func (s SocketStats) Total() uint64 {
+	var n uint64
+	for _, c := range s.Counts {
+		n += c
+	}
+	return n
+}

@@ -1,0 +1,167 @@
+package loader
+
+import (
+	"fmt"
+	"syscall"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// attachKernel attaches the syscall tracepoints and the process life-cycle hooks.
+func (t *Tracer) attachKernel() error {
+	o := &t.objs
+	tps := []struct {
+		name string
+		prog *ebpf.Program
+	}{
+		{"sys_enter_mmap", o.MmapEnter}, {"sys_exit_mmap", o.MmapExit},
+		{"sys_enter_munmap", o.MunmapEnter}, {"sys_exit_munmap", o.MunmapExit},
+		{"sys_enter_mremap", o.MremapEnter}, {"sys_exit_mremap", o.MremapExit},
+		{"sys_enter_brk", o.BrkEnter}, {"sys_exit_brk", o.BrkExit},
+		{"sys_enter_socket", o.SocketEnter}, {"sys_enter_socketpair", o.SocketpairEnter},
+		{"sys_enter_bind", o.BindEnter}, {"sys_enter_listen", o.ListenEnter},
+		{"sys_enter_accept", o.AcceptEnter}, {"sys_enter_accept4", o.Accept4Enter},
+		{"sys_enter_connect", o.ConnectEnter}, {"sys_enter_read", o.ReadEnter},
+		{"sys_enter_write", o.WriteEnter}, {"sys_enter_sendto", o.SendtoEnter},
+		{"sys_enter_recvfrom", o.RecvfromEnter}, {"sys_enter_sendmsg", o.SendmsgEnter},
+		{"sys_enter_recvmsg", o.RecvmsgEnter}, {"sys_enter_close", o.CloseEnter},
+	}
+	for _, tp := range tps {
+		l, err := link.Tracepoint("syscalls", tp.name, tp.prog, nil)
+		if err != nil {
+			return fmt.Errorf("attaching tracepoint syscalls/%s: %w", tp.name, err)
+		}
+		t.links = append(t.links, l)
+	}
+	for _, p := range []*ebpf.Program{o.OnExec, o.OnFork, o.OnExit} {
+		l, err := link.AttachTracing(link.TracingOptions{Program: p})
+		if err != nil {
+			return fmt.Errorf("attaching %s: %w", p, err)
+		}
+		t.links = append(t.links, l)
+	}
+	return nil
+}
+
+// FileKey identifies a file by device and inode, the way uprobes do.
+func FileKey(path string) (string, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%d:%d:%d", unixMajor(st.Dev), unixMinor(st.Dev), st.Ino), nil
+}
+
+func unixMajor(dev uint64) uint64 { return (dev >> 8) & 0xfff }
+func unixMinor(dev uint64) uint64 { return (dev & 0xff) | ((dev >> 12) & 0xfff00) }
+
+// AttachLibc places the allocator probes in one libc file; a file already attached is skipped.
+// It returns the probes so stacks can name the allocator frame.
+func (t *Tracer) AttachLibc(path string) ([]Probe, error) {
+	key, err := FileKey(path)
+	if err != nil {
+		return nil, fmt.Errorf("attaching to %s: %w", path, err)
+	}
+	if probes, ok := t.attached[key]; ok {
+		return probes, nil
+	}
+	probes, err := FindAllocator(path)
+	if err != nil {
+		return nil, err
+	}
+	ex, err := link.OpenExecutable(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s for uprobes: %w", path, err)
+	}
+	var allocOffs, allocCookies, freeOffs []uint64
+	for _, p := range probes {
+		if p.Kind.String() == "free" {
+			freeOffs = append(freeOffs, p.Offset)
+			continue
+		}
+		allocOffs = append(allocOffs, p.Offset)
+		allocCookies = append(allocCookies, uint64(p.Kind))
+	}
+	if len(freeOffs) == 0 {
+		return nil, fmt.Errorf("attaching to %s: no free symbol", path)
+	}
+	if err := t.placeProbes(ex, allocOffs, allocCookies, freeOffs); err != nil {
+		return nil, fmt.Errorf("attaching to %s: %w", path, err)
+	}
+	t.attached[key] = probes
+	t.libcPaths[key] = path
+	return probes, nil
+}
+
+func (t *Tracer) placeProbes(ex *link.Executable, allocOffs, cookies, freeOffs []uint64) error {
+	o := &t.objs
+	if t.multi {
+		steps := []func() (link.Link, error){
+			func() (link.Link, error) {
+				return ex.UprobeMulti(nil, o.AllocEnter, &link.UprobeMultiOptions{Addresses: allocOffs, Cookies: cookies})
+			},
+			func() (link.Link, error) {
+				return ex.UretprobeMulti(nil, o.AllocReturn, &link.UprobeMultiOptions{Addresses: allocOffs, Cookies: cookies})
+			},
+			func() (link.Link, error) {
+				return ex.UprobeMulti(nil, o.FreeEnter, &link.UprobeMultiOptions{Addresses: freeOffs})
+			},
+		}
+		for _, step := range steps {
+			l, err := step()
+			if err != nil {
+				return err
+			}
+			t.links = append(t.links, l)
+		}
+		return nil
+	}
+	for i, off := range allocOffs {
+		for _, ret := range []bool{false, true} {
+			opts := &link.UprobeOptions{Address: off, Cookie: cookies[i]}
+			var l link.Link
+			var err error
+			if ret {
+				l, err = ex.Uretprobe("", o.AllocReturn, opts)
+			} else {
+				l, err = ex.Uprobe("", o.AllocEnter, opts)
+			}
+			if err != nil {
+				return err
+			}
+			t.links = append(t.links, l)
+		}
+	}
+	for _, off := range freeOffs {
+		l, err := ex.Uprobe("", o.FreeEnter, &link.UprobeOptions{Address: off})
+		if err != nil {
+			return err
+		}
+		t.links = append(t.links, l)
+	}
+	return nil
+}
+
+// Attached reports the libc files probed so far, by identity.
+func (t *Tracer) Attached() map[string]string { return t.libcPaths }
+
+// AttachedProbes returns the probes placed in the libc with this identity.
+func (t *Tracer) AttachedProbes(key string) []Probe { return t.attached[key] }
+
+// AddTarget puts a process in scope; pending targets start being traced at their next exec.
+func (t *Tracer) AddTarget(pid int, pendingExec bool) error {
+	state := uint8(2)
+	if pendingExec {
+		state = 1
+	}
+	if err := t.objs.Targets.Put(uint32(pid), state); err != nil {
+		return fmt.Errorf("adding target %d: %w", pid, err)
+	}
+	return nil
+}
+
+// RemoveTarget takes a process out of scope (it never exec'd, or it is being dropped).
+func (t *Tracer) RemoveTarget(pid int) {
+	_ = t.objs.Targets.Delete(uint32(pid))
+}

@@ -1,0 +1,176 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+)
+
+// StackMode selects how user stacks are captured.
+type StackMode uint32
+
+const (
+	StackFP   StackMode = 0 // the kernel's frame-pointer walk: cheap, loses frames in code without frame pointers
+	StackCopy StackMode = 1 // a copy of the stack top, unwound in user space with CFI
+)
+
+// Config is fixed at load time (const volatile in the BPF programs).
+type Config struct {
+	Filter     bool      // trace only registered targets and their children
+	Follow     bool      // take in children of traced processes
+	StackMode  StackMode //
+	StackBytes uint32    // bytes of stack copied per event (StackCopy); a power of two ≤ 16384
+	RingBytes  uint32    // ring buffer size; a power of two, multiple of the page size
+	MaxThreads uint32    // per-thread call tables' capacity
+	Debug      bool      // keep the verifier's log in errors
+}
+
+// Tracer owns the loaded programs and every link attached to them.
+type Tracer struct {
+	objs       udstraceObjects
+	links      []link.Link
+	multi      bool
+	attached   map[string][]Probe // libc identity (dev:ino) -> probes placed in it
+	libcPaths  map[string]string
+	tracefsNew bool
+}
+
+// ErrVerifier wraps a program the kernel refused; the log is attached only in debug mode.
+var ErrVerifier = errors.New("kernel verifier rejected the BPF programs")
+
+// Load checks kernel features, loads the programs and attaches the kernel-side hooks.
+func Load(cfg Config) (*Tracer, error) {
+	if err := checkFeatures(); err != nil {
+		return nil, err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("removing memlock limit: %w", err)
+	}
+	mounted, err := ensureTracefs()
+	if err != nil {
+		return nil, err
+	}
+	spec, err := loadUdstrace()
+	if err != nil {
+		return nil, fmt.Errorf("reading embedded BPF object: %w", err)
+	}
+	if err := configure(spec, cfg); err != nil {
+		return nil, err
+	}
+	t := &Tracer{attached: map[string][]Probe{}, libcPaths: map[string]string{}, tracefsNew: mounted}
+	t.multi = features.HaveBPFLinkUprobeMulti() == nil
+	if t.multi {
+		for _, name := range []string{"alloc_enter", "alloc_return", "free_enter"} {
+			spec.Programs[name].AttachType = ebpf.AttachTraceUprobeMulti
+		}
+	}
+	opts := &ebpf.CollectionOptions{}
+	if cfg.Debug {
+		opts.Programs.LogLevel = ebpf.LogLevelBranch
+	}
+	if err := spec.LoadAndAssign(&t.objs, opts); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			if cfg.Debug {
+				return nil, fmt.Errorf("loading BPF programs: %w: %+v", ErrVerifier, ve)
+			}
+			return nil, fmt.Errorf("loading BPF programs: %w (run with --debug for the verifier log)", ErrVerifier)
+		}
+		return nil, fmt.Errorf("loading BPF programs: %w", err)
+	}
+	if err := t.attachKernel(); err != nil {
+		t.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+func configure(spec *ebpf.CollectionSpec, cfg Config) error {
+	if cfg.StackBytes == 0 {
+		cfg.StackBytes = 8192
+	}
+	if cfg.StackBytes > 16384 || cfg.StackBytes&(cfg.StackBytes-1) != 0 || cfg.StackBytes < 512 {
+		return fmt.Errorf("configuring stack copy: %d bytes is not a power of two in [512, 16384]", cfg.StackBytes)
+	}
+	vars := map[string]any{
+		"cfg_filter":      cfg.Filter,
+		"cfg_follow":      cfg.Follow,
+		"cfg_self_tgid":   uint32(os.Getpid()),
+		"cfg_stack_mode":  uint32(cfg.StackMode),
+		"cfg_stack_bytes": cfg.StackBytes,
+	}
+	for name, v := range vars {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("setting %s: %w", name, err)
+		}
+	}
+	if cfg.RingBytes != 0 {
+		spec.Maps["events"].MaxEntries = cfg.RingBytes
+	}
+	if cfg.MaxThreads != 0 {
+		for _, m := range []string{"inflight", "sysinflight"} {
+			spec.Maps[m].MaxEntries = cfg.MaxThreads
+		}
+	}
+	return nil
+}
+
+// ErrMissingFeature names a kernel capability udstrace cannot work without.
+var ErrMissingFeature = errors.New("kernel feature missing")
+
+func checkFeatures() error {
+	checks := []struct {
+		what string
+		err  error
+	}{
+		{"BTF (/sys/kernel/btf/vmlinux)", statErr("/sys/kernel/btf/vmlinux")},
+		{"ring buffer maps (needs ≥ 5.8)", features.HaveMapType(ebpf.RingBuf)},
+		{"uprobes (CONFIG_UPROBE_EVENTS)", statErr("/sys/bus/event_source/devices/uprobe")},
+	}
+	for _, c := range checks {
+		if errors.Is(c.err, ebpf.ErrNotSupported) || errors.Is(c.err, os.ErrNotExist) {
+			return fmt.Errorf("checking kernel: %w: %s", ErrMissingFeature, c.what)
+		}
+		if c.err != nil {
+			return fmt.Errorf("checking kernel for %s: %w", c.what, c.err)
+		}
+	}
+	return nil
+}
+
+func statErr(path string) error {
+	_, err := os.Stat(path)
+	return err
+}
+
+// ensureTracefs mounts tracefs when it is not, since syscall tracepoints are found through it.
+func ensureTracefs() (mounted bool, err error) {
+	const dir = "/sys/kernel/tracing"
+	if _, err := os.Stat(dir + "/events"); err == nil {
+		return false, nil
+	}
+	if _, err := os.Stat("/sys/kernel/debug/tracing/events"); err == nil {
+		return false, nil
+	}
+	if err := unix.Mount("tracefs", dir, "tracefs", 0, ""); err != nil {
+		return false, fmt.Errorf("mounting tracefs on %s: %w", dir, err)
+	}
+	return true, nil
+}
+
+// Close detaches every probe and frees the programs and maps, newest link first.
+func (t *Tracer) Close() error {
+	var errs []error
+	for i := len(t.links) - 1; i >= 0; i-- {
+		errs = append(errs, t.links[i].Close())
+	}
+	t.links = nil
+	errs = append(errs, t.objs.Close())
+	return errors.Join(errs...)
+}

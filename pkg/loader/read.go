@@ -1,0 +1,179 @@
+package loader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/udstrace/udstrace/pkg/event"
+)
+
+const (
+	evAlloc = 1 + iota
+	evExec
+	evFork
+	evExit
+	evMap
+)
+
+const (
+	flagFailed     = 1
+	flagStackFP    = 2
+	flagStackCopy  = 4
+	flagStackShort = 8
+)
+
+// RawStack is a user stack as captured in the kernel, before unwinding.
+type RawStack struct {
+	IP, SP, BP uint64
+	PCs        []uint64 // frame-pointer mode: the kernel's walk, innermost first
+	Copy       []byte   // copy mode: stack bytes from SP upward
+	Short      bool     // the copy was shortened to stay inside the stack
+}
+
+// Exec is a process's new image and where the kernel loaded it.
+type Exec struct {
+	event.Proc
+	StartCode  uint64 // start of the executable's text, for its load bias
+	InterpBase uint64 // where the dynamic loader was loaded (AT_BASE)
+	Dev        uint32 // kernel device encoding
+	Ino        uint64
+}
+
+// Mapping is an executable file mapping a traced process made with mmap.
+type Mapping struct {
+	PID              uint32
+	Addr, Len, Pgoff uint64
+	Dev              uint32
+	Ino              uint64
+	Name             string // last path component
+}
+
+// Handler receives events in ring-buffer order; it runs on the reading goroutine.
+type Handler interface {
+	Alloc(a *event.Alloc, stack *RawStack)
+	Exec(e *Exec)
+	Proc(p *event.Proc, sock *event.SocketStats)
+	Map(m *Mapping)
+}
+
+// Read delivers events until ctx is done, then drains what is left in the ring buffer and returns.
+func (t *Tracer) Read(ctx context.Context, h Handler) error {
+	rd, err := ringbuf.NewReader(t.objs.Events)
+	if err != nil {
+		return fmt.Errorf("opening ring buffer: %w", err)
+	}
+	defer rd.Close()
+	stop := context.AfterFunc(ctx, func() { rd.SetDeadline(time.Now()) })
+	defer stop()
+	var rec ringbuf.Record
+	draining := false
+	for {
+		err := rd.ReadInto(&rec)
+		switch {
+		case err == nil:
+			decode(rec.RawSample, h)
+		case errors.Is(err, ringbuf.ErrClosed):
+			return nil
+		case errors.Is(err, ringbuf.ErrFlushed), errors.Is(err, context.DeadlineExceeded), isDeadline(err):
+			if draining {
+				return nil
+			}
+			if ctx.Err() != nil {
+				draining = true
+				rd.SetDeadline(time.Now())
+			}
+		default:
+			return fmt.Errorf("reading ring buffer: %w", err)
+		}
+	}
+}
+
+func decode(raw []byte, h Handler) {
+	if len(raw) == 0 {
+		return
+	}
+	switch raw[0] {
+	case evAlloc:
+		decodeAlloc(raw, h)
+	case evExec, evFork, evExit, evMap:
+		decodeProc(raw, h)
+	}
+}
+
+func decodeAlloc(raw []byte, h Handler) {
+	const hdr = int(unsafe.Sizeof(udstraceAllocEvent{}))
+	if len(raw) < hdr {
+		return
+	}
+	ev := *(*udstraceAllocEvent)(unsafe.Pointer(&raw[0]))
+	a := &event.Alloc{
+		Time: ev.Ts, PID: ev.Pid, TID: ev.Tid, Comm: cString(ev.Comm[:]),
+		Kind: event.Kind(ev.Kind), Size: ev.Size, Addr: ev.Addr, OldAddr: ev.OldAddr,
+		OldSize: ev.OldSize, Failed: ev.Flags&flagFailed != 0, Inside: event.Kind(ev.Inside),
+		Flags: ev.Aux, FD: int32(ev.Fd),
+	}
+	if a.Kind == event.Brk && int64(a.Size) < 0 {
+		a.Shrink = true
+		a.Size = -a.Size
+	}
+	payload := raw[hdr:]
+	if n := int(ev.StackLen); n < len(payload) {
+		payload = payload[:n]
+	}
+	st := &RawStack{IP: ev.Ip, SP: ev.Sp, BP: ev.Bp, Short: ev.Flags&flagStackShort != 0}
+	switch {
+	case ev.Flags&flagStackFP != 0:
+		st.PCs = make([]uint64, len(payload)/8)
+		for i := range st.PCs {
+			st.PCs[i] = *(*uint64)(unsafe.Pointer(&payload[i*8]))
+		}
+	case ev.Flags&flagStackCopy != 0:
+		st.Copy = payload
+	}
+	h.Alloc(a, st)
+}
+
+func decodeProc(raw []byte, h Handler) {
+	if len(raw) < int(unsafe.Sizeof(udstraceProcEvent{})) {
+		return
+	}
+	ev := (*udstraceProcEvent)(unsafe.Pointer(&raw[0]))
+	p := event.Proc{Time: ev.Ts, PID: ev.Pid, PPID: ev.Ppid, Comm: cString(ev.Comm[:])}
+	switch ev.Type {
+	case evExec:
+		p.Kind, p.Exe = event.ProcExec, cString(ev.Name[:])
+		h.Exec(&Exec{Proc: p, StartCode: ev.Addr, InterpBase: ev.Len, Dev: ev.Dev, Ino: ev.Ino})
+	case evFork:
+		p.Kind = event.ProcFork
+		h.Proc(&p, nil)
+	case evExit:
+		p.Kind, p.ExitCode = event.ProcExit, int(ev.ExitCode)
+		h.Proc(&p, sockStats(ev.Pid, &ev.Sock))
+	case evMap:
+		h.Map(&Mapping{PID: ev.Pid, Addr: ev.Addr, Len: ev.Len, Pgoff: ev.Pgoff, Dev: ev.Dev, Ino: ev.Ino, Name: cString(ev.Name[:])})
+	}
+}
+
+func sockStats(pid uint32, s *udstraceSockStats) *event.SocketStats {
+	out := &event.SocketStats{PID: pid, FirstTime: s.FirstNs}
+	copy(out.Counts[:], s.Counts[:])
+	return out
+}
+
+func cString(b []int8) string {
+	n := 0
+	for n < len(b) && b[n] != 0 {
+		n++
+	}
+	out := make([]byte, n)
+	for i := range out {
+		out[i] = byte(b[i])
+	}
+	return string(out)
+}
+
+func isDeadline(err error) bool { return errors.Is(err, errDeadline) }

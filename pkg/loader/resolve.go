@@ -1,0 +1,109 @@
+package loader
+
+import (
+	"bufio"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// ErrStatic means the program has no dynamic libc whose allocator could be probed.
+var ErrStatic = errors.New("statically linked: no shared libc to probe")
+
+// ErrNoLibc means the program does not link a C library (a Go binary, for one).
+var ErrNoLibc = errors.New("does not link libc")
+
+var libDirs = []string{
+	"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib",
+	"/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
+}
+
+// ResolveLibc finds the libc a program will map when it runs, the way the dynamic loader
+// searches: RPATH/RUNPATH, LD_LIBRARY_PATH, then the system directories. Scripts are
+// followed to their interpreter.
+func ResolveLibc(program string) (string, error) {
+	for depth := 0; depth < 4; depth++ {
+		interp, err := shebang(program)
+		if err != nil {
+			return "", err
+		}
+		if interp == "" {
+			break
+		}
+		program = interp
+	}
+	f, err := elf.Open(program)
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", program, err)
+	}
+	defer f.Close()
+	hasInterp := false
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			hasInterp = true
+		}
+	}
+	needed, _ := f.ImportedLibraries()
+	if !hasInterp && len(needed) == 0 {
+		return "", fmt.Errorf("inspecting %s: %w", program, ErrStatic)
+	}
+	libc := ""
+	for _, n := range needed {
+		if strings.HasPrefix(n, "libc.so") || strings.HasPrefix(n, "libc.musl") {
+			libc = n
+		}
+	}
+	if libc == "" {
+		return "", fmt.Errorf("inspecting %s: %w", program, ErrNoLibc)
+	}
+	var dirs []string
+	origin := filepath.Dir(program)
+	for _, tag := range []elf.DynTag{elf.DT_RPATH, elf.DT_RUNPATH} {
+		vals, _ := f.DynString(tag)
+		for _, v := range vals {
+			for _, d := range strings.Split(v, ":") {
+				dirs = append(dirs, strings.ReplaceAll(strings.ReplaceAll(d, "${ORIGIN}", origin), "$ORIGIN", origin))
+			}
+		}
+	}
+	if lp := os.Getenv("LD_LIBRARY_PATH"); lp != "" {
+		dirs = append(dirs, strings.Split(lp, ":")...)
+	}
+	dirs = append(dirs, libDirs...)
+	for _, d := range dirs {
+		cand := filepath.Join(d, libc)
+		if sameClass(cand, f.Class, f.Machine) {
+			return filepath.EvalSymlinks(cand)
+		}
+	}
+	return "", fmt.Errorf("finding %s for %s: not in %s", libc, program, strings.Join(dirs, ":"))
+}
+
+func shebang(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", path, err)
+	}
+	defer f.Close()
+	line, _ := bufio.NewReader(f).ReadString('\n')
+	if !strings.HasPrefix(line, "#!") {
+		return "", nil
+	}
+	fields := strings.Fields(line[2:])
+	if len(fields) == 0 {
+		return "", nil
+	}
+	return fields[0], nil
+}
+
+func sameClass(path string, class elf.Class, machine elf.Machine) bool {
+	f, err := elf.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	return f.Class == class && f.Machine == machine
+}

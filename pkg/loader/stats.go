@@ -1,0 +1,49 @@
+package loader
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/udstrace/udstrace/pkg/event"
+)
+
+var errDeadline = os.ErrDeadlineExceeded
+
+// Lost is what the kernel side could not deliver or track, by reason.
+type Lost struct {
+	RingBuffer uint64 // events dropped: ring buffer full
+	Untracked  uint64 // calls not traced: per-thread table full
+	Stale      uint64 // call states discarded after a missed return
+	NoStack    uint64 // events delivered without a user stack
+}
+
+// Lost sums the per-CPU loss counters.
+func (t *Tracer) Lost() (Lost, error) {
+	var out Lost
+	dst := []*uint64{&out.RingBuffer, &out.Untracked, &out.Stale, &out.NoStack}
+	for i, p := range dst {
+		var perCPU []uint64
+		if err := t.objs.Lost.Lookup(uint32(i), &perCPU); err != nil {
+			return out, fmt.Errorf("reading loss counters: %w", err)
+		}
+		for _, n := range perCPU {
+			*p += n
+		}
+	}
+	return out, nil
+}
+
+// SocketStats returns the counters of processes that had not exited (exited ones came with their exit event).
+func (t *Tracer) SocketStats() ([]event.SocketStats, error) {
+	var out []event.SocketStats
+	var pid uint32
+	var st udstraceSockStats
+	it := t.objs.Sockstats.Iterate()
+	for it.Next(&pid, &st) {
+		out = append(out, *sockStats(pid, &st))
+	}
+	if err := it.Err(); err != nil {
+		return out, fmt.Errorf("reading socket counters: %w", err)
+	}
+	return out, nil
+}
