@@ -1,0 +1,262 @@
+package report
+
+import "github.com/udstrace/udstrace/pkg/event"
+
+// Builder accumulates events; it is not safe for concurrent use.
+type Builder struct {
+	opts  Options
+	procs []*proc          // every incarnation, in creation order
+	cur   map[uint32]*proc // pid -> latest incarnation
+	sites map[uint64]*site // stack hash -> chain of sites
+	order []*site          // sites in creation order (id-1)
+	last  *proc            // cache: consecutive events mostly come from one process
+}
+
+// proc is one process incarnation (a reused pid gets a new one).
+type proc struct {
+	idx        int
+	pid, ppid  uint32
+	comm, exe  string
+	exited     bool
+	exitCode   int
+	exitTime   uint64
+	heap       [kindSlots]CallCount
+	allocs     uint64 // site calls
+	allocBytes uint64
+	frees      uint64
+	unmatched  uint64
+	outCount   uint64
+	outBytes   uint64
+	mmapCalls  uint64
+	mmapBytes  uint64
+	mremap     uint64
+	mremapB    uint64
+	munmap     uint64
+	brkCalls   uint64
+	brkBytes   uint64
+	inside     [kindSlots]KernelReqs
+	live       map[uint64]block // heap blocks by address
+	regions    map[uint64]block // user mmap regions by start address
+	sock       event.SocketStats
+	hasSock    bool
+	// Allocation timeline kept until the first socket time is known, for verdict (b).
+	timeline    []tlEntry
+	overflow    map[*site]*agg // allocations past the timeline cap
+	overflowMin uint64
+	afterDone   bool // after holds the final per-site figures; no more timeline
+	afterApprox bool // overflow straddled the first socket time: after is an upper bound
+	after       map[*site]*agg
+}
+
+// block is a live heap block or mmap region; s is nil for blocks inherited across fork.
+type block struct {
+	s    *site
+	size uint64
+}
+
+type tlEntry struct {
+	t     uint64
+	s     *site
+	bytes uint64
+}
+
+type agg struct{ count, bytes uint64 }
+
+// site is a (process, kind, stack) triple; stack is the first event's, retained.
+type site struct {
+	id       int
+	p        *proc
+	kind     event.Kind
+	hash     uint64
+	next     *site // hash chain
+	stack    []event.Frame
+	count    uint64
+	failed   uint64
+	bytes    uint64
+	outCount uint64
+	outBytes uint64
+}
+
+// NewBuilder returns an empty Builder.
+func NewBuilder(opts Options) *Builder {
+	if opts.TopSites <= 0 {
+		opts.TopSites = 20
+	}
+	if opts.MaxTimeline <= 0 {
+		opts.MaxTimeline = 1 << 20
+	}
+	return &Builder{
+		opts:  opts,
+		cur:   make(map[uint32]*proc),
+		sites: make(map[uint64]*site),
+	}
+}
+
+// newProc starts a new incarnation of pid.
+func (b *Builder) newProc(pid uint32) *proc {
+	p := &proc{idx: len(b.procs), pid: pid}
+	b.procs = append(b.procs, p)
+	b.cur[pid] = p
+	b.last = p
+	return p
+}
+
+// procAt returns the incarnation of pid an event at time t belongs to.
+func (b *Builder) procAt(pid uint32, t uint64) *proc {
+	p := b.last
+	if p == nil || p.pid != pid {
+		p = b.cur[pid]
+	}
+	if p == nil || (p.exited && t > p.exitTime) {
+		p = b.newProc(pid) // pid reused after an exit we saw
+	}
+	b.last = p
+	return p
+}
+
+// Alloc records one allocator call or memory syscall; ev.Stack is retained.
+func (b *Builder) Alloc(ev *event.Alloc) {
+	p := b.procAt(ev.PID, ev.Time)
+	if ev.Comm != "" {
+		p.comm = ev.Comm
+	}
+	k := ev.Kind
+	if int(k) >= kindSlots || k == event.KindNone {
+		return
+	}
+	if ev.Inside != event.KindNone {
+		// The allocator's own request to the kernel: the user call was counted already.
+		slot := int(ev.Inside)
+		if slot >= kindSlots {
+			slot = 0 // an allocator kind we do not know: reported as "none"
+		}
+		in := &p.inside[slot]
+		in.Count++
+		if k != event.Munmap && !ev.Shrink && !ev.Failed && !(k == event.Brk && isShrink(ev.Size)) {
+			in.Bytes += ev.Size
+		}
+		return
+	}
+	switch k {
+	case event.Malloc, event.Calloc, event.Valloc, event.Pvalloc, event.Memalign, event.AlignedAlloc, event.PosixMemalign:
+		p.countHeap(ev)
+		s := b.call(p, ev)
+		if !ev.Failed && ev.Addr != 0 {
+			p.addBlock(&p.live, s, ev.Addr, ev.Size)
+		}
+	case event.Realloc, event.ReallocArray:
+		p.countHeap(ev)
+		s := b.call(p, ev)
+		switch {
+		case ev.OldAddr != 0 && ev.Size == 0 && ev.Addr == 0: // realloc(p, 0) freed p
+			p.frees++
+			p.release(p.live, ev.OldAddr, true)
+		case ev.Failed: // the old block stays
+		default:
+			if ev.OldAddr != 0 {
+				p.release(p.live, ev.OldAddr, false) // moved or resized in place
+			}
+			if ev.Addr != 0 {
+				p.addBlock(&p.live, s, ev.Addr, ev.Size)
+			}
+		}
+	case event.Free:
+		p.heap[k].Calls++
+		if ev.Addr != 0 {
+			p.frees++
+			p.release(p.live, ev.Addr, true)
+		}
+	case event.Mmap:
+		p.mmapCalls++
+		p.mmapBytes += ev.Size
+		s := b.call(p, ev)
+		if !ev.Failed {
+			p.addBlock(&p.regions, s, ev.Addr, ev.Size)
+		}
+	case event.Munmap:
+		p.munmap++
+		if !ev.Failed {
+			p.unmap(ev.Addr, ev.Size)
+		}
+	case event.Mremap:
+		p.mremap++
+		p.mremapB += ev.Size
+		s := b.call(p, ev)
+		if !ev.Failed {
+			p.release(p.regions, ev.OldAddr, false)
+			p.addBlock(&p.regions, s, ev.Addr, ev.Size)
+		}
+	case event.Brk:
+		p.brkCalls++
+		if ev.Shrink || ev.Size == 0 || isShrink(ev.Size) {
+			return // a query or a shrink: not an allocation
+		}
+		p.brkBytes += ev.Size
+		b.call(p, ev)
+	}
+}
+
+// isShrink catches a negative brk growth passed as two's complement.
+func isShrink(size uint64) bool { return int64(size) < 0 }
+
+func (p *proc) countHeap(ev *event.Alloc) {
+	c := &p.heap[ev.Kind]
+	c.Calls++
+	c.Bytes += ev.Size
+	if ev.Failed {
+		c.Failed++
+	}
+}
+
+// call counts one user allocation call at its site and returns the site.
+func (b *Builder) call(p *proc, ev *event.Alloc) *site {
+	s := b.site(p, ev.Kind, ev.Stack)
+	s.count++
+	s.bytes += ev.Size
+	if ev.Failed {
+		s.failed++
+	}
+	p.allocs++
+	p.allocBytes += ev.Size
+	p.note(s, ev.Time, ev.Size, b.opts.MaxTimeline)
+	return s
+}
+
+// note remembers an allocation's time for verdict (b) until the first socket time is known.
+func (p *proc) note(s *site, t, bytes uint64, maxTimeline int) {
+	if p.afterDone {
+		if p.hasSock && p.sock.FirstTime != 0 && t >= p.sock.FirstTime {
+			p.addAfter(s, bytes)
+		}
+		return
+	}
+	if len(p.timeline) < maxTimeline {
+		p.timeline = append(p.timeline, tlEntry{t, s, bytes})
+		return
+	}
+	if p.overflow == nil {
+		p.overflow = make(map[*site]*agg)
+		p.overflowMin = t
+	}
+	p.overflowMin = min(p.overflowMin, t)
+	a := p.overflow[s]
+	if a == nil {
+		a = &agg{}
+		p.overflow[s] = a
+	}
+	a.count++
+	a.bytes += bytes
+}
+
+func (p *proc) addAfter(s *site, bytes uint64) {
+	if p.after == nil {
+		p.after = make(map[*site]*agg)
+	}
+	a := p.after[s]
+	if a == nil {
+		a = &agg{}
+		p.after[s] = a
+	}
+	a.count++
+	a.bytes += bytes
+}

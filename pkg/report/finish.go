@@ -1,0 +1,207 @@
+package report
+
+import (
+	"cmp"
+	"fmt"
+	"path"
+	"slices"
+	"strconv"
+
+	"github.com/udstrace/udstrace/pkg/event"
+)
+
+// Finish symbolizes the stacks and builds the report; sym may be nil. The Builder is left unchanged.
+func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
+	r := &Report{
+		Schema:     Schema,
+		Command:    nonNil(meta.Command),
+		Mode:       meta.Mode,
+		StackMode:  meta.StackMode,
+		Start:      meta.Start,
+		End:        meta.End,
+		LostEvents: meta.Lost.RingBuffer + meta.Lost.Other,
+		LostDetail: LostDetail(meta.Lost),
+		Warnings:   append([]string{}, meta.Warnings...),
+		Processes:  []Process{},
+		Sites:      []Site{},
+		topSites:   b.opts.TopSites,
+	}
+	if !meta.Start.IsZero() && meta.End.After(meta.Start) {
+		r.DurationSeconds = meta.End.Sub(meta.Start).Seconds()
+	}
+
+	procs := slices.Clone(b.procs)
+	seen := make(map[uint32]bool, len(procs))
+	for _, p := range procs {
+		seen[p.pid] = true
+	}
+	for pid := range meta.Roles {
+		if !seen[pid] && meta.Roles[pid] != "" {
+			procs = append(procs, &proc{idx: len(procs), pid: pid}) // a workload process we saw nothing of
+		}
+	}
+	slices.SortFunc(procs, func(a, b *proc) int { return cmp.Or(cmp.Compare(a.pid, b.pid), cmp.Compare(a.idx, b.idx)) })
+	for _, p := range procs {
+		r.Processes = append(r.Processes, p.report(meta.Roles[p.pid]))
+	}
+
+	sc := &symCache{sym: sym, m: make(map[frameID][]SymFrame)}
+	stacks := make(map[*site][]StackFrame, len(b.order))
+	for _, s := range b.order {
+		st := sc.expand(s.stack)
+		stacks[s] = st
+		r.Sites = append(r.Sites, Site{
+			ID: s.id, PID: s.p.pid, Comm: s.p.comm, Kind: s.kind.String(),
+			Count: s.count, Failed: s.failed, Bytes: s.bytes,
+			OutstandingCount: s.outCount, OutstandingBytes: s.outBytes,
+			Stack: st,
+		})
+	}
+	slices.SortFunc(r.Sites, func(a, b Site) int {
+		return cmp.Or(cmp.Compare(b.Bytes, a.Bytes), cmp.Compare(b.Count, a.Count), cmp.Compare(a.ID, b.ID))
+	})
+
+	r.SocketPath = b.verdict(procs, meta.Roles, stacks, r.LostEvents)
+	for _, sp := range r.SocketPath.Processes {
+		if sp.AfterIsUpperBound {
+			r.Warnings = append(r.Warnings, fmt.Sprintf("pid %d: allocations after its first socket call are an upper bound (more than %d allocations before the counters arrived)", sp.PID, b.opts.MaxTimeline))
+		}
+	}
+	if sym == nil && len(b.order) > 0 {
+		r.Warnings = append(r.Warnings, "stacks were not symbolized")
+	}
+	return r
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+func (p *proc) report(role Role) Process {
+	out := Process{
+		PID: p.pid, PPID: p.ppid, Comm: p.comm, Exe: p.exe, Role: role, Exited: p.exited,
+		Allocations: p.allocs, AllocatedBytes: p.allocBytes,
+		HeapByKind: map[string]CallCount{}, Frees: p.frees, UnmatchedFrees: p.unmatched,
+		OutstandingCount: p.outCount, OutstandingBytes: p.outBytes,
+		MmapCalls: p.mmapCalls, MmapBytes: p.mmapBytes, MremapCalls: p.mremap, MremapBytes: p.mremapB,
+		MunmapCalls: p.munmap, BrkCalls: p.brkCalls, BrkBytes: p.brkBytes,
+		InsideAllocator:      map[string]KernelReqs{},
+		SocketSyscalls:       p.sock.Total(),
+		SocketSyscallsByName: socketNames(p.sock),
+	}
+	if p.exited {
+		if sig := p.exitCode & 0x7f; sig != 0 {
+			out.ExitSignal = sig // killed: no exit code
+		} else {
+			code := (p.exitCode >> 8) & 0xff
+			out.ExitCode = &code
+		}
+	}
+	for k := event.Malloc; k <= event.Pvalloc; k++ {
+		c := p.heap[k]
+		if c.Calls == 0 {
+			continue
+		}
+		out.HeapByKind[k.String()] = c
+		if k != event.Free {
+			out.HeapCalls += c.Calls
+			out.HeapBytes += c.Bytes
+		}
+	}
+	for k, in := range p.inside {
+		if in.Count != 0 {
+			out.InsideAllocator[event.Kind(k).String()] = in
+		}
+	}
+	if p.sock.FirstTime != 0 {
+		t := p.sock.FirstTime
+		out.FirstSocketTime = &t
+	}
+	return out
+}
+
+func socketNames(s event.SocketStats) map[string]uint64 {
+	m := map[string]uint64{}
+	for i, n := range s.Counts {
+		if n != 0 {
+			m[event.SocketCall(i).String()] = n
+		}
+	}
+	return m
+}
+
+// frameID is a frame's identity for the symbol cache.
+type frameID struct {
+	mod string
+	off uint64
+}
+
+// symCache calls the Symbolizer once per distinct frame.
+type symCache struct {
+	sym Symbolizer
+	m   map[frameID][]SymFrame
+}
+
+func (c *symCache) lookup(f *event.Frame) []SymFrame {
+	if c.sym == nil {
+		return nil
+	}
+	id := frameID{"", f.Addr}
+	if f.Module != "" {
+		id = frameID{frameModKey(f), f.FileOffset}
+	}
+	sf, ok := c.m[id]
+	if !ok {
+		sf = c.sym.Symbolize(*f)
+		c.m[id] = sf
+	}
+	return sf
+}
+
+// expand turns raw frames into source frames, inlined ones first.
+func (c *symCache) expand(stack []event.Frame) []StackFrame {
+	out := make([]StackFrame, 0, len(stack))
+	for i := range stack {
+		f := &stack[i]
+		base := StackFrame{Frame: i, Addr: Hex(f.Addr), Module: f.Module, BuildID: f.BuildID, FileOffset: Hex(f.FileOffset)}
+		sfs := c.lookup(f)
+		if len(sfs) == 0 {
+			base.Symbol = symbolText(f, nil)
+			out = append(out, base)
+			continue
+		}
+		for j := range sfs {
+			sf := &sfs[j]
+			x := base
+			x.Symbol = symbolText(f, sf)
+			x.Function, x.Offset, x.File, x.Line, x.Inlined = sf.Function, sf.Offset, sf.File, sf.Line, sf.Inlined
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// symbolText is module!function+0xoff, module+0xFILEOFF when the function is unknown, or 0xADDR.
+func symbolText(f *event.Frame, sf *SymFrame) string {
+	mod := ""
+	if f.Module != "" {
+		mod = path.Base(f.Module)
+	}
+	if sf != nil && sf.Function != "" {
+		s := sf.Function
+		if mod != "" {
+			s = mod + "!" + s
+		}
+		if !sf.Inlined {
+			s += "+0x" + strconv.FormatUint(sf.Offset, 16)
+		}
+		return s
+	}
+	if mod != "" {
+		return mod + "+0x" + strconv.FormatUint(f.FileOffset, 16)
+	}
+	return "0x" + strconv.FormatUint(f.Addr, 16)
+}

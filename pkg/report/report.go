@@ -1,0 +1,206 @@
+// Package report aggregates traced events into per-process totals, per-call-site
+// stacks and the socket-path verdict, and formats them as text or JSON.
+//
+// Feed events to a Builder (Alloc, Proc, Sockets) in event order, then call
+// Finish once tracing is over; Finish is where stacks get symbolized. The JSON
+// document is described in schema.md.
+package report
+
+import (
+	"time"
+
+	"github.com/udstrace/udstrace/pkg/event"
+)
+
+// Schema names the JSON document layout; bump it when a field changes meaning.
+const Schema = "udstrace.report/v1"
+
+// Options tunes the report.
+type Options struct {
+	TopSites    int // text: how many call sites to print (default 20); JSON has all
+	MaxTimeline int // per process: allocations remembered until its socket counters arrive (default 1<<20, 24 B each)
+}
+
+// Role is what a process does in udstrace's built-in workload.
+type Role string
+
+// Workload roles; "" is a process that is not part of the workload.
+const (
+	RoleServer      Role = "server"
+	RoleClientRaw   Role = "client-raw"
+	RoleClientStdio Role = "client-stdio"
+)
+
+// Meta is what the caller knows about the trace as a whole.
+type Meta struct {
+	Command    []string        // what was traced (argv) or ["workload", "echo"]
+	Mode       string          // e.g. "full"
+	StackMode  string          // "fp", "cfi", "auto"
+	Start, End time.Time       // wall-clock bounds of the trace
+	Roles      map[uint32]Role // pid -> workload role
+	Lost       LostEvents
+	Warnings   []string // things the user must know
+}
+
+// LostEvents is what the kernel side could not deliver, by reason.
+type LostEvents struct {
+	RingBuffer     uint64 // events dropped: ring buffer full
+	StackTruncated uint64 // events whose stack hit the frame limit (the event itself was kept)
+	Other          uint64 // calls untracked or discarded for any other reason
+}
+
+// Symbolizer expands one frame into source frames, inlined ones first; it may return nil.
+type Symbolizer interface {
+	Symbolize(f event.Frame) []SymFrame
+}
+
+// SymFrame is one source-level frame.
+type SymFrame struct {
+	Function string
+	Offset   uint64 // from the function's start (meaningful on the non-inlined frame)
+	File     string
+	Line     int
+	Inlined  bool
+}
+
+// Report is the JSON document; WriteJSON and WriteText render it.
+type Report struct {
+	Schema          string     `json:"schema"`
+	Command         []string   `json:"command"`
+	Mode            string     `json:"mode"`
+	StackMode       string     `json:"stack_mode"`
+	Start           time.Time  `json:"start"`
+	End             time.Time  `json:"end"`
+	DurationSeconds float64    `json:"duration_seconds"`
+	LostEvents      uint64     `json:"lost_events"`
+	LostDetail      LostDetail `json:"lost_detail"`
+	Warnings        []string   `json:"warnings"`
+	Processes       []Process  `json:"processes"`
+	Sites           []Site     `json:"sites"`
+	SocketPath      SocketPath `json:"socket_path"`
+
+	topSites int // text only
+}
+
+// LostDetail breaks lost_events down; stack_truncated is not part of the total (those events arrived).
+type LostDetail struct {
+	RingBuffer     uint64 `json:"ring_buffer"`
+	StackTruncated uint64 `json:"stack_truncated"`
+	Other          uint64 `json:"other"`
+}
+
+// Process holds one process's totals.
+type Process struct {
+	PID                  uint32                `json:"pid"`
+	PPID                 uint32                `json:"ppid"`
+	Comm                 string                `json:"comm"`
+	Exe                  string                `json:"exe"`
+	Role                 Role                  `json:"role"`
+	Exited               bool                  `json:"exited"`
+	ExitCode             *int                  `json:"exit_code"`
+	ExitSignal           int                   `json:"exit_signal,omitempty"`
+	Allocations          uint64                `json:"allocations"`
+	AllocatedBytes       uint64                `json:"allocated_bytes"`
+	HeapCalls            uint64                `json:"heap_calls"`
+	HeapBytes            uint64                `json:"heap_bytes"`
+	HeapByKind           map[string]CallCount  `json:"heap_calls_by_kind"`
+	Frees                uint64                `json:"frees"`
+	UnmatchedFrees       uint64                `json:"unmatched_frees"`
+	OutstandingCount     uint64                `json:"outstanding_count"`
+	OutstandingBytes     uint64                `json:"outstanding_bytes"`
+	MmapCalls            uint64                `json:"mmap_calls"`
+	MmapBytes            uint64                `json:"mmap_bytes"`
+	MremapCalls          uint64                `json:"mremap_calls"`
+	MremapBytes          uint64                `json:"mremap_bytes"`
+	MunmapCalls          uint64                `json:"munmap_calls"`
+	BrkCalls             uint64                `json:"brk_calls"`
+	BrkBytes             uint64                `json:"brk_bytes"`
+	InsideAllocator      map[string]KernelReqs `json:"inside_allocator"`
+	SocketSyscalls       uint64                `json:"socket_syscalls"`
+	SocketSyscallsByName map[string]uint64     `json:"socket_syscalls_by_name"`
+	FirstSocketTime      *uint64               `json:"first_socket_time"`
+}
+
+// CallCount counts calls of one allocator function.
+type CallCount struct {
+	Calls  uint64 `json:"calls"`
+	Bytes  uint64 `json:"bytes"`
+	Failed uint64 `json:"failed"`
+}
+
+// KernelReqs counts the memory syscalls an allocator made on its own behalf.
+type KernelReqs struct {
+	Count uint64 `json:"count"`
+	Bytes uint64 `json:"bytes"`
+}
+
+// Site is one call site: a (process, kind, stack) triple.
+type Site struct {
+	ID               int          `json:"id"`
+	PID              uint32       `json:"pid"`
+	Comm             string       `json:"comm"`
+	Kind             string       `json:"kind"`
+	Count            uint64       `json:"count"`
+	Failed           uint64       `json:"failed"`
+	Bytes            uint64       `json:"bytes"`
+	OutstandingCount uint64       `json:"outstanding_count"`
+	OutstandingBytes uint64       `json:"outstanding_bytes"`
+	Stack            []StackFrame `json:"stack"`
+}
+
+// StackFrame is one source frame; an address with inlined calls yields several, sharing frame/addr.
+type StackFrame struct {
+	Frame      int    `json:"frame"`
+	Addr       Hex    `json:"addr"`
+	Module     string `json:"module"`
+	BuildID    string `json:"build_id"`
+	FileOffset Hex    `json:"file_offset"`
+	Symbol     string `json:"symbol"`
+	Function   string `json:"function"`
+	Offset     uint64 `json:"offset"`
+	File       string `json:"file"`
+	Line       int    `json:"line"`
+	Inlined    bool   `json:"inlined"`
+}
+
+// SocketPath is the verdict on "the AF_UNIX socket path allocates nothing in user space".
+type SocketPath struct {
+	Syscalls              uint64          `json:"syscalls"`
+	UserAllocations       uint64          `json:"user_allocations"`
+	UserBytes             uint64          `json:"user_bytes"`
+	UserAllocationSites   []int           `json:"user_allocation_sites"`
+	UnresolvedAllocations uint64          `json:"unresolved_allocations"`
+	Holds                 bool            `json:"holds"`
+	Reason                string          `json:"reason"`
+	Conclusion            string          `json:"conclusion"`
+	Processes             []SocketProcess `json:"processes"`
+}
+
+// SocketProcess is one considered process in the verdict.
+type SocketProcess struct {
+	PID                   uint32            `json:"pid"`
+	Role                  Role              `json:"role"`
+	Comm                  string            `json:"comm"`
+	Syscalls              uint64            `json:"syscalls"`
+	SyscallsByName        map[string]uint64 `json:"syscalls_by_name"`
+	AllocsAfterFirstCall  uint64            `json:"allocations_after_first_socket_call"`
+	BytesAfterFirstCall   uint64            `json:"bytes_after_first_socket_call"`
+	AfterIsUpperBound     bool              `json:"after_is_upper_bound"`
+	UserAllocations       uint64            `json:"user_allocations"`
+	UnresolvedAllocations uint64            `json:"unresolved_allocations"`
+	Sources               []Source          `json:"sources"`
+}
+
+// Source is one site that allocated after a process's first socket call.
+type Source struct {
+	Site     int    `json:"site"`
+	Kind     string `json:"kind"`
+	Count    uint64 `json:"count"`
+	Bytes    uint64 `json:"bytes"`
+	Function string `json:"function"` // first frame outside the allocator
+	Entry    string `json:"entry"`    // the libc function the program called (e.g. fgetc), if libc is on the way
+	Caller   string `json:"caller"`   // first frame outside libc (e.g. main)
+}
+
+// kindSlots sizes per-kind arrays: event.Kind values run up to Brk.
+const kindSlots = int(event.Brk) + 1

@@ -1,0 +1,184 @@
+package report
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"unicode"
+	"unicode/utf8"
+)
+
+// maxTextFrames bounds the frames printed per site; JSON has them all.
+const maxTextFrames = 12
+
+// WriteText writes the report for a person; the last line is the quotable conclusion.
+func (r *Report) WriteText(w io.Writer) error {
+	var buf bytes.Buffer
+	r.header(&buf)
+	r.processes(&buf)
+	r.sites(&buf)
+	r.socketPath(&buf)
+	buf.WriteString("\n" + esc(r.SocketPath.Conclusion) + "\n")
+	_, err := w.Write(buf.Bytes())
+	return err
+}
+
+func (r *Report) header(b *bytes.Buffer) {
+	cmd := make([]string, len(r.Command))
+	for i, a := range r.Command {
+		cmd[i] = esc(a)
+	}
+	tw := tabwriter.NewWriter(b, 0, 0, 1, ' ', 0)
+	fmt.Fprintln(b, "udstrace report")
+	fmt.Fprintf(tw, "command:\t%s\n", strings.Join(cmd, " "))
+	if r.Mode != "" {
+		fmt.Fprintf(tw, "mode:\t%s\n", esc(r.Mode))
+	}
+	fmt.Fprintf(tw, "stack mode:\t%s\n", cmpOr(esc(r.StackMode), "-"))
+	fmt.Fprintf(tw, "duration:\t%.3fs\n", r.DurationSeconds)
+	lost := commas(r.LostEvents)
+	if d := r.LostDetail; r.LostEvents != 0 || d.StackTruncated != 0 {
+		lost += fmt.Sprintf(" (ring buffer %s, other %s; %s stacks truncated)", commas(d.RingBuffer), commas(d.Other), commas(d.StackTruncated))
+	}
+	fmt.Fprintf(tw, "lost events:\t%s\n", lost)
+	for _, wn := range r.Warnings {
+		fmt.Fprintf(tw, "warning:\t%s\n", esc(wn))
+	}
+	tw.Flush()
+}
+
+func (r *Report) processes(b *bytes.Buffer) {
+	fmt.Fprintf(b, "\nPROCESSES\n")
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PID\tCOMM\tROLE\tEXIT\tALLOCS\tBYTES\tFREES\tOUTSTANDING\tMMAP\tBRK\tSOCKCALLS")
+	for _, p := range r.Processes {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s (%s)\t%s\t%s\t%s\n",
+			p.PID, cmpOr(esc(p.Comm), "?"), cmpOr(esc(string(p.Role)), "-"), exitText(p),
+			commas(p.Allocations), bytesText(p.AllocatedBytes), commas(p.Frees),
+			commas(p.OutstandingCount), bytesText(p.OutstandingBytes),
+			commas(p.MmapCalls), commas(p.BrkCalls), commas(p.SocketSyscalls))
+	}
+	tw.Flush()
+}
+
+func exitText(p Process) string {
+	switch {
+	case p.ExitCode != nil:
+		return strconv.Itoa(*p.ExitCode)
+	case p.ExitSignal != 0:
+		return "sig " + strconv.Itoa(p.ExitSignal)
+	}
+	return "-"
+}
+
+func (r *Report) sites(b *bytes.Buffer) {
+	n := min(len(r.Sites), max(r.topSites, 1))
+	if r.topSites == 0 {
+		n = min(len(r.Sites), 20) // a Report decoded from JSON has no options
+	}
+	fmt.Fprintf(b, "\nTOP CALL SITES (%d of %d, by bytes)\n", n, len(r.Sites))
+	for _, s := range r.Sites[:n] {
+		fmt.Fprintf(b, "#%d %s  pid %d %s  count %s  bytes %s  outstanding %s (%s)",
+			s.ID, s.Kind, s.PID, cmpOr(esc(s.Comm), "?"), commas(s.Count), bytesText(s.Bytes),
+			commas(s.OutstandingCount), bytesText(s.OutstandingBytes))
+		if s.Failed > 0 {
+			fmt.Fprintf(b, "  failed %s", commas(s.Failed))
+		}
+		b.WriteByte('\n')
+		for i, f := range s.Stack {
+			if i == maxTextFrames {
+				fmt.Fprintf(b, "    ... %d more frames\n", len(s.Stack)-i)
+				break
+			}
+			fmt.Fprintf(b, "    %s\n", frameText(&f))
+		}
+		if len(s.Stack) == 0 {
+			b.WriteString("    (no stack)\n")
+		}
+	}
+}
+
+// frameText is the symbol, with (file:line) when known.
+func frameText(f *StackFrame) string {
+	s := esc(f.Symbol)
+	if f.Inlined {
+		s += " [inlined]"
+	}
+	if f.File != "" && f.Line > 0 {
+		s += fmt.Sprintf(" (%s:%d)", esc(f.File), f.Line)
+	}
+	return s
+}
+
+func (r *Report) socketPath(b *bytes.Buffer) {
+	sp := &r.SocketPath
+	fmt.Fprintf(b, "\nSOCKET PATH\n")
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PID\tCOMM\tROLE\tSOCKCALLS\tALLOCS AFTER 1ST SOCKET CALL\tBYTES\tVIA SOCKET CALLS")
+	for _, x := range sp.Processes {
+		after := commas(x.AllocsAfterFirstCall)
+		if x.AfterIsUpperBound {
+			after = "<= " + after
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", x.PID, cmpOr(esc(x.Comm), "?"), cmpOr(esc(string(x.Role)), "-"),
+			commas(x.Syscalls), after, bytesText(x.BytesAfterFirstCall), commas(x.UserAllocations))
+	}
+	tw.Flush()
+	for _, x := range sp.Processes {
+		if len(x.Sources) == 0 {
+			continue
+		}
+		fmt.Fprintf(b, "sources after the first socket call, pid %d (%s):\n", x.PID, roleText(x.Role))
+		tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
+		for _, s := range x.Sources {
+			line := fmt.Sprintf("  #%d\t%s\t%s\t%s\t%s", s.Site, s.Kind, plural(s.Count, "call"), bytesText(s.Bytes), esc(s.Function))
+			if s.Entry != "" && s.Entry != s.Function {
+				line += " called from " + esc(s.Entry)
+			}
+			if s.Caller != "" && s.Caller != s.Function {
+				line += " in " + esc(s.Caller)
+			}
+			fmt.Fprintln(tw, line)
+		}
+		tw.Flush()
+	}
+	fmt.Fprintf(b, "socket syscalls: %s; allocations with a socket call on the stack: %s (%s)",
+		commas(sp.Syscalls), commas(sp.UserAllocations), bytesText(sp.UserBytes))
+	if len(sp.UserAllocationSites) > 0 {
+		fmt.Fprintf(b, " at %s", siteList(sp.UserAllocationSites))
+	}
+	if sp.UnresolvedAllocations > 0 {
+		fmt.Fprintf(b, "; %s without a symbolized caller", commas(sp.UnresolvedAllocations))
+	}
+	verdict := "holds"
+	if !sp.Holds {
+		verdict = "does not hold: " + esc(sp.Reason)
+	}
+	fmt.Fprintf(b, "\nverdict: %s\n", verdict)
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// esc makes s safe for a terminal: control characters and invalid UTF-8 get Go escapes.
+func esc(s string) string {
+	clean := utf8.ValidString(s)
+	for _, r := range s {
+		if !clean || !unicode.IsPrint(r) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	q := strconv.Quote(s)
+	return q[1 : len(q)-1]
+}

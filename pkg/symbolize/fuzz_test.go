@@ -1,0 +1,43 @@
+package symbolize
+
+import (
+	"bytes"
+	"testing"
+)
+
+// FuzzOpen feeds arbitrary bytes through the whole API. Seeds in
+// testdata/fuzz/FuzzOpen are small real ELF files, truncated and mutated.
+func FuzzOpen(f *testing.F) {
+	f.Add([]byte{})
+	f.Add([]byte("\x7fELF\x02\x01\x01\x00"))
+	panicsFatal = true
+	f.Cleanup(func() { panicsFatal = false })
+	// All debug-file lookups land in an empty directory.
+	root := f.TempDir()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		opts := Options{Root: root, DebugDirs: []string{"/dbg"}, Path: "/bin/fuzzed"}
+		b, err := Open(bytes.NewReader(data), int64(len(data)), opts)
+		if err != nil {
+			return
+		}
+		_ = b.BuildID()
+		_ = b.HasSymbols()
+		addrs := []uint64{0, 0x1000, 0x401000, ^uint64(0)}
+		for _, s := range b.loads {
+			addrs = append(addrs, s.vaddr, s.vaddr+s.filesz/2)
+			b.FileOffsetToVAddr(s.off)
+		}
+		if b.syms != nil {
+			for i := 0; i < len(b.syms.addrs) && i < 16; i++ {
+				addrs = append(addrs, b.syms.addrs[i], b.syms.addrs[i]+5)
+			}
+		}
+		for _, a := range addrs {
+			for _, fr := range b.Symbolize(a) {
+				if fr.Line < 0 {
+					t.Errorf("negative line %+v", fr)
+				}
+			}
+		}
+	})
+}

@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: MIT
+
+// Package workload embeds the small C test programs built by
+// `make -C workload` (echo server/client, allocpattern, chain and the
+// allocount.so LD_PRELOAD counter) and extracts them for use.
+package workload
+
+import (
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+//go:embed all:bin
+var binFS embed.FS
+
+// Paths holds the absolute paths of the extracted workload binaries.
+type Paths struct {
+	Server       string // echo-server SOCKET_PATH NCLIENTS
+	Client       string // echo-client raw|stdio SOCKET_PATH MESSAGES SIZE
+	AllocPattern string // allocpattern [ROUNDS]
+	Chain        string // chain [ROUNDS]
+	Allocount    string // allocount.so, for LD_PRELOAD with ALLOCOUNT_DIR
+}
+
+// ErrMissing is returned by Extract when udstrace was built without the
+// workload binaries (plain `go build` without running make first).
+var ErrMissing = errors.New("workload binaries missing from this build: build udstrace with make")
+
+// Extract writes the embedded binaries into dir, which the caller created
+// (mode 0700). Files are created exclusively with mode 0755.
+func Extract(dir string) (Paths, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return Paths{}, err
+	}
+	var p Paths
+	for _, f := range []struct {
+		name string
+		dst  *string
+	}{
+		{"echo-server", &p.Server},
+		{"echo-client", &p.Client},
+		{"allocpattern", &p.AllocPattern},
+		{"chain", &p.Chain},
+		{"allocount.so", &p.Allocount},
+	} {
+		data, err := binFS.ReadFile("bin/" + f.name)
+		if errors.Is(err, fs.ErrNotExist) || (err == nil && len(data) == 0) {
+			return Paths{}, fmt.Errorf("%w (bin/%s not embedded)", ErrMissing, f.name)
+		}
+		if err != nil {
+			return Paths{}, err
+		}
+		path := filepath.Join(abs, f.name)
+		if err := writeExcl(path, data); err != nil {
+			return Paths{}, err
+		}
+		*f.dst = path
+	}
+	return p, nil
+}
+
+func writeExcl(path string, data []byte) error {
+	fd, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o755)
+	if err != nil {
+		return err
+	}
+	_, err = fd.Write(data)
+	if err == nil {
+		err = fd.Chmod(0o755) // not subject to umask
+	}
+	if cerr := fd.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("extract %s: %w", path, err)
+	}
+	return nil
+}
