@@ -1,0 +1,51 @@
+# udstrace: build, test and check. Targets that need root escalate with sudo only when not root.
+GO      ?= go
+SUDO    := $(shell [ "$$(id -u)" -eq 0 ] || echo "sudo -E")
+GOEXEC  := $(if $(SUDO),-exec "$(SUDO)",)
+BPF_SRC := $(wildcard bpf/*.c bpf/*.h)
+GEN     := pkg/loader/udstrace_x86_bpfel.go pkg/loader/udstrace_x86_bpfel.o
+
+.PHONY: all build workload run test test-quick generate check-generate fuzz vet clean
+
+all: build
+
+build: workload
+	$(GO) build -o udstrace ./cmd/udstrace
+
+workload:
+	$(MAKE) -C workload
+
+# The main job: build, then trace the built-in AF_UNIX echo experiment.
+run: build
+	$(SUDO) ./udstrace run --workload echo
+
+# The whole suite, BPF tests included (they need root; under CI=true they never skip).
+test: build vet
+	$(GO) test $(GOEXEC) -count=1 -timeout 30m ./...
+
+# Pure-Go tests only: no root, no BPF.
+test-quick: workload
+	$(GO) test -count=1 -short ./...
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
+
+# Regenerate the committed BPF objects (needs clang-19, llvm-strip-19, libbpf-dev).
+generate:
+	cd pkg/loader && $(GO) generate ./...
+
+# Fails when the committed bpf2go outputs differ from a fresh build of bpf/.
+check-generate: generate
+	git diff --exit-code -- $(GEN) || { echo "bpf2go outputs are stale: run make generate and commit them"; exit 1; }
+
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME) ./pkg/symbolize
+	$(GO) test -run '^$$' -fuzz '^FuzzParseEHFrame$$' -fuzztime $(FUZZTIME) ./pkg/unwind
+	$(GO) test -run '^$$' -fuzz '^FuzzUnwind$$' -fuzztime $(FUZZTIME) ./pkg/unwind
+	$(GO) test -run '^$$' -fuzz '^FuzzBuilder$$' -fuzztime $(FUZZTIME) ./pkg/report
+
+clean:
+	$(MAKE) -C workload clean
+	rm -f udstrace

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"strings"
+
+	"github.com/udstrace/udstrace/pkg/loader"
+	"golang.org/x/sys/unix"
+)
+
+// translateKernel words loader errors for users.
+func translateKernel(err error, msg string) string {
+	switch {
+	case errors.Is(err, loader.ErrMissingFeature):
+		return msg + " (udstrace needs Linux ≥ 5.15 with BTF, uprobes and ring buffers)"
+	case errors.Is(err, loader.ErrVerifier):
+		return msg
+	case errors.Is(err, loader.ErrStatic):
+		return msg + ": udstrace traces libc's allocator; a static binary has none it can probe"
+	case errors.Is(err, loader.ErrNoLibc):
+		return msg + ": udstrace traces libc's allocator; this program (e.g. a Go binary) does not use it"
+	case strings.Contains(msg, "tracefs"):
+		return msg + ": mount it with `mount -t tracefs tracefs /sys/kernel/tracing`"
+	}
+	return msg
+}
+
+// hasBPFCaps reports whether the process holds CAP_BPF and CAP_PERFMON without being root.
+func hasBPFCaps() bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
+	return has(unix.CAP_BPF) && has(unix.CAP_PERFMON) && has(unix.CAP_SYS_ADMIN)
+}
+
+// openOutput opens -o's file safely: created fresh beside the target and renamed over it only on success.
+func openOutput(path string) (w *os.File, commit func(ok bool) error, err error) {
+	if path == "" || path == "-" {
+		return os.Stdout, func(bool) error { return nil }, nil
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+		return nil, nil, errors.New("refusing to write report through symlink " + path + ": remove it or choose another -o")
+	}
+	dir := "."
+	if i := strings.LastIndex(path, "/"); i >= 0 {
+		dir = path[:i+1]
+	}
+	tmp, err := os.CreateTemp(dir, ".udstrace-report-*")
+	if err != nil {
+		return nil, nil, errors.New("creating report file in " + dir + ": " + err.Error())
+	}
+	commit = func(ok bool) error {
+		cerr := tmp.Close()
+		if !ok || cerr != nil {
+			os.Remove(tmp.Name())
+			return cerr
+		}
+		if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+			os.Remove(tmp.Name())
+			return err
+		}
+		if err := os.Rename(tmp.Name(), path); err != nil {
+			os.Remove(tmp.Name())
+			return errors.New("writing report to " + path + ": " + err.Error())
+		}
+		return nil
+	}
+	return tmp, commit, nil
+}

@@ -1,0 +1,111 @@
+// Package testenv holds what udstrace's kernel tests share: the root check and the LD_PRELOAD ground truth.
+package testenv
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/udstrace/udstrace/pkg/launch"
+	"github.com/udstrace/udstrace/workload"
+)
+
+// NeedRoot skips a kernel test for a developer without root, but fails it under CI=true: CI must run it.
+func NeedRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("this test needs root and CI=true: run the suite as root (make test)")
+	}
+	t.Skip("needs root: run make test (it uses sudo)")
+}
+
+// Binaries extracts the workload programs into a fresh directory.
+func Binaries(t testing.TB) workload.Paths {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p, err := workload.Extract(dir)
+	if err != nil {
+		t.Fatalf("%v (run make first)", err)
+	}
+	return p
+}
+
+// Counts is one process's calls per allocator function, as the interposer saw them.
+type Counts map[string]Count
+
+// Count is one function's calls, requested bytes and NULL results (NULL arguments for free).
+type Count struct{ Calls, Bytes, Null uint64 }
+
+// Interpose runs argv under the LD_PRELOAD counting interposer and returns the counts per PID, in start order.
+func Interpose(t testing.TB, so string, argv []string, extraEnv ...string) ([]int, map[int]Counts) {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), append([]string{"LD_PRELOAD=" + so, "ALLOCOUNT_DIR=" + dir}, extraEnv...)...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("running %v under the interposer: %v\n%s", argv, err, out)
+	}
+	return ReadCounts(t, dir)
+}
+
+// ReadCounts parses the interposer's files in dir.
+func ReadCounts(t testing.TB, dir string) ([]int, map[int]Counts) {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(dir, "allocount.*"))
+	out := map[int]Counts{}
+	var pids []int
+	for _, f := range files {
+		pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Ext(f), "."))
+		if err != nil {
+			continue
+		}
+		c, err := parseCounts(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[pid] = c
+		pids = append(pids, pid)
+	}
+	return pids, out
+}
+
+func parseCounts(path string) (Counts, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	c := Counts{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var name string
+		var n Count
+		if _, err := fmt.Sscan(sc.Text(), &name, &n.Calls, &n.Bytes, &n.Null); err != nil {
+			return nil, fmt.Errorf("parsing %s: %q: %w", path, sc.Text(), err)
+		}
+		c[name] = n
+	}
+	return c, sc.Err()
+}
+
+// RunMain runs a test binary's tests, or, when udstrace's launcher re-executed the binary as
+// its hold-then-exec helper, plays that helper instead.
+func RunMain(m *testing.M) int {
+	if launch.IsHelper() {
+		err := launch.RunHelper()
+		fmt.Fprintf(os.Stderr, "starting command: %v\n", err)
+		return 127
+	}
+	return m.Run()
+}

@@ -1,0 +1,197 @@
+package procmaps
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+type mapping struct {
+	start, end, pgoff uint64
+	mod               *Module
+}
+
+type proc struct {
+	maps   []mapping // sorted by start
+	loaded bool      // /proc/PID/maps was read at least once
+}
+
+// Table holds every traced process's executable mappings and the modules they map.
+type Table struct {
+	mods  map[string]*Module
+	procs map[uint32]*proc
+	// Allocators maps a libc's key to the file offset of each probed function, by kind name.
+	allocators map[string]map[uint8]uint64
+	// Failures records files that could not be opened, by path, for the report's warnings.
+	Failures map[string]string
+}
+
+// New returns an empty table.
+func New() *Table {
+	return &Table{
+		mods:       map[string]*Module{},
+		procs:      map[uint32]*proc{},
+		allocators: map[string]map[uint8]uint64{},
+		Failures:   map[string]string{},
+	}
+}
+
+// Close releases every open file.
+func (t *Table) Close() {
+	for _, m := range t.mods {
+		m.close()
+	}
+}
+
+// Modules returns the modules seen so far.
+func (t *Table) Modules() map[string]*Module { return t.mods }
+
+// Module returns a module by key.
+func (t *Table) Module(key string) *Module { return t.mods[key] }
+
+// SetAllocator records where the probed allocator functions are in a libc, to name frame 0 of heap stacks.
+func (t *Table) SetAllocator(key string, offsets map[uint8]uint64) { t.allocators[key] = offsets }
+
+func (t *Table) proc(pid uint32) *proc {
+	p := t.procs[pid]
+	if p == nil {
+		p = &proc{}
+		t.procs[pid] = p
+	}
+	return p
+}
+
+// Known reports whether a process's mappings have been read.
+func (t *Table) Known(pid uint32) bool {
+	p := t.procs[pid]
+	return p != nil && p.loaded
+}
+
+// Load reads /proc/PID/maps, opening each executable file mapping not open yet.
+func (t *Table) Load(pid uint32) error {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		return fmt.Errorf("reading mappings of %d: %w", pid, err)
+	}
+	defer f.Close()
+	p := t.proc(pid)
+	p.loaded = true
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		start, end, pgoff, key, path, ok := parseMapsLine(sc.Text())
+		if !ok {
+			continue
+		}
+		m := t.mods[key]
+		if m == nil {
+			m = t.open(pid, key, path, start, end)
+		}
+		if m != nil {
+			p.add(mapping{start: start, end: end, pgoff: pgoff, mod: m})
+		}
+	}
+	return sc.Err()
+}
+
+// parseMapsLine returns an executable file mapping's range, offset, file key and path.
+func parseMapsLine(line string) (start, end, pgoff uint64, key, path string, ok bool) {
+	fields := strings.Fields(line)
+	if len(fields) < 6 || !strings.Contains(fields[1], "x") || fields[4] == "0" {
+		return
+	}
+	se := strings.SplitN(fields[0], "-", 2)
+	if len(se) != 2 {
+		return
+	}
+	var err1, err2, err3 error
+	start, err1 = strconv.ParseUint(se[0], 16, 64)
+	end, err2 = strconv.ParseUint(se[1], 16, 64)
+	pgoff, err3 = strconv.ParseUint(fields[2], 16, 64)
+	dev := strings.SplitN(fields[3], ":", 2)
+	if err1 != nil || err2 != nil || err3 != nil || len(dev) != 2 {
+		return
+	}
+	maj, err1 := strconv.ParseUint(dev[0], 16, 32)
+	min, err2 := strconv.ParseUint(dev[1], 16, 32)
+	if err1 != nil || err2 != nil {
+		return
+	}
+	path = strings.Join(fields[5:], " ")
+	return start, end, pgoff, fmt.Sprintf("%d:%d:%s", maj, min, fields[4]), path, true
+}
+
+// open finds a mapped file: first through the process's map_files (containers, deleted files), then its root.
+func (t *Table) open(pid uint32, key, path string, start, end uint64) *Module {
+	root := fmt.Sprintf("/proc/%d/root", pid)
+	if target, err := os.Readlink(root); err == nil && target == "/" {
+		root = "" // the host's own root: stays valid after the process exits
+	}
+	tries := []string{fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, start, end), filepath.Join(root, path)}
+	var lastErr error
+	for _, name := range tries {
+		f, err := os.Open(name)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		if fileKey(f) != key {
+			f.Close()
+			lastErr = fmt.Errorf("%s was replaced since it was mapped", path)
+			continue
+		}
+		m, err := openModule(key, strings.TrimSuffix(path, " (deleted)"), root, f)
+		if err != nil {
+			f.Close()
+			lastErr = err
+			continue
+		}
+		t.mods[key] = m
+		return m
+	}
+	if lastErr != nil {
+		t.Failures[path] = lastErr.Error()
+	}
+	return nil
+}
+
+func fileKey(f *os.File) string {
+	st, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	s, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf("%d:%d:%d", (s.Dev>>8)&0xfff, (s.Dev&0xff)|((s.Dev>>12)&0xfff00), s.Ino)
+}
+
+// KernelDevKey turns the kernel's dev_t encoding (major<<20|minor) and an inode into a module key.
+func KernelDevKey(dev uint32, ino uint64) string {
+	return fmt.Sprintf("%d:%d:%d", dev>>20, dev&0xfffff, ino)
+}
+
+func (p *proc) add(m mapping) {
+	i := sort.Search(len(p.maps), func(i int) bool { return p.maps[i].start >= m.start })
+	if i < len(p.maps) && p.maps[i].start == m.start {
+		p.maps[i] = m
+		return
+	}
+	p.maps = append(p.maps, mapping{})
+	copy(p.maps[i+1:], p.maps[i:])
+	p.maps[i] = m
+}
+
+func (p *proc) find(pc uint64) *mapping {
+	i := sort.Search(len(p.maps), func(i int) bool { return p.maps[i].end > pc })
+	if i < len(p.maps) && p.maps[i].start <= pc {
+		return &p.maps[i]
+	}
+	return nil
+}

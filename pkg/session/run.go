@@ -1,0 +1,101 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"syscall"
+
+	"github.com/udstrace/udstrace/pkg/launch"
+	"github.com/udstrace/udstrace/pkg/loader"
+	"github.com/udstrace/udstrace/pkg/report"
+)
+
+// ErrCommandNotFound means the command to trace is not an executable file.
+var ErrCommandNotFound = errors.New("command not found")
+
+// Run traces a command (or a built-in workload) from exec to exit, with its children, and returns the report.
+func Run(ctx context.Context, opts Options) (*report.Report, error) {
+	if opts.Workload != "" {
+		if opts.Workload != "echo" {
+			return nil, fmt.Errorf("choosing workload %q: %w", opts.Workload, ErrUnknownWorkload)
+		}
+		return runEcho(ctx, opts)
+	}
+	if len(opts.Command) == 0 {
+		return nil, errors.New("running: no command given")
+	}
+	path, err := exec.LookPath(opts.Command[0])
+	if err != nil {
+		return nil, fmt.Errorf("looking up %s: %w", opts.Command[0], ErrCommandNotFound)
+	}
+	libc, err := loader.ResolveLibc(path)
+	if err != nil {
+		return nil, err
+	}
+	s, err := start(opts, true)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.attachLibc(libc); err != nil {
+		s.abort()
+		return nil, err
+	}
+	s.meta.Command = opts.Command
+	code, err := s.runOne(ctx, opts.Command, launch.Options{Stdout: opts.Stdout, Stderr: opts.Stderr}, "")
+	if err != nil {
+		s.abort()
+		return nil, err
+	}
+	s.opts.Log.Debug("command exited", "status", code)
+	return s.finish()
+}
+
+// runOne starts one traced process, lets it run to its end (or until ctx is done) and returns its wait status.
+func (s *Session) runOne(ctx context.Context, argv []string, lo launch.Options, role report.Role) (int, error) {
+	p, err := s.launch(argv, lo, role)
+	if err != nil {
+		return 0, err
+	}
+	return s.wait(ctx, p)
+}
+
+func (s *Session) launch(argv []string, lo launch.Options, role report.Role) (*launch.Process, error) {
+	p, err := launch.Start(argv, lo)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.tracer.AddTarget(p.PID(), true); err != nil {
+		p.Abort()
+		return nil, err
+	}
+	if role != "" {
+		s.setRole(p.PID(), role)
+	}
+	if err := p.Release(); err != nil {
+		p.Abort()
+		return nil, err
+	}
+	return p, nil
+}
+
+// wait reaps p; on ctx's end (Ctrl-C, SIGTERM) it stops p first so nothing is left behind.
+func (s *Session) wait(ctx context.Context, p *launch.Process) (int, error) {
+	waited := make(chan error, 1)
+	go func() { waited <- p.Cmd.Wait() }()
+	var err error
+	select {
+	case err = <-waited:
+	case <-ctx.Done():
+		_ = p.Cmd.Process.Signal(syscall.SIGTERM)
+		err = <-waited
+		s.warn("interrupted: the trace stopped before the command finished")
+	}
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		return 0, fmt.Errorf("waiting for %s: %w", p.Cmd.Args[1], err)
+	}
+	ws, _ := p.Cmd.ProcessState.Sys().(syscall.WaitStatus)
+	return int(ws), nil
+}

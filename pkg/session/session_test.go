@@ -1,0 +1,225 @@
+package session
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/udstrace/udstrace/internal/testenv"
+)
+
+func testOptions(t *testing.T) Options {
+	return Options{Stack: "auto", Follow: true, Messages: 3, Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+}
+
+// heapKinds lists what the interposer counts, folding names that share one address in glibc.
+func expected(c testenv.Counts) map[string][2]uint64 {
+	out := map[string][2]uint64{}
+	for name, n := range c {
+		kind := name
+		if name == "aligned_alloc" {
+			kind = "memalign" // one function in glibc 2.36: one uprobe, reported under its first name
+		}
+		calls, bytes := n.Calls, n.Bytes
+		if name == "free" {
+			calls, bytes = n.Calls-n.Null, 0 // free(NULL) does nothing; the tracer does not report it
+		}
+		if calls == 0 {
+			continue
+		}
+		e := out[kind]
+		e[0] += calls
+		e[1] += bytes
+		out[kind] = e
+	}
+	return out
+}
+
+func heapOnly(m map[string][2]uint64) map[string][2]uint64 {
+	out := map[string][2]uint64{}
+	for k, v := range m {
+		switch k {
+		case "mmap", "munmap", "mremap", "brk":
+			continue
+		}
+		if k == "free" {
+			v[1] = 0
+		}
+		out[k] = v
+	}
+	return out
+}
+
+func compareCounts(t *testing.T, what string, got, want map[string][2]uint64) {
+	t.Helper()
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("%s: %s: udstrace saw %d calls / %d bytes, the interposer %d / %d", what, k, got[k][0], got[k][1], w[0], w[1])
+		}
+	}
+	for k, g := range got {
+		if _, ok := want[k]; !ok {
+			t.Errorf("%s: %s: udstrace saw %d calls the interposer did not", what, k, g[0])
+		}
+	}
+}
+
+func TestAllocPatternMatchesInterposer(t *testing.T) {
+	testenv.NeedRoot(t)
+	bins := testenv.Binaries(t)
+	_, truth := testenv.Interpose(t, bins.Allocount, []string{bins.AllocPattern, "3"})
+	if len(truth) != 1 {
+		t.Fatalf("interposer wrote %d count files, want 1", len(truth))
+	}
+	var want testenv.Counts
+	for _, c := range truth {
+		want = c
+	}
+	for _, stack := range []string{"fp", "auto"} {
+		t.Run(stack, func(t *testing.T) {
+			o := testOptions(t)
+			o.Stack = stack
+			o.Command = []string{bins.AllocPattern, "3"}
+			rep, err := Run(context.Background(), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, _ := decodeView(t, rep)
+			if len(v.Processes) != 1 {
+				t.Fatalf("report has %d processes, want 1", len(v.Processes))
+			}
+			pid := v.Processes[0].PID
+			compareCounts(t, "allocpattern", heapOnly(v.perKind(pid)), expected(want))
+			sites := heapOnly(v.siteTotals(pid))
+			delete(sites, "free")
+			wantSites := expected(want)
+			delete(wantSites, "free")
+			compareCounts(t, "allocpattern sites", sites, wantSites)
+			if *v.LostEvents != 0 {
+				t.Errorf("lost %d events", *v.LostEvents)
+			}
+			// malloc(200000) is served by mmap inside malloc: that mmap must not appear as a user allocation.
+			for _, s := range v.Sites {
+				if s.Kind == "mmap" && s.Bytes >= 200000 && s.Bytes < 300000 {
+					t.Errorf("malloc's own mmap of %d bytes reported as a user mmap (pid %d, processes %+v)", s.Bytes, s.PID, v.Processes)
+				}
+			}
+		})
+	}
+}
+
+func TestEchoWorkload(t *testing.T) {
+	testenv.NeedRoot(t)
+	bins := testenv.Binaries(t)
+	truth := interposeEcho(t, bins.Server, bins.Client, bins.Allocount)
+
+	rep, err := Run(context.Background(), func() Options { o := testOptions(t); o.Workload = "echo"; return o }())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, js := decodeView(t, rep)
+	if v.Schema != "udstrace.report/v1" {
+		t.Errorf("schema = %q", v.Schema)
+	}
+	for _, role := range []string{"server", "client-raw", "client-stdio"} {
+		pid := v.pidOf(t, role)
+		compareCounts(t, role, heapOnly(v.perKind(pid)), expected(truth[role]))
+	}
+	raw := v.perKind(v.pidOf(t, "client-raw"))
+	if len(heapOnly(raw)) != 0 {
+		t.Errorf("raw client made malloc-family calls: %v", raw)
+	}
+	if !v.SocketPath.Holds || v.SocketPath.UserAllocations != 0 || v.SocketPath.Syscalls == 0 {
+		t.Errorf("socket-path verdict: %+v", v.SocketPath)
+	}
+	// fdopen's FILE is allocated by malloc called from fdopen called from main.
+	stdio := v.pidOf(t, "client-stdio")
+	found := false
+	for _, s := range v.Sites {
+		if s.PID != stdio || s.Kind != "malloc" || s.Bytes != 472 {
+			continue
+		}
+		var names []string
+		for _, f := range s.Stack {
+			names = append(names, f.Symbol)
+		}
+		joined := strings.Join(names, " ")
+		found = strings.Contains(joined, "fdopen") && strings.Contains(joined, "main")
+		if !found {
+			t.Errorf("fdopen allocation stack lacks fdopen or main: %v", names)
+		}
+	}
+	if !found && !t.Failed() {
+		t.Errorf("no 472-byte malloc site in the stdio client:\n%s", js)
+	}
+	var buf strings.Builder
+	if err := rep.WriteText(&buf); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "Conclusion:") {
+		t.Errorf("text report does not end with the conclusion: %q", last)
+	}
+	assertNoLeftovers(t)
+}
+
+// interposeEcho runs the echo experiment untraced under the counting interposer and returns the counts by role.
+func interposeEcho(t *testing.T, server, client, so string) map[string]testenv.Counts {
+	t.Helper()
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "s.sock")
+	env := append(os.Environ(), "LD_PRELOAD="+so, "ALLOCOUNT_DIR="+dir)
+	srv := exec.Command(server, sock, "2")
+	srv.Env = env
+	out, err := srv.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 6)
+	if _, err := out.Read(buf); err != nil {
+		t.Fatalf("server not ready: %v", err)
+	}
+	pids := map[string]int{"server": srv.Process.Pid}
+	for _, mode := range []string{"raw", "stdio"} {
+		c := exec.Command(client, mode, sock, "3", "0")
+		c.Env = env
+		if b, err := c.CombinedOutput(); err != nil {
+			t.Fatalf("%s client: %v\n%s", mode, err, b)
+		}
+		pids["client-"+mode] = c.Process.Pid
+	}
+	if err := srv.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	_, counts := testenv.ReadCounts(t, dir)
+	byRole := map[string]testenv.Counts{}
+	for role, pid := range pids {
+		byRole[role] = counts[pid]
+	}
+	return byRole
+}
+
+// assertNoLeftovers checks that no udstrace program is still attached and no workload directory remains.
+func assertNoLeftovers(t *testing.T) {
+	t.Helper()
+	time.Sleep(100 * time.Millisecond)
+	if out, err := exec.Command("bpftool", "prog", "show").CombinedOutput(); err == nil {
+		for _, name := range []string{"alloc_enter", "alloc_return", "free_enter", "mmap_enter"} {
+			if strings.Contains(string(out), " name "+name+" ") {
+				t.Errorf("BPF program %s still loaded after the trace", name)
+			}
+		}
+	}
+	left, _ := filepath.Glob(filepath.Join(os.TempDir(), "udstrace-echo-*"))
+	if len(left) > 0 {
+		t.Errorf("workload directories left behind: %v", left)
+	}
+}
