@@ -50,6 +50,7 @@ type options struct {
 	debug      bool
 	topSites   int
 	pids       string
+	user       string
 	duration   time.Duration
 }
 
@@ -66,6 +67,7 @@ func newFlags(o *options) *flag.FlagSet {
 	fs.BoolVar(&o.follow, "follow", true, "trace children of traced processes")
 	fs.BoolVar(&o.debug, "debug", false, "verbose logs and the BPF verifier log on load errors")
 	fs.IntVar(&o.topSites, "top", 20, "text: call sites to print")
+	fs.StringVar(&o.user, "user", "nobody", "echo: run the workload as this unprivileged `USER`")
 	fs.StringVar(&o.pids, "pid", "", "attach: `PID[,PID...]` of running processes to trace")
 	fs.DurationVar(&o.duration, "duration", 0, "attach, trace: stop after this long (e.g. 30s; 0: until Ctrl-C)")
 	return fs
@@ -107,7 +109,7 @@ func run(ctx context.Context, args []string) int {
 		return exitFailure
 	}
 	sopts := session.Options{
-		Command: fs.Args(), Workload: o.workload, Messages: o.messages, Size: o.size,
+		Command: fs.Args(), Workload: o.workload, Messages: o.messages, Size: o.size, User: o.user,
 		Stack: o.stack, StackBytes: uint32(o.stackBytes), RingBytes: uint32(o.ringBytes),
 		Follow: o.follow, Debug: o.debug, Stdout: os.Stderr, Stderr: os.Stderr, Log: log,
 	}

@@ -21,6 +21,7 @@ type Options struct {
 	Workload   string   // run: a built-in workload instead ("echo")
 	Messages   int      // echo: messages per client
 	Size       int      // echo: bytes per message (0: the classic three strings)
+	User       string   // echo: run the workload as this user (default "nobody"; "root" to keep root)
 	Stack      string   // "fp", "cfi" or "auto"
 	StackBytes uint32   // bytes of user stack copied per event
 	RingBytes  uint32
