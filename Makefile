@@ -5,7 +5,7 @@ GOEXEC  := $(if $(SUDO),-exec "$(SUDO)",)
 BPF_SRC := $(wildcard bpf/*.c bpf/*.h)
 GEN     := pkg/loader/udstrace_x86_bpfel.go pkg/loader/udstrace_x86_bpfel.o
 
-.PHONY: all build workload run test test-quick generate check-generate fuzz vet clean
+.PHONY: all build workload run test test-quick generate check-generate fuzz vet clean bench stress
 
 all: build
 
@@ -21,7 +21,7 @@ run: build
 
 # The whole suite, BPF tests included (they need root; under CI=true they never skip).
 test: build vet
-	$(GO) test $(GOEXEC) -count=1 -timeout 30m ./...
+	$(GO) test $(GOEXEC) -count=1 -p 1 -timeout 30m ./...
 
 # Pure-Go tests only: no root, no BPF.
 test-quick: workload
@@ -45,6 +45,15 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseEHFrame$$' -fuzztime $(FUZZTIME) ./pkg/unwind
 	$(GO) test -run '^$$' -fuzz '^FuzzUnwind$$' -fuzztime $(FUZZTIME) ./pkg/unwind
 	$(GO) test -run '^$$' -fuzz '^FuzzBuilder$$' -fuzztime $(FUZZTIME) ./pkg/report
+
+# Side-by-side overhead figures (not part of test): untraced, interposer, bpftrace, heaptrack, udstrace modes.
+bench: build
+	@command -v bpftrace >/dev/null && command -v heaptrack >/dev/null || $(SUDO) apt-get install -y bpftrace heaptrack || echo "bench: bpftrace/heaptrack unavailable: their rows are skipped"
+	$(GO) build -o .build/bench ./bench && $(SUDO) .build/bench $(BENCHFLAGS)
+
+# Flood, leftovers after every way of dying, concurrent tracers, soak, target churn.
+stress: build
+	$(GO) build -o .build/stress ./stress && $(SUDO) .build/stress $(STRESSFLAGS)
 
 clean:
 	$(MAKE) -C workload clean

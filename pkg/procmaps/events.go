@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // Exec starts a process's mappings afresh for its new image.
-func (t *Table) Exec(pid uint32, exe string, startCode uint64, exeKey string) {
+func (t *Table) Exec(pid uint32, exe string, startCode, interpBase uint64, exeKey string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	delete(t.procs, pid)
-	if err := t.Load(pid); err == nil {
+	if err := t.load(pid); err == nil {
 		return
 	}
 	// The process is already gone: place the executable from what the kernel told at exec.
@@ -30,13 +33,52 @@ func (t *Table) Exec(pid uint32, exe string, startCode uint64, exeKey string) {
 	if m == nil {
 		return
 	}
-	var minExec uint64 = ^uint64(0)
-	for _, p := range m.loads {
-		if p.Flags&elf.PF_X != 0 && p.Vaddr < minExec {
-			minExec = p.Vaddr
-		}
+	t.placeELF(pid, m, startCode, true)
+	// The dynamic loader was mapped by the kernel too, at AT_BASE.
+	if interpBase == 0 {
+		return
 	}
-	bias := startCode - minExec
+	for _, p := range m.elf.Progs {
+		if p.Type != elf.PT_INTERP {
+			continue
+		}
+		b := make([]byte, p.Filesz)
+		if _, err := p.ReadAt(b, 0); err != nil {
+			return
+		}
+		path := strings.TrimRight(string(b), "\x00")
+		f, err := os.Open(path)
+		if err != nil {
+			return
+		}
+		key := fileKey(f)
+		ld := t.mods[key]
+		if ld == nil {
+			if ld, err = openModule(key, path, "", f); err != nil {
+				f.Close()
+				return
+			}
+			t.mods[key] = ld
+		} else {
+			f.Close()
+		}
+		t.placeELF(pid, ld, interpBase, false)
+	}
+}
+
+// placeELF maps a module's executable segments for a process from a known load address:
+// the start of its text (startCode) or its load base.
+func (t *Table) placeELF(pid uint32, m *Module, at uint64, atText bool) {
+	bias := at
+	if atText {
+		minExec := ^uint64(0)
+		for _, p := range m.loads {
+			if p.Flags&elf.PF_X != 0 && p.Vaddr < minExec {
+				minExec = p.Vaddr
+			}
+		}
+		bias = at - minExec
+	}
 	pr := t.proc(pid)
 	for _, p := range m.loads {
 		if p.Flags&elf.PF_X == 0 {
@@ -49,6 +91,8 @@ func (t *Table) Exec(pid uint32, exe string, startCode uint64, exeKey string) {
 
 // Fork gives a child its parent's mappings.
 func (t *Table) Fork(parent, child uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	pp := t.procs[parent]
 	if pp == nil {
 		return
@@ -59,6 +103,8 @@ func (t *Table) Fork(parent, child uint32) {
 
 // Map records an executable file mapping the process made; the file is opened now, while it is reachable.
 func (t *Table) Map(pid uint32, addr, length, pgoff uint64, dev uint32, ino uint64, name string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	key := KernelDevKey(dev, ino)
 	m := t.mods[key]
 	if m == nil {
@@ -66,8 +112,11 @@ func (t *Table) Map(pid uint32, addr, length, pgoff uint64, dev uint32, ino uint
 		m = t.open(pid, key, t.pathOf(pid, addr, end, name), addr, end)
 		if m == nil {
 			// Reading all the mappings also finds it when the range was merged with a neighbour.
-			_ = t.Load(pid)
+			_ = t.load(pid)
 			m = t.mods[key]
+		}
+		if m == nil {
+			m = t.search(key, name) // the process is gone: find the file by name, checked by identity
 		}
 	}
 	if m != nil {
@@ -85,4 +134,49 @@ func (t *Table) pathOf(pid uint32, addr, end uint64, name string) string {
 }
 
 // Exit forgets a process's mappings; its stacks were already made file-relative.
-func (t *Table) Exit(pid uint32) { delete(t.procs, pid) }
+func (t *Table) Exit(pid uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.procs, pid)
+}
+
+// searchDirs are where a mapped library is looked for by name once its process is gone.
+var searchDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib", "/usr/local/lib"}
+
+func (t *Table) search(key, name string) *Module {
+	if name == "" || strings.Contains(name, "/") {
+		return nil
+	}
+	for _, d := range searchDirs {
+		if m := t.addFile(filepath.Join(d, name)); m != nil && m.Key == key {
+			return m
+		}
+	}
+	return nil
+}
+
+// AddFile opens a file as a module ahead of need (a libc udstrace probes); it returns the module or nil.
+func (t *Table) AddFile(path string) *Module {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.addFile(path)
+}
+
+func (t *Table) addFile(path string) *Module {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	key := fileKey(f)
+	if m := t.mods[key]; m != nil {
+		f.Close()
+		return m
+	}
+	m, err := openModule(key, path, "", f)
+	if err != nil {
+		f.Close()
+		return nil
+	}
+	t.mods[key] = m
+	return m
+}

@@ -18,9 +18,11 @@ type Stack struct {
 // Frames turns a captured stack into file-relative frames. For heap calls, frame 0 is the
 // allocator function itself (the stack was taken at its return, in the caller).
 func (t *Table) Frames(pid uint32, kind event.Kind, st *Stack) []event.Frame {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	p := t.procs[pid]
 	if p == nil || !p.loaded {
-		_ = t.Load(pid) // first sight of a process already running (attach, system-wide)
+		_ = t.load(pid) // first sight of a process already running (attach, system-wide)
 		p = t.procs[pid]
 	}
 	if p == nil {

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -23,6 +24,7 @@ type proc struct {
 
 // Table holds every traced process's executable mappings and the modules they map.
 type Table struct {
+	mu    sync.Mutex // the reader goroutine and the attaching one both use the table
 	mods  map[string]*Module
 	procs map[uint32]*proc
 	// Allocators maps a libc's key to the file offset of each probed function, by kind name.
@@ -43,19 +45,37 @@ func New() *Table {
 
 // Close releases every open file.
 func (t *Table) Close() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	for _, m := range t.mods {
 		m.close()
 	}
 }
 
 // Modules returns the modules seen so far.
-func (t *Table) Modules() map[string]*Module { return t.mods }
+func (t *Table) Modules() map[string]*Module {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[string]*Module, len(t.mods))
+	for k, m := range t.mods {
+		out[k] = m
+	}
+	return out
+}
 
 // Module returns a module by key.
-func (t *Table) Module(key string) *Module { return t.mods[key] }
+func (t *Table) Module(key string) *Module {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.mods[key]
+}
 
 // SetAllocator records where the probed allocator functions are in a libc, to name frame 0 of heap stacks.
-func (t *Table) SetAllocator(key string, offsets map[uint8]uint64) { t.allocators[key] = offsets }
+func (t *Table) SetAllocator(key string, offsets map[uint8]uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.allocators[key] = offsets
+}
 
 func (t *Table) proc(pid uint32) *proc {
 	p := t.procs[pid]
@@ -68,12 +88,20 @@ func (t *Table) proc(pid uint32) *proc {
 
 // Known reports whether a process's mappings have been read.
 func (t *Table) Known(pid uint32) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	p := t.procs[pid]
 	return p != nil && p.loaded
 }
 
 // Load reads /proc/PID/maps, opening each executable file mapping not open yet.
 func (t *Table) Load(pid uint32) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.load(pid)
+}
+
+func (t *Table) load(pid uint32) error {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
 	if err != nil {
 		return fmt.Errorf("reading mappings of %d: %w", pid, err)

@@ -21,7 +21,7 @@ func (h *handler) Alloc(a *event.Alloc, raw *loader.RawStack) {
 }
 
 func (h *handler) Exec(e *loader.Exec) {
-	h.s.maps.Exec(e.PID, e.Exe, e.StartCode, procmaps.KernelDevKey(e.Dev, e.Ino))
+	h.s.maps.Exec(e.PID, e.Exe, e.StartCode, e.InterpBase, procmaps.KernelDevKey(e.Dev, e.Ino))
 	h.s.builder.Proc(&e.Proc)
 	h.checkLibc(e.PID)
 }

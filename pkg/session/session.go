@@ -106,6 +106,7 @@ func (s *Session) attachLibc(path string) error {
 		offs[uint8(p.Kind)] = p.Offset
 	}
 	s.maps.SetAllocator(key, offs)
+	s.maps.AddFile(path) // open now: processes that map it may be gone before their mappings are read
 	s.opts.Log.Debug("attached", "libc", path, "functions", len(probes))
 	return nil
 }

@@ -28,8 +28,10 @@ type view struct {
 		Bytes            uint64 `json:"bytes"`
 		OutstandingBytes uint64 `json:"outstanding_bytes"`
 		Stack            []struct {
-			Symbol string `json:"symbol"`
-			Module string `json:"module"`
+			Symbol   string `json:"symbol"`
+			Module   string `json:"module"`
+			Function string `json:"function"`
+			Inlined  bool   `json:"inlined"`
 		} `json:"stack"`
 	} `json:"sites"`
 	SocketPath struct {

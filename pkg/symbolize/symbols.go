@@ -16,6 +16,7 @@ type rawSym struct {
 	bind       elf.SymBind
 	shndx      elf.SectionIndex
 	secEnd     uint64 // end address of the symbol's section, 0 if unknown
+	exec       bool   // defined in an executable section
 }
 
 // symtab is a sorted, alias-deduplicated function index.
@@ -123,6 +124,7 @@ func readSymbolSection(f *elf.File, s *elf.Section, fileSize int64) ([]rawSym, e
 		}
 		if i := int(rs.shndx); rs.shndx < elf.SHN_LORESERVE && i < len(f.Sections) {
 			rs.secEnd = f.Sections[i].Addr + f.Sections[i].Size
+			rs.exec = f.Sections[i].Flags&elf.SHF_EXECINSTR != 0
 		}
 		out = append(out, rs)
 	}
@@ -160,7 +162,9 @@ func buildSymtab(raw []rawSym) *symtab {
 		}
 	}
 	funcs := len(syms) > 0
-	if !funcs {
+	if funcs {
+		syms = append(syms, asmLabels(raw, syms)...)
+	} else {
 		// Hand-written assembly often leaves functions untyped.
 		for _, s := range raw {
 			if s.shndx != elf.SHN_ABS {
@@ -229,4 +233,29 @@ func isPublic(s rawSym) bool {
 
 func leadingUnderscores(s string) int {
 	return len(s) - len(strings.TrimLeft(s, "_"))
+}
+
+// asmLabels returns untyped code symbols outside every sized function: entry points written
+// in assembly (ld.so's _start, _dl_start_user) that would otherwise show as bare addresses.
+func asmLabels(raw, funcs []rawSym) []rawSym {
+	sorted := append([]rawSym(nil), funcs...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].addr < sorted[j].addr })
+	var out []rawSym
+	for _, s := range raw {
+		if s.typ != elf.STT_NOTYPE || !s.exec || strings.HasPrefix(s.name, ".") {
+			continue
+		}
+		i := sort.Search(len(sorted), func(i int) bool { return sorted[i].addr > s.addr })
+		covered := false
+		for k := i - 1; k >= 0 && k >= i-64; k-- {
+			if f := sorted[k]; f.addr == s.addr || (f.size > 0 && s.addr < f.addr+f.size) {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			out = append(out, s)
+		}
+	}
+	return out
 }

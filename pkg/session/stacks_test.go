@@ -1,0 +1,176 @@
+package session
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/udstrace/udstrace/internal/testenv"
+)
+
+// gdbStack is one malloc breakpoint hit as gdb's bt prints it, up to main.
+type gdbStack struct {
+	bytes uint64
+	names []string
+}
+
+var (
+	gdbFrame = regexp.MustCompile(`^#\d+\s+(?:0x[0-9a-f]+ in )?(\S+) \(`)
+	gdbBytes = regexp.MustCompile(`bytes=(?:bytes@entry=)?(\d+)`)
+)
+
+// gdbMallocStacks runs argv under gdb with a breakpoint on libc's malloc and returns every backtrace.
+func gdbMallocStacks(t *testing.T, argv []string) []gdbStack {
+	t.Helper()
+	if _, err := exec.LookPath("gdb"); err != nil {
+		t.Fatal("gdb is the oracle for this test: install it (apt-get install gdb)")
+	}
+	script := filepath.Join(t.TempDir(), "bt.gdb")
+	cmds := "set pagination off\nset breakpoint pending on\nbreak __libc_malloc\ncommands\nsilent\nbt\ncontinue\nend\nrun\n"
+	if err := os.WriteFile(script, []byte(cmds), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("gdb", append([]string{"-batch", "-nx", "-x", script, "--args"}, argv...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("gdb: %v\n%s", err, out)
+	}
+	var stacks []gdbStack
+	var cur *gdbStack
+	for _, line := range strings.Split(string(out), "\n") {
+		m := gdbFrame.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		if strings.HasPrefix(line, "#0 ") {
+			stacks = append(stacks, gdbStack{})
+			cur = &stacks[len(stacks)-1]
+			if b := gdbBytes.FindStringSubmatch(line); b != nil {
+				cur.bytes, _ = strconv.ParseUint(b[1], 10, 64)
+			}
+		}
+		if cur != nil && (len(cur.names) == 0 || cur.names[len(cur.names)-1] != "main") {
+			cur.names = append(cur.names, m[1])
+		}
+	}
+	return stacks
+}
+
+// canonical folds glibc's internal spellings of one function (__GI___libc_malloc, _IO_new_fdopen) into one name.
+func canonical(name string) string {
+	for changed := true; changed; {
+		changed = false
+		for _, p := range []string{"__GI_", "_IO_new_", "__libc_", "_IO_", "_"} {
+			if strings.HasPrefix(name, p) && len(name) > len(p) {
+				name, changed = name[len(p):], true
+			}
+		}
+	}
+	return name
+}
+
+// normalized canonicalizes names, drops repeats (inlined copies of one function), and stops at main.
+func normalized(names []string) []string {
+	var out []string
+	for _, n := range names {
+		c := canonical(n)
+		if len(out) == 0 || out[len(out)-1] != c {
+			out = append(out, c)
+		}
+		if n == "main" {
+			break
+		}
+	}
+	return out
+}
+
+// checkAgainstGDB asserts that every malloc gdb saw in argv has a udstrace site with the same frames.
+func checkAgainstGDB(t *testing.T, v *view, pid uint32, gdb []gdbStack) {
+	t.Helper()
+	if len(gdb) == 0 {
+		t.Fatal("gdb saw no malloc")
+	}
+	for _, g := range gdb {
+		want := strings.Join(normalized(g.names), " <- ")
+		var seen []string
+		for _, s := range v.Sites {
+			if s.PID != pid || s.Kind != "malloc" || s.Bytes%g.bytes != 0 {
+				continue
+			}
+			var names []string
+			for _, f := range s.Stack {
+				names = append(names, f.Function)
+			}
+			got := strings.Join(normalized(names), " <- ")
+			if got == want {
+				seen = nil
+				break
+			}
+			seen = append(seen, got)
+		}
+		if seen != nil {
+			t.Errorf("malloc(%d): gdb's stack %q has no udstrace site with the same frames; udstrace has:\n  %s", g.bytes, want, strings.Join(seen, "\n  "))
+		}
+	}
+}
+
+func TestStdioStacksMatchGDB(t *testing.T) {
+	testenv.NeedRoot(t)
+	bins := testenv.Binaries(t)
+	o := testOptions(t)
+	o.Workload = "echo"
+	rep, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := decodeView(t, rep)
+
+	sock := filepath.Join(t.TempDir(), "g.sock")
+	srv := exec.Command(bins.Server, sock, "1")
+	out, _ := srv.StdoutPipe()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Wait()
+	if _, err := out.Read(make([]byte, 6)); err != nil {
+		t.Fatal(err)
+	}
+	gdb := gdbMallocStacks(t, []string{bins.Client, "stdio", sock, "3", "0"})
+	checkAgainstGDB(t, v, v.pidOf(t, "client-stdio"), gdb)
+}
+
+func TestNoFramePointerChainMatchesGDB(t *testing.T) {
+	testenv.NeedRoot(t)
+	bins := testenv.Binaries(t)
+	o := testOptions(t)
+	o.Command = []string{bins.Chain, "1"}
+	rep, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := decodeView(t, rep)
+	gdb := gdbMallocStacks(t, []string{bins.Chain, "1"})
+	levels := 0
+	for _, g := range gdb {
+		if strings.Contains(strings.Join(g.names, " "), "level5") {
+			levels++
+		}
+	}
+	if levels == 0 {
+		t.Fatalf("gdb never saw level5 allocate: %+v", gdb)
+	}
+	checkAgainstGDB(t, v, v.Processes[0].PID, gdb)
+
+	// chain exits right after its last allocation: every frame must still be symbolized.
+	for _, s := range v.Sites {
+		for i, f := range s.Stack {
+			if f.Function == "" {
+				t.Errorf("site %s of %d B: frame %d (%s in %q) unresolved", s.Kind, s.Bytes, i, f.Symbol, f.Module)
+			}
+		}
+	}
+}
