@@ -113,6 +113,9 @@ func run(ctx context.Context, args []string) int {
 		Stack: o.stack, StackBytes: uint32(o.stackBytes), RingBytes: uint32(o.ringBytes),
 		Follow: o.follow, Debug: o.debug, Stdout: os.Stderr, Stderr: os.Stderr, Log: log,
 	}
+	if o.workload != "" && !o.debug {
+		sopts.Stdout = io.Discard // the echo lines say nothing the report does not; --debug shows them
+	}
 	var rep *report.Report
 	switch sub {
 	case "run":

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf/ringbuf"
@@ -60,32 +59,28 @@ type Handler interface {
 	Map(m *Mapping)
 }
 
-// Read delivers events until ctx is done, then drains what is left in the ring buffer and returns.
+// Read delivers events until ctx is done, then delivers what is left in the ring buffer and returns.
 func (t *Tracer) Read(ctx context.Context, h Handler) error {
 	rd, err := ringbuf.NewReader(t.objs.Events)
 	if err != nil {
 		return fmt.Errorf("opening ring buffer: %w", err)
 	}
 	defer rd.Close()
-	stop := context.AfterFunc(ctx, func() { rd.SetDeadline(time.Now()) })
+	// Flush wakes a blocked read without the reader's lock (SetDeadline would wait for it).
+	stop := context.AfterFunc(ctx, func() { _ = rd.Flush() })
 	defer stop()
 	var rec ringbuf.Record
-	draining := false
 	for {
 		err := rd.ReadInto(&rec)
 		switch {
 		case err == nil:
 			decode(rec.RawSample, h)
+		case errors.Is(err, ringbuf.ErrFlushed):
+			if ctx.Err() != nil {
+				return nil // everything written before the end has been delivered
+			}
 		case errors.Is(err, ringbuf.ErrClosed):
 			return nil
-		case errors.Is(err, ringbuf.ErrFlushed), errors.Is(err, context.DeadlineExceeded), isDeadline(err):
-			if draining {
-				return nil
-			}
-			if ctx.Err() != nil {
-				draining = true
-				rd.SetDeadline(time.Now())
-			}
 		default:
 			return fmt.Errorf("reading ring buffer: %w", err)
 		}
@@ -175,5 +170,3 @@ func cString(b []int8) string {
 	}
 	return string(out)
 }
-
-func isDeadline(err error) bool { return errors.Is(err, errDeadline) }

@@ -2,12 +2,9 @@ package loader
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/udstrace/udstrace/pkg/event"
 )
-
-var errDeadline = os.ErrDeadlineExceeded
 
 // Lost is what the kernel side could not deliver or track, by reason.
 type Lost struct {

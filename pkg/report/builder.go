@@ -10,6 +10,9 @@ type Builder struct {
 	sites map[uint64]*site // stack hash -> chain of sites
 	order []*site          // sites in creation order (id-1)
 	last  *proc            // cache: consecutive events mostly come from one process
+	// Blocks of execed or exited images: never freed now, but still outstanding and still ageing.
+	retired []block
+	latest  uint64 // the latest event time seen: the default age reference
 }
 
 // proc is one process incarnation (a reused pid gets a new one).
@@ -52,6 +55,7 @@ type proc struct {
 type block struct {
 	s    *site
 	size uint64
+	t    uint64 // allocation time, for outstanding ages
 }
 
 type tlEntry struct {
@@ -120,6 +124,7 @@ func (b *Builder) Alloc(ev *event.Alloc) {
 	if ev.Comm != "" {
 		p.comm = ev.Comm
 	}
+	b.latest = max(b.latest, ev.Time)
 	k := ev.Kind
 	if int(k) >= kindSlots || k == event.KindNone {
 		return
@@ -142,7 +147,7 @@ func (b *Builder) Alloc(ev *event.Alloc) {
 		p.countHeap(ev)
 		s := b.call(p, ev)
 		if !ev.Failed && ev.Addr != 0 {
-			p.addBlock(&p.live, s, ev.Addr, ev.Size)
+			p.addBlock(&p.live, s, ev.Addr, ev.Size, ev.Time)
 		}
 	case event.Realloc, event.ReallocArray:
 		p.countHeap(ev)
@@ -157,7 +162,7 @@ func (b *Builder) Alloc(ev *event.Alloc) {
 				p.release(p.live, ev.OldAddr, false) // moved or resized in place
 			}
 			if ev.Addr != 0 {
-				p.addBlock(&p.live, s, ev.Addr, ev.Size)
+				p.addBlock(&p.live, s, ev.Addr, ev.Size, ev.Time)
 			}
 		}
 	case event.Free:
@@ -171,7 +176,7 @@ func (b *Builder) Alloc(ev *event.Alloc) {
 		p.mmapBytes += ev.Size
 		s := b.call(p, ev)
 		if !ev.Failed {
-			p.addBlock(&p.regions, s, ev.Addr, ev.Size)
+			p.addBlock(&p.regions, s, ev.Addr, ev.Size, ev.Time)
 		}
 	case event.Munmap:
 		p.munmap++
@@ -184,7 +189,7 @@ func (b *Builder) Alloc(ev *event.Alloc) {
 		s := b.call(p, ev)
 		if !ev.Failed {
 			p.release(p.regions, ev.OldAddr, false)
-			p.addBlock(&p.regions, s, ev.Addr, ev.Size)
+			p.addBlock(&p.regions, s, ev.Addr, ev.Size, ev.Time)
 		}
 	case event.Brk:
 		p.brkCalls++

@@ -45,17 +45,25 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 		r.Processes = append(r.Processes, p.report(meta.Roles[p.pid]))
 	}
 
+	now := cmp.Or(meta.Now, b.latest)
+	r.AgeReference, r.MinAgeSeconds = now, max(b.opts.MinAge, 0).Seconds()
+	ages := b.ages(now)
 	sc := &symCache{sym: sym, m: make(map[frameID][]SymFrame)}
 	stacks := make(map[*site][]StackFrame, len(b.order))
 	for _, s := range b.order {
 		st := sc.expand(s.stack)
 		stacks[s] = st
-		r.Sites = append(r.Sites, Site{
+		out := Site{
 			ID: s.id, PID: s.p.pid, Comm: s.p.comm, Kind: s.kind.String(),
 			Count: s.count, Failed: s.failed, Bytes: s.bytes,
 			OutstandingCount: s.outCount, OutstandingBytes: s.outBytes,
 			Stack: st,
-		})
+		}
+		if a := ages[s.id-1]; a.any {
+			out.OldestOutstandingAgeSeconds = float64(age(now, a.oldest)) / 1e9
+			out.OutstandingOlderThanMinAge = a.older
+		}
+		r.Sites = append(r.Sites, out)
 	}
 	slices.SortFunc(r.Sites, func(a, b Site) int {
 		return cmp.Or(cmp.Compare(b.Bytes, a.Bytes), cmp.Compare(b.Count, a.Count), cmp.Compare(a.ID, b.ID))

@@ -3,7 +3,11 @@ package report
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/google/pprof/profile"
 
 	"github.com/udstrace/udstrace/pkg/event"
 )
@@ -71,12 +75,18 @@ func FuzzBuilder(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		evs, counted := decodeEvents(data)
 		b := NewBuilder(Options{MaxTimeline: 3, TopSites: 2})
-		feed(t, b, evs...)
 		var sym Symbolizer
 		if len(data)%2 == 0 {
 			sym = &fakeSym{}
 		}
-		r := b.Finish(sym, Meta{Roles: map[uint32]Role{1: RoleServer, 2: RoleClientStdio}})
+		meta := Meta{Roles: map[uint32]Role{1: RoleServer, 2: RoleClientStdio}}
+		iv := NewIntervals(1 << 30)
+		feed(t, b, evs[:len(evs)/2]...)
+		i1 := iv.Next(b.Finish(sym, meta), time.Unix(1, 0))
+		feed(t, b, evs[len(evs)/2:]...)
+		r := b.Finish(sym, meta)
+		checkIntervals(t, r, i1, iv.Next(r, time.Unix(2, 0)))
+		checkExports(t, r)
 
 		var sum uint64
 		perPid := map[uint32][2]uint64{}
@@ -84,6 +94,9 @@ func FuzzBuilder(f *testing.F) {
 			sum += s.Count
 			if s.OutstandingCount > s.Count-s.Failed || s.OutstandingBytes > s.Bytes {
 				t.Fatalf("site %d: outstanding %d/%d exceeds calls %d-%d / bytes %d", s.ID, s.OutstandingCount, s.OutstandingBytes, s.Count, s.Failed, s.Bytes)
+			}
+			if s.OutstandingOlderThanMinAge != (BlockCount{s.OutstandingCount, s.OutstandingBytes}) {
+				t.Fatalf("site %d: with min age 0, older %+v != outstanding %d/%d", s.ID, s.OutstandingOlderThanMinAge, s.OutstandingCount, s.OutstandingBytes)
 			}
 			x := perPid[s.PID]
 			perPid[s.PID] = [2]uint64{x[0] + s.OutstandingCount, x[1] + s.OutstandingBytes}
@@ -126,4 +139,58 @@ func FuzzBuilder(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// checkIntervals: the deltas of two intervals add up to the final totals.
+func checkIntervals(t *testing.T, r *Report, i1, i2 Interval) {
+	t.Helper()
+	var want, got [3]uint64
+	for _, s := range r.Sites {
+		want[0] += s.Count
+		want[1] += s.Bytes
+	}
+	for _, p := range r.Processes {
+		want[2] += p.Allocations
+	}
+	for _, iv := range []Interval{i1, i2} {
+		for _, s := range iv.TopSites {
+			got[0] += s.DeltaCount
+			got[1] += s.DeltaBytes
+		}
+		for _, p := range iv.Processes {
+			got[2] += p.DeltaAllocations
+		}
+	}
+	if got != want {
+		t.Fatalf("interval deltas add up to %v, totals %v", got, want)
+	}
+}
+
+// checkExports: pprof validates and keeps the totals; folded has a line per site.
+func checkExports(t *testing.T, r *Report) {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := r.WritePprof(&buf); err != nil {
+		t.Fatal(err)
+	}
+	p, err := profile.Parse(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got [4]int64
+	for _, s := range p.Sample {
+		for i, v := range s.Value {
+			got[i] += v
+		}
+	}
+	if want := siteTotals(r); got != want || len(p.Sample) != len(r.Sites) {
+		t.Fatalf("pprof totals %v over %d samples, JSON %v over %d sites", got, len(p.Sample), want, len(r.Sites))
+	}
+	buf.Reset()
+	if err := r.WriteFolded(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(buf.String(), "\n"); n != len(r.Sites) {
+		t.Fatalf("%d folded lines for %d sites", n, len(r.Sites))
+	}
 }

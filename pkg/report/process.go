@@ -4,6 +4,7 @@ import "github.com/udstrace/udstrace/pkg/event"
 
 // Proc records a fork, exec or exit.
 func (b *Builder) Proc(ev *event.Proc) {
+	b.latest = max(b.latest, ev.Time)
 	switch ev.Kind {
 	case event.ProcFork:
 		p := b.cur[ev.PID]
@@ -28,14 +29,14 @@ func (b *Builder) Proc(ev *event.Proc) {
 		if ev.Exe != "" {
 			p.exe = ev.Exe
 		}
-		p.live, p.regions = nil, nil // the old image is gone; its blocks stay outstanding
+		b.retire(p) // the old image is gone; its blocks stay outstanding
 	case event.ProcExit:
 		p := b.procAt(ev.PID, ev.Time)
 		if ev.Comm != "" {
 			p.comm = ev.Comm
 		}
 		p.exited, p.exitCode, p.exitTime = true, ev.ExitCode, ev.Time
-		p.live, p.regions = nil, nil
+		b.retire(p)
 		if p.hasSock && !p.afterDone {
 			p.settleAfter()
 		}
@@ -52,7 +53,7 @@ func inherit(parent, child map[uint64]block) map[uint64]block {
 	}
 	for a, blk := range parent {
 		if _, ok := child[a]; !ok {
-			child[a] = block{nil, blk.size}
+			child[a] = block{nil, blk.size, blk.t}
 		}
 	}
 	return child
@@ -78,14 +79,14 @@ func (b *Builder) Sockets(s event.SocketStats) {
 	}
 }
 
-func (p *proc) addBlock(m *map[uint64]block, s *site, addr, size uint64) {
+func (p *proc) addBlock(m *map[uint64]block, s *site, addr, size, t uint64) {
 	if *m == nil {
 		*m = make(map[uint64]block)
 	}
 	if old, ok := (*m)[addr]; ok {
 		p.drop(old) // a release we missed: the address is being handed out again
 	}
-	(*m)[addr] = block{s, size}
+	(*m)[addr] = block{s, size, t}
 	s.outCount++
 	s.outBytes += size
 	p.outCount++
@@ -134,7 +135,7 @@ func (p *proc) unmap(addr, size uint64) {
 	if old, ok := p.regions[addr+size]; ok {
 		p.drop(old) // overlapping regions: a release we missed
 	}
-	p.regions[addr+size] = block{blk.s, blk.size - size}
+	p.regions[addr+size] = block{blk.s, blk.size - size, blk.t}
 }
 
 // settleAfter turns the timeline into per-site figures once the first socket time is known.

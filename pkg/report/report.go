@@ -1,9 +1,11 @@
 // Package report aggregates traced events into per-process totals, per-call-site
-// stacks and the socket-path verdict, and formats them as text or JSON.
+// stacks and the socket-path verdict, and formats them as text, JSON, pprof or
+// folded stacks.
 //
 // Feed events to a Builder (Alloc, Proc, Sockets) in event order, then call
-// Finish once tracing is over; Finish is where stacks get symbolized. The JSON
-// document is described in schema.md.
+// Finish once tracing is over; Finish is where stacks get symbolized. Finish
+// may also be called while events keep coming, e.g. to feed Intervals. The
+// formats are described in schema.md.
 package report
 
 import (
@@ -17,8 +19,9 @@ const Schema = "udstrace.report/v1"
 
 // Options tunes the report.
 type Options struct {
-	TopSites    int // text: how many call sites to print (default 20); JSON has all
-	MaxTimeline int // per process: allocations remembered until its socket counters arrive (default 1<<20, 24 B each)
+	TopSites    int           // text: how many call sites to print (default 20); JSON has all
+	MaxTimeline int           // per process: allocations remembered until its socket counters arrive (default 1<<20, 24 B each)
+	MinAge      time.Duration // outstanding blocks at least this old are "long-lived" (0: every outstanding block)
 }
 
 // Role is what a process does in udstrace's built-in workload.
@@ -40,6 +43,7 @@ type Meta struct {
 	Roles      map[uint32]Role // pid -> workload role
 	Lost       LostEvents
 	Warnings   []string // things the user must know
+	Now        uint64   // CLOCK_MONOTONIC ns the report is taken at, to age live blocks; 0: the latest event time seen
 }
 
 // LostEvents is what the kernel side could not deliver, by reason.
@@ -78,6 +82,8 @@ type Report struct {
 	Processes       []Process  `json:"processes"`
 	Sites           []Site     `json:"sites"`
 	SocketPath      SocketPath `json:"socket_path"`
+	AgeReference    uint64     `json:"age_reference_time"` // monotonic ns the outstanding ages are measured at
+	MinAgeSeconds   float64    `json:"min_age_seconds"`    // Options.MinAge: the threshold of outstanding_older_than_min_age
 
 	topSites int // text only
 }
@@ -146,6 +152,15 @@ type Site struct {
 	OutstandingCount uint64       `json:"outstanding_count"`
 	OutstandingBytes uint64       `json:"outstanding_bytes"`
 	Stack            []StackFrame `json:"stack"`
+	// Added after the first v1 release; a leak keeps getting older, a cache stops growing.
+	OldestOutstandingAgeSeconds float64    `json:"oldest_outstanding_age_seconds"`
+	OutstandingOlderThanMinAge  BlockCount `json:"outstanding_older_than_min_age"`
+}
+
+// BlockCount counts live blocks and their bytes.
+type BlockCount struct {
+	Count uint64 `json:"count"`
+	Bytes uint64 `json:"bytes"`
 }
 
 // StackFrame is one source frame; an address with inlined calls yields several, sharing frame/addr.

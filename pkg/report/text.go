@@ -20,6 +20,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	r.header(&buf)
 	r.processes(&buf)
 	r.sites(&buf)
+	r.longLived(&buf)
 	r.socketPath(&buf)
 	buf.WriteString("\n" + esc(r.SocketPath.Conclusion) + "\n")
 	_, err := w.Write(buf.Bytes())
@@ -84,6 +85,9 @@ func (r *Report) sites(b *bytes.Buffer) {
 		fmt.Fprintf(b, "#%d %s  pid %d %s  count %s  bytes %s  outstanding %s (%s)",
 			s.ID, s.Kind, s.PID, cmpOr(esc(s.Comm), "?"), commas(s.Count), bytesText(s.Bytes),
 			commas(s.OutstandingCount), bytesText(s.OutstandingBytes))
+		if s.OutstandingCount > 0 {
+			fmt.Fprintf(b, " oldest %s", ageText(s.OldestOutstandingAgeSeconds))
+		}
 		if s.Failed > 0 {
 			fmt.Fprintf(b, "  failed %s", commas(s.Failed))
 		}

@@ -1,0 +1,180 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/udstrace/udstrace/internal/testenv"
+)
+
+// buildCLI builds udstrace once per test binary run.
+func buildCLI(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "udstrace-cli-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	bin := filepath.Join(dir, "udstrace")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("building udstrace: %v\n%s", err, out)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil { // TestNotRoot runs it as nobody
+		t.Fatal(err)
+	}
+	return bin
+}
+
+func runCLI(t *testing.T, bin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var o, e bytes.Buffer
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return o.String(), e.String(), code
+}
+
+func TestBadInput(t *testing.T) {
+	testenv.NeedRoot(t)
+	bin := buildCLI(t)
+	cases := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"run", "--workload", "nope"}, exitFailure, "unknown workload"},
+		{[]string{"run", "--", "/no/such/command"}, exitFailure, "command not found"},
+		{[]string{"run", "--", "no-such-command-anywhere"}, exitFailure, "command not found"},
+		{[]string{"frobnicate"}, exitUsage, "unknown command"},
+		{[]string{"run"}, exitUsage, "nothing to trace"},
+		{[]string{"run", "--format", "xml", "--workload", "echo"}, exitUsage, "unknown format"},
+		{[]string{"run", "--stack", "magic", "--workload", "echo"}, exitUsage, "unknown stack mode"},
+		{[]string{"attach", "--pid", "999999999"}, exitFailure, "no such process"},
+		{[]string{"attach", "--pid", "2"}, exitFailure, "kernel thread"},
+		{[]string{"attach"}, exitUsage, "--pid"},
+		{[]string{"run", "--user", "no-such-user-here", "--workload", "echo"}, exitFailure, "no-such-user-here"},
+	}
+	for _, c := range cases {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			stdout, stderr, code := runCLI(t, bin, c.args...)
+			if code != c.code {
+				t.Errorf("exit %d, want %d (stderr %q)", code, c.code, stderr)
+			}
+			lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")
+			if len(lines) != 1 || !strings.Contains(stderr, c.want) || !strings.HasPrefix(stderr, "udstrace: ") {
+				t.Errorf("stderr %q: want one line starting udstrace: and naming %q", stderr, c.want)
+			}
+			if stdout != "" {
+				t.Errorf("stdout not empty on error: %q", stdout)
+			}
+			assertClean(t, bin)
+		})
+	}
+}
+
+func TestNotRoot(t *testing.T) {
+	testenv.NeedRoot(t) // to become nobody
+	bin := buildCLI(t)
+	cmd := exec.Command(bin, "run", "--workload", "echo")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	var e bytes.Buffer
+	cmd.Stderr = &e
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitFailure {
+		t.Fatalf("as nobody: %v, want exit %d", err, exitFailure)
+	}
+	if !strings.Contains(e.String(), "needs root") || strings.Count(e.String(), "\n") != 1 {
+		t.Errorf("stderr %q: want one line saying it needs root", e.String())
+	}
+}
+
+func TestRunWorkloadJSONAndTracefs(t *testing.T) {
+	testenv.NeedRoot(t)
+	bin := buildCLI(t)
+	// udstrace must mount tracefs itself when it is not.
+	_ = syscall.Unmount("/sys/kernel/tracing", 0)
+	out := filepath.Join(t.TempDir(), "report.json")
+	_, stderr, code := runCLI(t, bin, "run", "--workload", "echo", "--format", "json", "-o", out)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if _, err := os.Stat("/sys/kernel/tracing/events/syscalls"); err != nil {
+		t.Errorf("tracefs not mounted after the run: %v", err)
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(data, &doc); err != nil {
+		t.Fatalf("report is not JSON: %v", err)
+	}
+	for _, k := range []string{"schema", "processes", "sites", "socket_path", "lost_events"} {
+		if _, ok := doc[k]; !ok {
+			t.Errorf("report lacks %s", k)
+		}
+	}
+	if sp, _ := doc["socket_path"].(map[string]any); sp["holds"] != true {
+		t.Errorf("socket path verdict does not hold: %v", sp)
+	}
+	// Text: the last line is the conclusion.
+	stdout, _, code := runCLI(t, bin, "run", "--workload", "echo")
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	if code != 0 || !strings.HasPrefix(lines[len(lines)-1], "Conclusion: the AF_UNIX socket path allocated nothing") {
+		t.Errorf("exit %d, last line %q", code, lines[len(lines)-1])
+	}
+	assertClean(t, bin)
+}
+
+// assertClean checks nothing of udstrace is left: programs, tracer or workload processes, directories.
+// Programs held by other tracers running on the machine at the same time are theirs, not leftovers.
+func assertClean(t *testing.T, bin string) {
+	t.Helper()
+	out, err := exec.Command("bpftool", "-j", "prog", "show").Output()
+	if err == nil {
+		var progs []struct {
+			Name string `json:"name"`
+			Pids []struct {
+				Pid int `json:"pid"`
+			} `json:"pids"`
+		}
+		_ = json.Unmarshal(out, &progs)
+		for _, p := range progs {
+			for _, ours := range []string{"alloc_enter", "alloc_return", "free_enter", "mmap_enter", "on_exec"} {
+				if p.Name != ours {
+					continue
+				}
+				if len(p.Pids) == 0 {
+					t.Errorf("BPF program %s left loaded with no process holding it", ours)
+				}
+				for _, h := range p.Pids {
+					if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", h.Pid)); exe == bin {
+						t.Errorf("BPF program %s still held by udstrace pid %d", ours, h.Pid)
+					}
+				}
+			}
+		}
+	}
+	if out, _ := exec.Command("pgrep", "-f", bin).Output(); len(out) > 0 {
+		t.Errorf("udstrace processes left running: %s", out)
+	}
+	if left, _ := filepath.Glob(filepath.Join(os.TempDir(), "udstrace-echo-*")); len(left) > 0 && os.Getenv("CI") == "true" {
+		t.Errorf("workload directories left behind: %v", left)
+	}
+}

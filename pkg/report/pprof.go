@@ -1,0 +1,189 @@
+package report
+
+import (
+	"cmp"
+	"fmt"
+	"io"
+	"math"
+	"path"
+	"slices"
+	"strings"
+	"unicode"
+
+	"github.com/google/pprof/profile"
+)
+
+// noStack names the single frame of a site without a stack, so its bytes still show in graphs.
+const noStack = "(no stack)"
+
+// WritePprof writes the sites as a gzipped pprof heap profile (sample types in schema.md).
+func (r *Report) WritePprof(w io.Writer) error {
+	p := r.Profile()
+	if err := p.CheckValid(); err != nil {
+		return fmt.Errorf("report: invalid pprof profile: %w", err)
+	}
+	return p.Write(w)
+}
+
+// Profile converts the sites into a pprof profile: one sample per site.
+func (r *Report) Profile() *profile.Profile {
+	p := &profile.Profile{
+		SampleType: []*profile.ValueType{
+			{Type: "alloc_objects", Unit: "count"}, {Type: "alloc_space", Unit: "bytes"},
+			{Type: "inuse_objects", Unit: "count"}, {Type: "inuse_space", Unit: "bytes"},
+		},
+		DefaultSampleType: "inuse_space",
+		Comments:          []string{"udstrace: " + strings.Join(r.Command, " ")},
+	}
+	if !r.Start.IsZero() {
+		p.TimeNanos = r.Start.UnixNano()
+		p.DurationNanos = int64(r.DurationSeconds * 1e9)
+	}
+	pb := &pprofBuilder{p: p, maps: map[[2]string]*profile.Mapping{}, locs: map[locKey]*profile.Location{},
+		funcs: map[[2]string]*profile.Function{}}
+	for i := range r.Sites {
+		s := &r.Sites[i]
+		smp := &profile.Sample{
+			Value:    []int64{clampInt64(s.Count), clampInt64(s.Bytes), clampInt64(s.OutstandingCount), clampInt64(s.OutstandingBytes)},
+			Label:    map[string][]string{"comm": {s.Comm}, "kind": {s.Kind}},
+			NumLabel: map[string][]int64{"pid": {int64(s.PID)}, "site": {int64(s.ID)}},
+		}
+		for st := s.Stack; len(st) > 0; {
+			n := 1 // one raw frame: its inlined entries and the function they were inlined into
+			for n < len(st) && st[n].Frame == st[0].Frame {
+				n++
+			}
+			smp.Location = append(smp.Location, pb.location(st[:n]))
+			st = st[n:]
+		}
+		if len(smp.Location) == 0 {
+			smp.Location = append(smp.Location, pb.location([]StackFrame{{Symbol: noStack}}))
+		}
+		p.Sample = append(p.Sample, smp)
+	}
+	// pprof names the profile after the first mapping: put the executables before the libraries.
+	slices.SortStableFunc(p.Mapping, func(a, b *profile.Mapping) int { return cmp.Compare(isSharedLib(a.File), isSharedLib(b.File)) })
+	for i, m := range p.Mapping {
+		m.ID = uint64(i + 1)
+		m.Limit = max(m.Limit, 1) // file offsets run from Start 0 up to the largest one seen
+	}
+	return p
+}
+
+// locKey identifies a raw frame as the report does: module file and offset, or the address outside files.
+type locKey struct {
+	mod, buildID string
+	off          uint64
+}
+
+type pprofBuilder struct {
+	p     *profile.Profile
+	maps  map[[2]string]*profile.Mapping // module, build id
+	locs  map[locKey]*profile.Location
+	funcs map[[2]string]*profile.Function // name, file
+}
+
+// location returns the Location of one raw frame; fs lists its inlined frames first, as pprof's Line does.
+func (b *pprofBuilder) location(fs []StackFrame) *profile.Location {
+	f0 := &fs[0]
+	k := locKey{f0.Module, f0.BuildID, uint64(f0.FileOffset)}
+	if f0.Module == "" {
+		k.off = uint64(f0.Addr)
+	}
+	if l := b.locs[k]; l != nil {
+		return l
+	}
+	// Addresses are file offsets in a mapping placed at 0: the same code in two processes is one location.
+	l := &profile.Location{ID: uint64(len(b.p.Location) + 1), Address: k.off}
+	if f0.Module != "" {
+		l.Mapping = b.mapping(f0, k.off)
+	}
+	for i := range fs {
+		l.Line = append(l.Line, profile.Line{Function: b.function(&fs[i]), Line: int64(fs[i].Line)})
+		if m := l.Mapping; m != nil && (fs[i].File == "" || fs[i].Line <= 0) {
+			m.HasFilenames, m.HasLineNumbers = false, false // these flags claim it for every location
+		}
+	}
+	b.locs[k] = l
+	b.p.Location = append(b.p.Location, l)
+	return l
+}
+
+func (b *pprofBuilder) mapping(f *StackFrame, off uint64) *profile.Mapping {
+	k := [2]string{f.Module, f.BuildID}
+	m := b.maps[k]
+	if m == nil {
+		// HasFunctions stops pprof from re-symbolizing with file offsets it would take for addresses.
+		m = &profile.Mapping{ID: uint64(len(b.p.Mapping) + 1), File: f.Module, BuildID: f.BuildID,
+			HasFunctions: true, HasFilenames: true, HasLineNumbers: true, HasInlineFrames: true}
+		b.maps[k] = m
+		b.p.Mapping = append(b.p.Mapping, m)
+	}
+	if off < math.MaxUint64 {
+		m.Limit = max(m.Limit, off+1)
+	}
+	return m
+}
+
+func (b *pprofBuilder) function(f *StackFrame) *profile.Function {
+	name := frameName(f)
+	k := [2]string{name, f.File}
+	fn := b.funcs[k]
+	if fn == nil {
+		fn = &profile.Function{ID: uint64(len(b.p.Function) + 1), Name: name, SystemName: name, Filename: f.File}
+		b.funcs[k] = fn
+		b.p.Function = append(b.p.Function, fn)
+	}
+	return fn
+}
+
+func isSharedLib(file string) int {
+	if b := path.Base(file); strings.HasSuffix(b, ".so") || strings.Contains(b, ".so.") {
+		return 1
+	}
+	return 0
+}
+
+func clampInt64(v uint64) int64 {
+	if v > math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return int64(v)
+}
+
+// WriteFolded writes one flame-graph line per site: frames outermost first joined by ";", a space, the bytes.
+func (r *Report) WriteFolded(w io.Writer) error {
+	lines := make([]string, 0, len(r.Sites))
+	var sb strings.Builder
+	for i := range r.Sites {
+		s := &r.Sites[i]
+		sb.Reset()
+		for j := len(s.Stack) - 1; j >= 0; j-- { // the stack is innermost first, inlined entries before their caller
+			sb.WriteString(foldedName(frameName(&s.Stack[j])))
+			if j > 0 {
+				sb.WriteByte(';')
+			}
+		}
+		if len(s.Stack) == 0 {
+			sb.WriteString(foldedName(noStack))
+		}
+		fmt.Fprintf(&sb, " %d", s.Bytes)
+		lines = append(lines, sb.String())
+	}
+	slices.Sort(lines)
+	_, err := io.WriteString(w, strings.Join(lines, "\n")+strings.Repeat("\n", min(len(lines), 1)))
+	return err
+}
+
+// foldedName keeps a frame name one field: the format splits on ";", the value on the last space, lines on newlines.
+func foldedName(s string) string {
+	if s == "" {
+		return "?"
+	}
+	return strings.Map(func(r rune) rune {
+		if r == ';' || unicode.IsSpace(r) || unicode.IsControl(r) {
+			return '_'
+		}
+		return r
+	}, s)
+}
