@@ -8,6 +8,7 @@
 #pragma once
 
 #include "memsys.h"
+#include "count.h"
 
 #define AT_NULL 0
 #define AT_BASE 7
@@ -93,6 +94,7 @@ int on_exit(u64 *ctx)
 	u32 tgid = BPF_CORE_READ(p, tgid);
 	bpf_map_delete_elem(&inflight, &tid);
 	bpf_map_delete_elem(&sysinflight, &tid);
+	bpf_map_delete_elem(&tails, &tid);
 	if (BPF_CORE_READ(p, signal, live.counter) != 0)
 		return 0; /* other threads live on */
 	bool was_traced = traced(tgid);

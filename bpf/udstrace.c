@@ -4,6 +4,7 @@
 /*
  * udstrace's BPF programs, one header per concern:
  *   alloc.h    libc allocator uprobes (malloc family, free)
+ *   count.h    count mode: calls aggregated in the kernel by stack
  *   memsys.h   mmap/munmap/mremap/brk syscall tracepoints
  *   sockets.h  AF_UNIX socket syscall counters
  *   procs.h    exec/fork/exit: scope, mappings, cleanup
@@ -11,9 +12,11 @@
  */
 #include "procs.h"
 #include "sockets.h"
+#include "count.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Referenced so their layouts reach BTF, from which bpf2go generates the Go types. */
 const struct alloc_event *unused_alloc_event __attribute__((unused));
 const struct proc_event *unused_proc_event __attribute__((unused));
+const struct count_key *unused_count_key __attribute__((unused));

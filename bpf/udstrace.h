@@ -97,6 +97,8 @@ const volatile bool cfg_follow = true;  /* children of a traced process are trac
 const volatile u32 cfg_self_tgid = 0;   /* never trace the tracer */
 const volatile u32 cfg_stack_mode = STACK_COPY;
 const volatile u32 cfg_stack_bytes = 8192; /* power of two, <= MAX_STACK_BYTES */
+const volatile u64 cfg_cgroup_id = 0;      /* trace only this cgroup (v2 id), 0: any */
+const volatile char cfg_comm[16] = {};     /* trace only processes of this name, "": any */
 
 enum target_state { T_PENDING_EXEC = 1, T_TRACED = 2 };
 
@@ -138,6 +140,18 @@ static __always_inline bool traced(u32 tgid)
 {
 	if (tgid == cfg_self_tgid)
 		return false;
+	if (cfg_cgroup_id && bpf_get_current_cgroup_id() != cfg_cgroup_id)
+		return false;
+	if (cfg_comm[0]) {
+		char comm[16];
+		bpf_get_current_comm(comm, sizeof(comm));
+		for (int i = 0; i < 16; i++) {
+			if (comm[i] != cfg_comm[i])
+				return false;
+			if (!comm[i])
+				break;
+		}
+	}
 	if (!cfg_filter)
 		return true;
 	u8 *state = bpf_map_lookup_elem(&targets, &tgid);

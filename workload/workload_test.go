@@ -173,7 +173,7 @@ func runCounted(t *testing.T, p Paths, name string, args ...string) (map[string]
 	}
 	m := map[string]counts{}
 	for _, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
-		if line == "" {
+		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
 		f := strings.Fields(line)

@@ -3,14 +3,11 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/udstrace/udstrace/pkg/report"
 	"github.com/udstrace/udstrace/pkg/session"
@@ -19,7 +16,7 @@ import (
 // Exit codes, documented in the README.
 const (
 	exitOK      = 0
-	exitFailure = 1 // tracing failed (kernel, permissions, target)
+	exitFailure = 1 // tracing failed (kernel, permissions, target) or --verify found a mismatch
 	exitUsage   = 2 // bad command line
 )
 
@@ -31,47 +28,11 @@ Usage:
   udstrace run [options] -- COMMAND [ARG...]    trace a command from exec to exit, children too
   udstrace attach --pid PID[,PID...] [options]  trace running processes until Ctrl-C, --duration or exit
   udstrace trace [options]                      trace every process on the machine (system-wide)
+  udstrace top [options]                        live view of the busiest call sites, system-wide
   udstrace help                                 this text
 
 Options:
 `
-
-// options is the flat set of command-line options.
-type options struct {
-	workload   string
-	messages   int
-	size       int
-	format     string
-	output     string
-	stack      string
-	stackBytes uint
-	ringBytes  uint
-	follow     bool
-	debug      bool
-	topSites   int
-	pids       string
-	user       string
-	duration   time.Duration
-}
-
-func newFlags(o *options) *flag.FlagSet {
-	fs := flag.NewFlagSet("udstrace", flag.ContinueOnError)
-	fs.StringVar(&o.workload, "workload", "", "built-in workload to run and trace: echo")
-	fs.IntVar(&o.messages, "messages", 3, "echo: messages each client sends")
-	fs.IntVar(&o.size, "size", 0, "echo: bytes per message (0: the classic three strings)")
-	fs.StringVar(&o.format, "format", "text", "report format: text or json")
-	fs.StringVar(&o.output, "o", "", "write the report to `FILE` instead of stdout")
-	fs.StringVar(&o.stack, "stack", "auto", "user stacks: fp (frame pointers, cheapest), cfi (copy + .eh_frame unwinding) or auto")
-	fs.UintVar(&o.stackBytes, "stack-bytes", 8192, "bytes of user stack copied per event for CFI unwinding (power of two, 512..16384)")
-	fs.UintVar(&o.ringBytes, "ring-size", 16<<20, "ring buffer bytes (power of two)")
-	fs.BoolVar(&o.follow, "follow", true, "trace children of traced processes")
-	fs.BoolVar(&o.debug, "debug", false, "verbose logs and the BPF verifier log on load errors")
-	fs.IntVar(&o.topSites, "top", 20, "text: call sites to print")
-	fs.StringVar(&o.user, "user", "nobody", "echo: run the workload as this unprivileged `USER`")
-	fs.StringVar(&o.pids, "pid", "", "attach: `PID[,PID...]` of running processes to trace")
-	fs.DurationVar(&o.duration, "duration", 0, "attach, trace: stop after this long (e.g. 30s; 0: until Ctrl-C)")
-	return fs
-}
 
 func run(ctx context.Context, args []string) int {
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
@@ -82,23 +43,23 @@ func run(ctx context.Context, args []string) int {
 	fs := newFlags(&o)
 	fs.SetOutput(io.Discard)
 	sub := args[0]
-	if sub != "run" && sub != "attach" && sub != "trace" {
-		fmt.Fprintf(os.Stderr, "udstrace: unknown command %q: use run, attach or trace (see udstrace help)\n", sub)
+	switch sub {
+	case "run", "attach", "trace", "top":
+	default:
+		fmt.Fprintf(os.Stderr, "udstrace: unknown command %q: use run, attach, trace or top (see udstrace help)\n", sub)
 		return exitUsage
 	}
 	if err := fs.Parse(args[1:]); err != nil {
 		fmt.Fprintf(os.Stderr, "udstrace: %v (see udstrace help)\n", err)
 		return exitUsage
 	}
+	if sub == "top" && o.interval <= 0 {
+		o.interval = defaultTopInterval
+	}
 	if msg := o.validate(sub, fs.Args()); msg != "" {
 		fmt.Fprintf(os.Stderr, "udstrace: %s\n", msg)
 		return exitUsage
 	}
-	level := slog.LevelWarn
-	if o.debug {
-		level = slog.LevelDebug
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	if os.Geteuid() != 0 && !hasBPFCaps() {
 		fmt.Fprintln(os.Stderr, "udstrace: needs root (or CAP_BPF+CAP_PERFMON+CAP_SYS_ADMIN): run it with sudo")
 		return exitFailure
@@ -108,84 +69,80 @@ func run(ctx context.Context, args []string) int {
 		fmt.Fprintf(os.Stderr, "udstrace: %s\n", explain(err))
 		return exitFailure
 	}
-	sopts := session.Options{
-		Command: fs.Args(), Workload: o.workload, Messages: o.messages, Size: o.size, User: o.user,
-		Stack: o.stack, StackBytes: uint32(o.stackBytes), RingBytes: uint32(o.ringBytes),
-		Follow: o.follow, Debug: o.debug, Stdout: os.Stderr, Stderr: os.Stderr, Log: log,
+	sopts := o.sessionOptions(fs.Args())
+	stream := newStreamer(out, o, sub)
+	if stream != nil {
+		sopts.Interval, sopts.OnInterval = o.interval, stream.snapshot
 	}
-	if o.workload != "" && !o.debug {
-		sopts.Stdout = io.Discard // the echo lines say nothing the report does not; --debug shows them
-	}
-	var rep *report.Report
-	switch sub {
-	case "run":
-		rep, err = session.Run(ctx, sopts)
-	case "attach":
-		pids, _ := parsePIDs(o.pids)
-		rep, err = session.Attach(ctx, pids, o.duration, sopts)
-	case "trace":
-		rep, err = session.Trace(ctx, o.duration, sopts)
+	rep, err := trace(ctx, sub, o, sopts)
+	if err == nil {
+		if stream != nil {
+			err = stream.final(rep)
+		} else {
+			err = write(out, rep, o.format)
+		}
+		if err != nil {
+			err = fmt.Errorf("writing report: %w", err)
+		}
 	}
 	if err != nil {
 		commit(false)
 		fmt.Fprintf(os.Stderr, "udstrace: %s\n", explain(err))
 		return exitFailure
 	}
-	if err := write(out, rep, o); err != nil {
-		commit(false)
-		fmt.Fprintf(os.Stderr, "udstrace: writing report: %v\n", err)
-		return exitFailure
-	}
 	if err := commit(true); err != nil {
 		fmt.Fprintf(os.Stderr, "udstrace: %s\n", explain(err))
 		return exitFailure
 	}
+	if o.verify {
+		return verify(ctx, o, fs.Args(), rep)
+	}
 	return exitOK
 }
 
-func (o *options) validate(sub string, rest []string) string {
-	if sub == "attach" {
-		if _, err := parsePIDs(o.pids); err != nil {
-			return err.Error()
-		}
+func (o *options) sessionOptions(command []string) session.Options {
+	level := slog.LevelWarn
+	if o.debug {
+		level = slog.LevelDebug
 	}
-	if sub != "run" && (o.workload != "" || len(rest) > 0) {
-		return sub + " takes no command or workload: use udstrace run for that"
+	sopts := session.Options{
+		Command: command, Workload: o.workload, Messages: o.messages, Size: o.size, User: o.user,
+		Stack: o.stack, StackBytes: uint32(o.stackBytes), RingBytes: uint32(o.ringBytes),
+		Follow: o.follow, Debug: o.debug, Mode: o.mode, MinAge: o.minAge, MinSize: o.minSize,
+		Comm: o.comm, Cgroup: o.cgroup, TopSites: o.topSites,
+		Stdout: os.Stderr, Stderr: os.Stderr,
+		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	}
-	switch {
-	case o.format != "text" && o.format != "json":
-		return fmt.Sprintf("unknown format %q: use --format text or --format json", o.format)
-	case sub == "run" && o.workload == "" && len(rest) == 0:
-		return "nothing to trace: give --workload echo or -- COMMAND [ARG...]"
-	case o.workload != "" && len(rest) > 0:
-		return "give either --workload or a command, not both"
-	case o.stack != "fp" && o.stack != "cfi" && o.stack != "auto":
-		return fmt.Sprintf("unknown stack mode %q: use --stack fp, cfi or auto", o.stack)
-	case o.messages < 1:
-		return "--messages must be at least 1"
+	if o.workload != "" && !o.debug {
+		sopts.Stdout = io.Discard // the echo lines say nothing the report does not; --debug shows them
 	}
-	return ""
+	return sopts
 }
 
-// parsePIDs reads --pid's comma-separated list.
-func parsePIDs(s string) ([]int, error) {
-	if s == "" {
-		return nil, errors.New("attach needs --pid PID[,PID...]")
+// trace runs the subcommand's trace to its end.
+func trace(ctx context.Context, sub string, o options, sopts session.Options) (*report.Report, error) {
+	switch sub {
+	case "run":
+		return session.Run(ctx, sopts)
+	case "attach":
+		pids, _ := parsePIDs(o.pids)
+		return session.Attach(ctx, pids, o.duration, sopts)
 	}
-	var out []int
-	for _, f := range strings.Split(s, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n <= 0 {
-			return nil, fmt.Errorf("--pid: %q is not a process ID", f)
-		}
-		out = append(out, n)
+	if o.pids != "" {
+		pids, _ := parsePIDs(o.pids)
+		return session.Attach(ctx, pids, o.duration, sopts)
 	}
-	return out, nil
+	return session.Trace(ctx, o.duration, sopts)
 }
 
-func write(w io.Writer, rep *report.Report, o options) error {
-	if o.format == "json" {
+func write(w io.Writer, rep *report.Report, format string) error {
+	switch format {
+	case "json":
 		return rep.WriteJSON(w)
+	case "pprof":
+		return rep.WritePprof(w)
+	case "folded":
+		return rep.WriteFolded(w)
 	}
 	return rep.WriteText(w)
 }
@@ -196,7 +153,7 @@ func printUsage(w io.Writer) {
 	fs := newFlags(&o)
 	fs.SetOutput(w)
 	fs.PrintDefaults()
-	fmt.Fprintln(w, "\nExit status: 0 traced and reported, 1 tracing failed, 2 bad command line.")
+	fmt.Fprintln(w, "\nExit status: 0 traced and reported, 1 tracing failed (or --verify found a mismatch), 2 bad command line.")
 }
 
 // explain turns an error into the one line a user needs: what is wrong and what to do.

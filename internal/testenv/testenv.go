@@ -89,6 +89,9 @@ func parseCounts(path string) (Counts, error) {
 	c := Counts{}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "#") {
+			continue
+		}
 		var name string
 		var n Count
 		if _, err := fmt.Sscan(sc.Text(), &name, &n.Calls, &n.Bytes, &n.Null); err != nil {

@@ -96,6 +96,9 @@ func (t *Tracer) AttachLibc(path string) ([]Probe, error) {
 
 func (t *Tracer) placeProbes(ex *link.Executable, allocOffs, cookies, freeOffs []uint64) error {
 	o := &t.objs
+	if t.count {
+		return t.placeCountProbes(ex, allocOffs, cookies)
+	}
 	if t.multi {
 		steps := []func() (link.Link, error){
 			func() (link.Link, error) {
@@ -164,4 +167,24 @@ func (t *Tracer) AddTarget(pid int, pendingExec bool) error {
 // RemoveTarget takes a process out of scope (it never exec'd, or it is being dropped).
 func (t *Tracer) RemoveTarget(pid int) {
 	_ = t.objs.Targets.Delete(uint32(pid))
+}
+
+// placeCountProbes attaches count mode's single entry program: no return probe, no free probe.
+func (t *Tracer) placeCountProbes(ex *link.Executable, offs, cookies []uint64) error {
+	if t.multi {
+		l, err := ex.UprobeMulti(nil, t.objs.AllocCount, &link.UprobeMultiOptions{Addresses: offs, Cookies: cookies})
+		if err != nil {
+			return err
+		}
+		t.links = append(t.links, l)
+		return nil
+	}
+	for i, off := range offs {
+		l, err := ex.Uprobe("", t.objs.AllocCount, &link.UprobeOptions{Address: off, Cookie: cookies[i]})
+		if err != nil {
+			return err
+		}
+		t.links = append(t.links, l)
+	}
+	return nil
 }

@@ -29,6 +29,9 @@ type Config struct {
 	RingBytes  uint32    // ring buffer size; a power of two, multiple of the page size
 	MaxThreads uint32    // per-thread call tables' capacity
 	Debug      bool      // keep the verifier's log in errors
+	Count      bool      // count mode: entry probes only, calls aggregated in the kernel by stack
+	Comm       string    // only processes with this name ("" any)
+	CgroupID   uint64    // only processes in this cgroup v2 (0 any)
 }
 
 // Tracer owns the loaded programs and every link attached to them.
@@ -36,6 +39,7 @@ type Tracer struct {
 	objs       udstraceObjects
 	links      []link.Link
 	multi      bool
+	count      bool
 	attached   map[string][]Probe // libc identity (dev:ino) -> probes placed in it
 	libcPaths  map[string]string
 	tracefsNew bool
@@ -63,10 +67,10 @@ func Load(cfg Config) (*Tracer, error) {
 	if err := configure(spec, cfg); err != nil {
 		return nil, err
 	}
-	t := &Tracer{attached: map[string][]Probe{}, libcPaths: map[string]string{}, tracefsNew: mounted}
+	t := &Tracer{attached: map[string][]Probe{}, libcPaths: map[string]string{}, tracefsNew: mounted, count: cfg.Count}
 	t.multi = features.HaveBPFLinkUprobeMulti() == nil
 	if t.multi {
-		for _, name := range []string{"alloc_enter", "alloc_return", "free_enter"} {
+		for _, name := range []string{"alloc_enter", "alloc_return", "free_enter", "alloc_count"} {
 			spec.Programs[name].AttachType = ebpf.AttachTraceUprobeMulti
 		}
 	}
@@ -98,7 +102,14 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 	if cfg.StackBytes > 16384 || cfg.StackBytes&(cfg.StackBytes-1) != 0 || cfg.StackBytes < 512 {
 		return fmt.Errorf("configuring stack copy: %d bytes is not a power of two in [512, 16384]", cfg.StackBytes)
 	}
+	var comm [16]byte
+	if len(cfg.Comm) > 15 {
+		return fmt.Errorf("configuring comm filter: %q is longer than the kernel's 15-character comm", cfg.Comm)
+	}
+	copy(comm[:], cfg.Comm)
 	vars := map[string]any{
+		"cfg_comm":        comm,
+		"cfg_cgroup_id":   cfg.CgroupID,
 		"cfg_filter":      cfg.Filter,
 		"cfg_follow":      cfg.Follow,
 		"cfg_self_tgid":   uint32(os.Getpid()),

@@ -44,3 +44,46 @@ func (t *Tracer) SocketStats() ([]event.SocketStats, error) {
 	}
 	return out, nil
 }
+
+// Count is one aggregated count-mode entry: calls of one kind from one stack of one process.
+type Count struct {
+	PID   uint32
+	Kind  event.Kind
+	Ret   uint64   // the direct caller's return address
+	PCs   []uint64 // frame-pointer walk from the allocator's entry: PCs[0] is the allocator itself
+	Calls uint64
+	Bytes uint64
+}
+
+// Counts reads count mode's in-kernel aggregation.
+func (t *Tracer) Counts() ([]Count, error) {
+	var out []Count
+	var key udstraceCountKey
+	var val udstraceCountVal
+	stacks := map[int32][]uint64{}
+	it := t.objs.Counts.Iterate()
+	for it.Next(&key, &val) {
+		c := Count{PID: key.Tgid, Kind: event.Kind(key.Kind), Ret: key.Ret, Calls: val.Count, Bytes: val.Bytes}
+		if key.Stackid >= 0 {
+			pcs, ok := stacks[key.Stackid]
+			if !ok {
+				var raw [127]uint64
+				if err := t.objs.Stacks.Lookup(uint32(key.Stackid), &raw); err == nil {
+					for _, pc := range raw {
+						if pc == 0 {
+							break
+						}
+						pcs = append(pcs, pc)
+					}
+				}
+				stacks[key.Stackid] = pcs
+			}
+			c.PCs = pcs
+		}
+		out = append(out, c)
+	}
+	if err := it.Err(); err != nil {
+		return out, fmt.Errorf("reading count-mode counters: %w", err)
+	}
+	return out, nil
+}

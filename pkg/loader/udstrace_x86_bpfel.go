@@ -46,6 +46,21 @@ type udstraceCallState struct {
 	_       [6]byte
 }
 
+type udstraceCountKey struct {
+	_       structs.HostLayout
+	Tgid    uint32
+	Stackid int32
+	Ret     uint64
+	Kind    uint8
+	Pad     [7]uint8
+}
+
+type udstraceCountVal struct {
+	_     structs.HostLayout
+	Count uint64
+	Bytes uint64
+}
+
 type udstraceProcEvent struct {
 	_        structs.HostLayout
 	Type     uint8
@@ -86,19 +101,31 @@ type udstraceSysState struct {
 	_         [6]byte
 }
 
+type udstraceTailState struct {
+	_    structs.HostLayout
+	Sp   uint64
+	Ret  uint64
+	Kind uint8
+	_    [7]byte
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	udstraceMapCounts           = "counts"
 	udstraceMapEvents           = "events"
 	udstraceMapInflight         = "inflight"
 	udstraceMapLost             = "lost"
 	udstraceMapScratchBuf       = "scratch_buf"
 	udstraceMapSockstats        = "sockstats"
+	udstraceMapStacks           = "stacks"
 	udstraceMapSysinflight      = "sysinflight"
+	udstraceMapTails            = "tails"
 	udstraceMapTargets          = "targets"
 	udstraceProgAccept4Enter    = "accept4_enter"
 	udstraceProgAcceptEnter     = "accept_enter"
+	udstraceProgAllocCount      = "alloc_count"
 	udstraceProgAllocEnter      = "alloc_enter"
 	udstraceProgAllocReturn     = "alloc_return"
 	udstraceProgBindEnter       = "bind_enter"
@@ -125,12 +152,15 @@ const (
 	udstraceProgSocketEnter     = "socket_enter"
 	udstraceProgSocketpairEnter = "socketpair_enter"
 	udstraceProgWriteEnter      = "write_enter"
+	udstraceVarCfgCgroupId      = "cfg_cgroup_id"
+	udstraceVarCfgComm          = "cfg_comm"
 	udstraceVarCfgFilter        = "cfg_filter"
 	udstraceVarCfgFollow        = "cfg_follow"
 	udstraceVarCfgSelfTgid      = "cfg_self_tgid"
 	udstraceVarCfgStackBytes    = "cfg_stack_bytes"
 	udstraceVarCfgStackMode     = "cfg_stack_mode"
 	udstraceVarUnusedAllocEvent = "unused_alloc_event"
+	udstraceVarUnusedCountKey   = "unused_count_key"
 	udstraceVarUnusedProcEvent  = "unused_proc_event"
 )
 
@@ -178,6 +208,7 @@ type udstraceSpecs struct {
 type udstraceProgramSpecs struct {
 	Accept4Enter    *ebpf.ProgramSpec `ebpf:"accept4_enter"`
 	AcceptEnter     *ebpf.ProgramSpec `ebpf:"accept_enter"`
+	AllocCount      *ebpf.ProgramSpec `ebpf:"alloc_count"`
 	AllocEnter      *ebpf.ProgramSpec `ebpf:"alloc_enter"`
 	AllocReturn     *ebpf.ProgramSpec `ebpf:"alloc_return"`
 	BindEnter       *ebpf.ProgramSpec `ebpf:"bind_enter"`
@@ -210,12 +241,15 @@ type udstraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type udstraceMapSpecs struct {
+	Counts      *ebpf.MapSpec `ebpf:"counts"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	Inflight    *ebpf.MapSpec `ebpf:"inflight"`
 	Lost        *ebpf.MapSpec `ebpf:"lost"`
 	ScratchBuf  *ebpf.MapSpec `ebpf:"scratch_buf"`
 	Sockstats   *ebpf.MapSpec `ebpf:"sockstats"`
+	Stacks      *ebpf.MapSpec `ebpf:"stacks"`
 	Sysinflight *ebpf.MapSpec `ebpf:"sysinflight"`
+	Tails       *ebpf.MapSpec `ebpf:"tails"`
 	Targets     *ebpf.MapSpec `ebpf:"targets"`
 }
 
@@ -223,12 +257,15 @@ type udstraceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type udstraceVariableSpecs struct {
+	CfgCgroupId      *ebpf.VariableSpec `ebpf:"cfg_cgroup_id"`
+	CfgComm          *ebpf.VariableSpec `ebpf:"cfg_comm"`
 	CfgFilter        *ebpf.VariableSpec `ebpf:"cfg_filter"`
 	CfgFollow        *ebpf.VariableSpec `ebpf:"cfg_follow"`
 	CfgSelfTgid      *ebpf.VariableSpec `ebpf:"cfg_self_tgid"`
 	CfgStackBytes    *ebpf.VariableSpec `ebpf:"cfg_stack_bytes"`
 	CfgStackMode     *ebpf.VariableSpec `ebpf:"cfg_stack_mode"`
 	UnusedAllocEvent *ebpf.VariableSpec `ebpf:"unused_alloc_event"`
+	UnusedCountKey   *ebpf.VariableSpec `ebpf:"unused_count_key"`
 	UnusedProcEvent  *ebpf.VariableSpec `ebpf:"unused_proc_event"`
 }
 
@@ -252,23 +289,29 @@ func (o *udstraceObjects) Close() error {
 //
 // It can be passed to loadUdstraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type udstraceMaps struct {
+	Counts      *ebpf.Map `ebpf:"counts"`
 	Events      *ebpf.Map `ebpf:"events"`
 	Inflight    *ebpf.Map `ebpf:"inflight"`
 	Lost        *ebpf.Map `ebpf:"lost"`
 	ScratchBuf  *ebpf.Map `ebpf:"scratch_buf"`
 	Sockstats   *ebpf.Map `ebpf:"sockstats"`
+	Stacks      *ebpf.Map `ebpf:"stacks"`
 	Sysinflight *ebpf.Map `ebpf:"sysinflight"`
+	Tails       *ebpf.Map `ebpf:"tails"`
 	Targets     *ebpf.Map `ebpf:"targets"`
 }
 
 func (m *udstraceMaps) Close() error {
 	return _UdstraceClose(
+		m.Counts,
 		m.Events,
 		m.Inflight,
 		m.Lost,
 		m.ScratchBuf,
 		m.Sockstats,
+		m.Stacks,
 		m.Sysinflight,
+		m.Tails,
 		m.Targets,
 	)
 }
@@ -277,12 +320,15 @@ func (m *udstraceMaps) Close() error {
 //
 // It can be passed to loadUdstraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type udstraceVariables struct {
+	CfgCgroupId      *ebpf.Variable `ebpf:"cfg_cgroup_id"`
+	CfgComm          *ebpf.Variable `ebpf:"cfg_comm"`
 	CfgFilter        *ebpf.Variable `ebpf:"cfg_filter"`
 	CfgFollow        *ebpf.Variable `ebpf:"cfg_follow"`
 	CfgSelfTgid      *ebpf.Variable `ebpf:"cfg_self_tgid"`
 	CfgStackBytes    *ebpf.Variable `ebpf:"cfg_stack_bytes"`
 	CfgStackMode     *ebpf.Variable `ebpf:"cfg_stack_mode"`
 	UnusedAllocEvent *ebpf.Variable `ebpf:"unused_alloc_event"`
+	UnusedCountKey   *ebpf.Variable `ebpf:"unused_count_key"`
 	UnusedProcEvent  *ebpf.Variable `ebpf:"unused_proc_event"`
 }
 
@@ -292,6 +338,7 @@ type udstraceVariables struct {
 type udstracePrograms struct {
 	Accept4Enter    *ebpf.Program `ebpf:"accept4_enter"`
 	AcceptEnter     *ebpf.Program `ebpf:"accept_enter"`
+	AllocCount      *ebpf.Program `ebpf:"alloc_count"`
 	AllocEnter      *ebpf.Program `ebpf:"alloc_enter"`
 	AllocReturn     *ebpf.Program `ebpf:"alloc_return"`
 	BindEnter       *ebpf.Program `ebpf:"bind_enter"`
@@ -324,6 +371,7 @@ func (p *udstracePrograms) Close() error {
 	return _UdstraceClose(
 		p.Accept4Enter,
 		p.AcceptEnter,
+		p.AllocCount,
 		p.AllocEnter,
 		p.AllocReturn,
 		p.BindEnter,

@@ -137,7 +137,9 @@ func (t *Table) pathOf(pid uint32, addr, end uint64, name string) string {
 func (t *Table) Exit(pid uint32) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	delete(t.procs, pid)
+	if !t.KeepExited {
+		delete(t.procs, pid)
+	}
 }
 
 // searchDirs are where a mapped library is looked for by name once its process is gone.

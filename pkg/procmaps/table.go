@@ -29,6 +29,8 @@ type Table struct {
 	procs map[uint32]*proc
 	// Allocators maps a libc's key to the file offset of each probed function, by kind name.
 	allocators map[string]map[uint8]uint64
+	// KeepExited keeps a process's mappings after it exits, for stacks read at the end (count mode).
+	KeepExited bool
 	// Failures records files that could not be opened, by path, for the report's warnings.
 	Failures map[string]string
 }

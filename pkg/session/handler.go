@@ -14,15 +14,22 @@ import (
 type handler struct{ s *Session }
 
 func (h *handler) Alloc(a *event.Alloc, raw *loader.RawStack) {
+	if min := h.s.opts.MinSize; min > 0 && a.Kind != event.Free && a.Kind != event.Munmap && a.Size < min {
+		return // frees of what was left out count as unmatched, which the report explains
+	}
 	if raw.IP != 0 || raw.PCs != nil {
 		a.Stack = h.s.maps.Frames(a.PID, a.Kind, &procmaps.Stack{IP: raw.IP, SP: raw.SP, BP: raw.BP, PCs: raw.PCs, Copy: raw.Copy})
 	}
+	h.s.bmu.Lock()
 	h.s.builder.Alloc(a)
+	h.s.bmu.Unlock()
 }
 
 func (h *handler) Exec(e *loader.Exec) {
 	h.s.maps.Exec(e.PID, e.Exe, e.StartCode, e.InterpBase, procmaps.KernelDevKey(e.Dev, e.Ino))
+	h.s.bmu.Lock()
 	h.s.builder.Proc(&e.Proc)
+	h.s.bmu.Unlock()
 	h.checkLibc(e.PID)
 }
 
@@ -32,9 +39,11 @@ func (h *handler) Proc(p *event.Proc, sock *event.SocketStats) {
 		h.s.maps.Fork(p.PPID, p.PID)
 	case event.ProcExit:
 		h.s.maps.Exit(p.PID)
-		if sock != nil {
-			h.s.builder.Sockets(*sock)
-		}
+	}
+	h.s.bmu.Lock()
+	defer h.s.bmu.Unlock()
+	if sock != nil {
+		h.s.builder.Sockets(*sock)
 	}
 	h.s.builder.Proc(p)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"syscall"
 
 	"github.com/udstrace/udstrace/pkg/launch"
@@ -30,6 +31,9 @@ func Run(ctx context.Context, opts Options) (*report.Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("looking up %s: %w", opts.Command[0], ErrCommandNotFound)
 	}
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs // the kernel reports the path as exec'd: absolute, it still opens after the process is gone
+	}
 	libc, err := loader.ResolveLibc(path)
 	if err != nil {
 		return nil, err
@@ -43,7 +47,8 @@ func Run(ctx context.Context, opts Options) (*report.Report, error) {
 		return nil, err
 	}
 	s.meta.Command = opts.Command
-	code, err := s.runOne(ctx, opts.Command, launch.Options{Stdout: opts.Stdout, Stderr: opts.Stderr}, "")
+	argv := append([]string{path}, opts.Command[1:]...)
+	code, err := s.runOne(ctx, argv, launch.Options{Stdout: opts.Stdout, Stderr: opts.Stderr}, "")
 	if err != nil {
 		s.abort()
 		return nil, err

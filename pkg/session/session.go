@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
+	"syscall"
 	"sync"
 	"time"
 
@@ -27,6 +29,15 @@ type Options struct {
 	RingBytes  uint32
 	Follow     bool
 	Debug      bool
+	Mode       string        // "full" (default) or "count"
+	MinAge     time.Duration // outstanding blocks older than this are reported as long-lived
+	MinSize    uint64        // allocations smaller than this are left out
+	Comm       string        // trace: only processes with this name
+	Cgroup     string        // trace: only processes in this cgroup (v2 directory)
+	PIDs       []int         // trace: only these processes (and their children)
+	TopSites   int           // text: call sites printed
+	Interval   time.Duration // with OnInterval: how often a snapshot is taken
+	OnInterval func(*report.Report) // called with a snapshot every Interval while tracing
 	Stdout     io.Writer // where the traced commands' output goes
 	Stderr     io.Writer
 	Log        *slog.Logger
@@ -43,6 +54,7 @@ type Session struct {
 	builder *report.Builder
 	meta    report.Meta
 	mu      sync.Mutex // guards roles and warnings, written from the launcher while events flow
+	bmu     sync.Mutex // guards the builder: events and interval snapshots
 	done    chan error
 	cancel  context.CancelFunc
 }
@@ -66,22 +78,67 @@ func start(opts Options, filter bool) (*Session, error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if opts.Mode != "" && opts.Mode != "full" && opts.Mode != "count" {
+		return nil, fmt.Errorf("choosing mode: %q is not full or count", opts.Mode)
+	}
+	cgroup, err := cgroupID(opts.Cgroup)
+	if err != nil {
+		return nil, err
+	}
 	tr, err := loader.Load(loader.Config{
 		Filter: filter, Follow: opts.Follow, StackMode: mode, StackBytes: opts.StackBytes,
-		RingBytes: opts.RingBytes, Debug: opts.Debug,
+		RingBytes: opts.RingBytes, Debug: opts.Debug, Count: opts.Mode == "count",
+		Comm: opts.Comm, CgroupID: cgroup,
 	})
 	if err != nil {
 		return nil, err
 	}
 	s := &Session{
-		opts: opts, tracer: tr, maps: procmaps.New(), builder: report.NewBuilder(report.Options{}),
+		opts: opts, tracer: tr, maps: newTable(opts.Mode == "count"), builder: report.NewBuilder(report.Options{TopSites: opts.TopSites, MinAge: opts.MinAge}),
 		done: make(chan error, 1),
 	}
-	s.meta = report.Meta{Mode: "full", StackMode: stackName(opts.Stack), Start: time.Now(), Roles: map[uint32]report.Role{}}
+	s.meta = report.Meta{Mode: modeName(opts.Mode), StackMode: stackName(opts.Stack), Start: time.Now(), Roles: map[uint32]report.Role{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	go func() { s.done <- tr.Read(ctx, &handler{s: s}) }()
+	if opts.OnInterval != nil && opts.Interval > 0 {
+		go s.snapshots(ctx)
+	}
 	return s, nil
+}
+
+// snapshots hands a report of everything so far to OnInterval, every Interval, until the trace ends.
+func (s *Session) snapshots(ctx context.Context) {
+	tick := time.NewTicker(s.opts.Interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			s.opts.OnInterval(s.snapshot())
+		}
+	}
+}
+
+func (s *Session) snapshot() *report.Report {
+	s.mu.Lock()
+	meta := s.meta
+	meta.End = time.Now()
+	if lost, err := s.tracer.Lost(); err == nil {
+		meta.Lost = report.LostEvents{RingBuffer: lost.RingBuffer, Other: lost.Untracked + lost.Stale, StackTruncated: lost.NoStack}
+	}
+	s.mu.Unlock()
+	s.bmu.Lock()
+	defer s.bmu.Unlock()
+	return s.builder.Finish(&symbolizer{maps: s.maps}, meta)
+}
+
+func modeName(m string) string {
+	if m == "" {
+		return "full"
+	}
+	return m
 }
 
 func stackName(s string) string {
@@ -127,12 +184,20 @@ func (s *Session) setRole(pid int, role report.Role) {
 func (s *Session) finish() (*report.Report, error) {
 	s.cancel()
 	readErr := <-s.done
+	counts, kerr := s.countsIfAny()
 	lost, lerr := s.tracer.Lost()
 	socks, serr := s.tracer.SocketStats()
 	cerr := s.tracer.Close()
 	defer s.maps.Close()
-	if err := errors.Join(readErr, lerr, serr, cerr); err != nil {
+	if err := errors.Join(readErr, kerr, lerr, serr, cerr); err != nil {
 		return nil, err
+	}
+	s.bmu.Lock()
+	defer s.bmu.Unlock()
+	for _, c := range counts {
+		pcs := append([]uint64{c.Ret}, c.PCs[min(1, len(c.PCs)):]...)
+		frames := s.maps.Frames(c.PID, c.Kind, &procmaps.Stack{PCs: pcs})
+		s.builder.Counted(c.PID, "", c.Kind, frames, c.Calls, c.Bytes)
 	}
 	for _, st := range socks {
 		s.builder.Sockets(st)
@@ -154,4 +219,33 @@ func (s *Session) abort() {
 	<-s.done
 	s.tracer.Close()
 	s.maps.Close()
+}
+
+func newTable(keepExited bool) *procmaps.Table {
+	t := procmaps.New()
+	t.KeepExited = keepExited
+	return t
+}
+
+// countsIfAny reads count mode's in-kernel aggregation (nothing in full mode).
+func (s *Session) countsIfAny() ([]loader.Count, error) {
+	if s.opts.Mode != "count" {
+		return nil, nil
+	}
+	return s.tracer.Counts()
+}
+
+// cgroupID turns a cgroup v2 directory (absolute, or relative to /sys/fs/cgroup) into the id BPF sees: its inode.
+func cgroupID(path string) (uint64, error) {
+	if path == "" {
+		return 0, nil
+	}
+	if !filepath.IsAbs(path) {
+		path = filepath.Join("/sys/fs/cgroup", path)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("finding cgroup %s: %w", path, err)
+	}
+	return st.Ino, nil
 }

@@ -325,6 +325,17 @@ static void dump(void)
 		return;
 	path.buf[path.n] = '\0';
 
+	/* "#comm NAME" first, so counts can be matched to processes by name. */
+	char comm[32];
+	int cfd = open("/proc/self/comm", O_RDONLY | O_CLOEXEC);
+	ssize_t cn = cfd >= 0 ? read(cfd, comm, sizeof(comm) - 1) : -1;
+	if (cfd >= 0)
+		close(cfd);
+	if (cn > 0) {
+		comm[cn] = '\0';
+		out_str(&body, "#comm ");
+		out_str(&body, comm); /* ends with its newline */
+	}
 	for (int f = 0; f < F_COUNT; f++) {
 		unsigned long calls = atomic_load(&counters[f].calls);
 		if (calls == 0)

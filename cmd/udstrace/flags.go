@@ -1,0 +1,120 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// options is the flat set of command-line options.
+type options struct {
+	workload   string
+	messages   int
+	size       int
+	user       string
+	format     string
+	output     string
+	mode       string
+	stack      string
+	stackBytes uint
+	ringBytes  uint
+	follow     bool
+	debug      bool
+	verify     bool
+	topSites   int
+	pids       string
+	duration   time.Duration
+	interval   time.Duration
+	minAge     time.Duration
+	minSize    uint64
+	comm       string
+	cgroup     string
+}
+
+var formats = []string{"text", "json", "ndjson", "pprof", "folded"}
+
+func newFlags(o *options) *flag.FlagSet {
+	fs := flag.NewFlagSet("udstrace", flag.ContinueOnError)
+	fs.StringVar(&o.workload, "workload", "", "run: built-in workload to run and trace: echo")
+	fs.IntVar(&o.messages, "messages", 3, "echo: messages each client sends")
+	fs.IntVar(&o.size, "size", 0, "echo: bytes per message (0: the classic three strings)")
+	fs.StringVar(&o.user, "user", "nobody", "echo: run the workload as this unprivileged `USER`")
+	fs.StringVar(&o.format, "format", "text", "report format: "+strings.Join(formats, ", "))
+	fs.StringVar(&o.output, "o", "", "write the report to `FILE` instead of stdout")
+	fs.StringVar(&o.mode, "mode", "full", "full (every call paired with its free, stacks, outstanding) or count (calls and bytes per stack, aggregated in the kernel, frees not traced; cheapest)")
+	fs.StringVar(&o.stack, "stack", "auto", "user stacks: fp (frame pointers, cheapest), cfi (stack copy + .eh_frame unwinding) or auto (cfi)")
+	fs.UintVar(&o.stackBytes, "stack-bytes", 8192, "bytes of user stack copied per event for CFI unwinding (power of two, 512..16384)")
+	fs.UintVar(&o.ringBytes, "ring-size", 16<<20, "ring buffer bytes (power of two, ≥ 4096)")
+	fs.BoolVar(&o.follow, "follow", true, "trace children of traced processes")
+	fs.BoolVar(&o.debug, "debug", false, "verbose logs, the workload's output, and the BPF verifier log on load errors")
+	fs.BoolVar(&o.verify, "verify", false, "run: also run the command under udstrace's LD_PRELOAD counter and compare counts per process")
+	fs.IntVar(&o.topSites, "top", 20, "text: call sites to print")
+	fs.StringVar(&o.pids, "pid", "", "attach, trace: `PID[,PID...]` of running processes to trace")
+	fs.DurationVar(&o.duration, "duration", 0, "attach, trace, top: stop after this long (e.g. 30s; 0: until Ctrl-C)")
+	fs.DurationVar(&o.interval, "interval", 0, "ndjson, top: emit a snapshot this often (e.g. 1s)")
+	fs.DurationVar(&o.minAge, "min-age", 0, "report outstanding blocks older than this as long-lived (e.g. 10s)")
+	fs.Uint64Var(&o.minSize, "min-size", 0, "leave out allocations smaller than this many bytes")
+	fs.StringVar(&o.comm, "comm", "", "trace only processes with this name")
+	fs.StringVar(&o.cgroup, "cgroup", "", "trace only processes in this cgroup v2 `PATH` (absolute or under /sys/fs/cgroup)")
+	return fs
+}
+
+func (o *options) validate(sub string, rest []string) string {
+	if sub == "attach" {
+		if _, err := parsePIDs(o.pids); err != nil {
+			return err.Error()
+		}
+	}
+	if sub == "trace" && o.pids != "" {
+		if _, err := parsePIDs(o.pids); err != nil {
+			return err.Error()
+		}
+	}
+	if sub != "run" && (o.workload != "" || len(rest) > 0) {
+		return sub + " takes no command or workload: use udstrace run for that"
+	}
+	ok := false
+	for _, f := range formats {
+		ok = ok || f == o.format
+	}
+	switch {
+	case !ok:
+		return fmt.Sprintf("unknown format %q: use --format %s", o.format, strings.Join(formats, ", "))
+	case sub == "run" && o.workload == "" && len(rest) == 0:
+		return "nothing to trace: give --workload echo or -- COMMAND [ARG...]"
+	case o.workload != "" && len(rest) > 0:
+		return "give either --workload or a command, not both"
+	case o.stack != "fp" && o.stack != "cfi" && o.stack != "auto":
+		return fmt.Sprintf("unknown stack mode %q: use --stack fp, cfi or auto", o.stack)
+	case o.mode != "full" && o.mode != "count":
+		return fmt.Sprintf("unknown mode %q: use --mode full or --mode count", o.mode)
+	case o.messages < 1:
+		return "--messages must be at least 1"
+	case o.format == "ndjson" && o.interval <= 0:
+		return "--format ndjson needs --interval (e.g. --interval 1s)"
+	case o.verify && (sub != "run" || o.mode != "full"):
+		return "--verify works with udstrace run in full mode"
+	case o.ringBytes < 4096 || o.ringBytes&(o.ringBytes-1) != 0:
+		return fmt.Sprintf("--ring-size %d: use a power of two of at least 4096", o.ringBytes)
+	}
+	return ""
+}
+
+// parsePIDs reads --pid's comma-separated list.
+func parsePIDs(s string) ([]int, error) {
+	if s == "" {
+		return nil, errors.New("attach needs --pid PID[,PID...]")
+	}
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("--pid: %q is not a process ID", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}

@@ -1,0 +1,183 @@
+package session
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/udstrace/udstrace/internal/testenv"
+	"github.com/udstrace/udstrace/pkg/report"
+)
+
+// serverSrc allocates on request, with raw syscalls only, so its allocations are exactly those asked for.
+const serverSrc = `
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/wait.h>
+static void say(const char *s) { write(1, s, strlen(s)); }
+static void burst(int n) { for (int i = 0; i < n; i++) { void *volatile p = malloc(100); free(p); } }
+int main(void) {
+	char line[64];
+	say("ready\n");
+	for (;;) {
+		ssize_t k = read(0, line, sizeof line - 1);
+		if (k <= 0) return 0;
+		line[k] = 0;
+		int n = atoi(line + 2);
+		if (line[0] == 'm') burst(n);
+		if (line[0] == 'f') { pid_t c = fork(); if (c == 0) { burst(n); _exit(0); } waitpid(c, 0, 0); }
+		say("done\n");
+	}
+}
+`
+
+type patternProc struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Reader
+}
+
+func startPattern(t *testing.T, bin string) *patternProc {
+	t.Helper()
+	cmd := exec.Command(bin)
+	in, _ := cmd.StdinPipe()
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &patternProc{cmd: cmd, in: in, out: bufio.NewReader(out)}
+	t.Cleanup(func() { in.Close(); cmd.Wait() })
+	p.expect(t, "ready")
+	return p
+}
+
+func (p *patternProc) expect(t *testing.T, want string) {
+	t.Helper()
+	line, err := p.out.ReadString('\n')
+	if strings.TrimSpace(line) != want {
+		t.Fatalf("pattern program said %q (%v), want %q", line, err, want)
+	}
+}
+
+func (p *patternProc) ask(t *testing.T, req string) {
+	t.Helper()
+	if _, err := io.WriteString(p.in, req+"\n"); err != nil {
+		t.Fatal(err)
+	}
+	p.expect(t, "done")
+}
+
+func buildPattern(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	src := filepath.Join(dir, "pattern.c")
+	if err := os.WriteFile(src, []byte(serverSrc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "pattern")
+	if out, err := exec.Command("cc", "-O1", "-g", "-o", bin, src).CombinedOutput(); err != nil {
+		t.Fatalf("cc: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// attachAsync runs Attach in the background; stop() ends it and returns the report.
+func attachAsync(t *testing.T, pids []int) (stop func() *report.Report) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	type result struct {
+		rep *report.Report
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		rep, err := Attach(ctx, pids, 0, testOptions(t))
+		done <- result{rep, err}
+	}()
+	time.Sleep(1500 * time.Millisecond) // attached: probes are placed well within this
+	return func() *report.Report {
+		cancel()
+		r := <-done
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		return r.rep
+	}
+}
+
+func calls(v *view, pid uint32, kind string) uint64 { return v.perKind(pid)[kind][0] }
+
+func TestAttachKnownPattern(t *testing.T) {
+	testenv.NeedRoot(t)
+	bin := buildPattern(t)
+	a, b := startPattern(t, bin), startPattern(t, bin)
+	stop := attachAsync(t, []int{a.cmd.Process.Pid, b.cmd.Process.Pid})
+	a.ask(t, "m 1000")
+	b.ask(t, "m 250")
+	a.ask(t, "f 40") // a child allocates, then exits
+	v, _ := decodeView(t, stop())
+	for _, c := range []struct {
+		pid  int
+		want uint64
+	}{{a.cmd.Process.Pid, 1000}, {b.cmd.Process.Pid, 250}} {
+		if got := calls(v, uint32(c.pid), "malloc"); got != c.want {
+			t.Errorf("pid %d: %d mallocs, want %d", c.pid, got, c.want)
+		}
+		if got := calls(v, uint32(c.pid), "free"); got != c.want {
+			t.Errorf("pid %d: %d frees, want %d", c.pid, got, c.want)
+		}
+	}
+	child := false
+	for _, p := range v.Processes {
+		if p.PID != uint32(a.cmd.Process.Pid) && p.PID != uint32(b.cmd.Process.Pid) && calls(v, p.PID, "malloc") == 40 {
+			child = true
+		}
+	}
+	if !child {
+		t.Errorf("the forked child's 40 mallocs are not in the report: %+v", v.Processes)
+	}
+}
+
+func TestSystemWideSeesNewProcess(t *testing.T) {
+	testenv.NeedRoot(t)
+	bins := testenv.Binaries(t)
+	_, truth := testenv.Interpose(t, bins.Allocount, []string{bins.AllocPattern, "2"})
+	var want testenv.Counts
+	for _, c := range truth {
+		want = c
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan *report.Report, 1)
+	go func() {
+		o := testOptions(t)
+		o.Comm = "allocpattern"
+		rep, err := Trace(ctx, 0, o)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- rep
+	}()
+	time.Sleep(2 * time.Second)
+	if out, err := exec.Command(bins.AllocPattern, "2").CombinedOutput(); err != nil {
+		t.Fatalf("allocpattern: %v\n%s", err, out)
+	}
+	time.Sleep(300 * time.Millisecond)
+	cancel()
+	rep := <-done
+	if rep == nil {
+		t.FailNow()
+	}
+	v, _ := decodeView(t, rep)
+	if len(v.Processes) != 1 {
+		t.Fatalf("--comm allocpattern: %d processes in the report, want 1", len(v.Processes))
+	}
+	compareCounts(t, "system-wide allocpattern", heapOnly(v.perKind(v.Processes[0].PID)), expected(want))
+}

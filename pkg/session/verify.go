@@ -1,0 +1,180 @@
+package session
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/udstrace/udstrace/pkg/report"
+	"github.com/udstrace/udstrace/workload"
+)
+
+// VerifyRow compares one process's malloc-family counts: udstrace's uprobes against the LD_PRELOAD counter.
+type VerifyRow struct {
+	Comm        string
+	TracedPID   uint32
+	PreloadPID  int
+	Kinds       []VerifyKind
+	Match       bool
+	Explanation []string // why counts differ, per call site
+}
+
+// VerifyKind is one function's calls as each side saw them.
+type VerifyKind struct {
+	Kind            string
+	Traced, Preload uint64
+}
+
+// Verify runs the command again, untraced, under the counting interposer shipped with udstrace,
+// and compares its counts with the report's, process by process (matched by name, in start order).
+func Verify(ctx context.Context, command []string, rep *report.Report) ([]VerifyRow, error) {
+	dir, err := os.MkdirTemp("", "udstrace-verify-")
+	if err != nil {
+		return nil, fmt.Errorf("verifying: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	bins, err := workload.Extract(dir)
+	if err != nil {
+		return nil, err
+	}
+	out := filepath.Join(dir, "counts")
+	if err := os.Mkdir(out, 0o700); err != nil {
+		return nil, fmt.Errorf("verifying: %w", err)
+	}
+	cmd := exec.CommandContext(ctx, command[0], command[1:]...)
+	cmd.Env = append(os.Environ(), "LD_PRELOAD="+bins.Allocount, "ALLOCOUNT_DIR="+out)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	_ = cmd.Run() // its exit status is the command's business; the counts are ours
+	preload, err := readCounts(out)
+	if err != nil {
+		return nil, err
+	}
+	return compare(rep, preload), nil
+}
+
+type counted struct {
+	pid   int
+	comm  string
+	calls map[string]uint64
+}
+
+func readCounts(dir string) ([]counted, error) {
+	files, _ := filepath.Glob(filepath.Join(dir, "allocount.*"))
+	var out []counted
+	for _, f := range files {
+		pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Ext(f), "."))
+		if err != nil {
+			continue
+		}
+		fh, err := os.Open(f)
+		if err != nil {
+			return nil, fmt.Errorf("reading interposer counts: %w", err)
+		}
+		c := counted{pid: pid, calls: map[string]uint64{}}
+		sc := bufio.NewScanner(fh)
+		for sc.Scan() {
+			fields := strings.Fields(sc.Text())
+			switch {
+			case len(fields) == 2 && fields[0] == "#comm":
+				c.comm = fields[1]
+			case len(fields) == 4:
+				calls, _ := strconv.ParseUint(fields[1], 10, 64)
+				null, _ := strconv.ParseUint(fields[3], 10, 64)
+				name := fields[0]
+				if name == "aligned_alloc" {
+					name = "memalign" // one function in glibc, one uprobe
+				}
+				if name == "free" {
+					calls -= null // free(NULL) is not traced
+				}
+				c.calls[name] += calls
+			}
+		}
+		fh.Close()
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].pid < out[j].pid })
+	return out, nil
+}
+
+func compare(rep *report.Report, preload []counted) []VerifyRow {
+	used := make([]bool, len(preload))
+	var rows []VerifyRow
+	for _, p := range rep.Processes {
+		row := VerifyRow{Comm: p.Comm, TracedPID: p.PID, PreloadPID: -1}
+		var pc *counted
+		for i := range preload {
+			if !used[i] && preload[i].comm == p.Comm {
+				used[i], pc, row.PreloadPID = true, &preload[i], preload[i].pid
+				break
+			}
+		}
+		kinds := map[string]bool{}
+		for k := range p.HeapByKind {
+			kinds[k] = true
+		}
+		if pc != nil {
+			for k := range pc.calls {
+				kinds[k] = true
+			}
+		}
+		row.Match = pc != nil
+		for _, k := range sortedKeys(kinds) {
+			vk := VerifyKind{Kind: k, Traced: p.HeapByKind[k].Calls}
+			if pc != nil {
+				vk.Preload = pc.calls[k]
+			}
+			if vk.Traced != vk.Preload {
+				row.Match = false
+				row.Explanation = append(row.Explanation, explainKind(rep, p.PID, vk)...)
+			}
+			row.Kinds = append(row.Kinds, vk)
+		}
+		if pc == nil {
+			row.Explanation = append(row.Explanation, "no process named "+p.Comm+" ran under the interposer (it exits early there, or its name differs)")
+		}
+		rows = append(rows, row)
+	}
+	return rows
+}
+
+// explainKind names the call sites behind a difference: calls made by the dynamic loader
+// reach libc's malloc through its own pointer, which no LD_PRELOAD interposer sees.
+func explainKind(rep *report.Report, pid uint32, vk VerifyKind) []string {
+	if vk.Traced < vk.Preload {
+		return []string{fmt.Sprintf("%s: the interposer saw %d more calls than the uprobes", vk.Kind, vk.Preload-vk.Traced)}
+	}
+	var out []string
+	var loader uint64
+	for _, s := range rep.Sites {
+		if s.PID != pid || s.Kind != vk.Kind {
+			continue
+		}
+		for _, f := range s.Stack[min(1, len(s.Stack)):] {
+			if strings.Contains(filepath.Base(f.Module), "ld-linux") || strings.HasPrefix(filepath.Base(f.Module), "ld-") {
+				loader += s.Count
+				out = append(out, fmt.Sprintf("%s: %d call(s) at site #%d from the dynamic loader (%s), which calls libc's %s directly, not through the interposable symbol", vk.Kind, s.Count, s.ID, f.Symbol, vk.Kind))
+				break
+			}
+		}
+	}
+	if rest := vk.Traced - vk.Preload; loader < rest {
+		out = append(out, fmt.Sprintf("%s: %d more call(s) not explained by the dynamic loader", vk.Kind, rest-loader))
+	}
+	return out
+}
+
+func sortedKeys(m map[string]bool) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
