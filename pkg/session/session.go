@@ -8,8 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
-	"syscall"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/udstrace/udstrace/pkg/loader"
@@ -29,16 +29,16 @@ type Options struct {
 	RingBytes  uint32
 	Follow     bool
 	Debug      bool
-	Mode       string        // "full" (default) or "count"
-	MinAge     time.Duration // outstanding blocks older than this are reported as long-lived
-	MinSize    uint64        // allocations smaller than this are left out
-	Comm       string        // trace: only processes with this name
-	Cgroup     string        // trace: only processes in this cgroup (v2 directory)
-	PIDs       []int         // trace: only these processes (and their children)
-	TopSites   int           // text: call sites printed
-	Interval   time.Duration // with OnInterval: how often a snapshot is taken
+	Mode       string               // "full" (default) or "count"
+	MinAge     time.Duration        // outstanding blocks older than this are reported as long-lived
+	MinSize    uint64               // allocations smaller than this are left out
+	Comm       string               // trace: only processes with this name
+	Cgroup     string               // trace: only processes in this cgroup (v2 directory)
+	PIDs       []int                // trace: only these processes (and their children)
+	TopSites   int                  // text: call sites printed
+	Interval   time.Duration        // with OnInterval: how often a snapshot is taken
 	OnInterval func(*report.Report) // called with a snapshot every Interval while tracing
-	Stdout     io.Writer // where the traced commands' output goes
+	Stdout     io.Writer            // where the traced commands' output goes
 	Stderr     io.Writer
 	Log        *slog.Logger
 }
