@@ -18,6 +18,8 @@ func translateKernel(err error, msg string) string {
 		return msg
 	case errors.Is(err, loader.ErrStatic):
 		return msg + ": udstrace traces libc's allocator; a static binary has none it can probe"
+	case errors.Is(err, loader.ErrGoProgram):
+		return msg + " (use Go's own profiler: runtime/pprof heap profiles)"
 	case errors.Is(err, loader.ErrNoLibc):
 		return msg + ": udstrace traces libc's allocator; this program (e.g. a Go binary) does not use it"
 	case strings.Contains(msg, "tracefs"):

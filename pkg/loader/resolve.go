@@ -13,8 +13,21 @@ import (
 // ErrStatic means the program has no dynamic libc whose allocator could be probed.
 var ErrStatic = errors.New("statically linked: no shared libc to probe")
 
-// ErrNoLibc means the program does not link a C library (a Go binary, for one).
+// ErrNoLibc means the program does not link a C library.
 var ErrNoLibc = errors.New("does not link libc")
+
+// ErrGoProgram means the program is written in Go: it allocates with Go's own allocator, not libc's malloc.
+var ErrGoProgram = errors.New("is a Go program: Go allocates with its own allocator, not libc's malloc")
+
+// IsGo reports whether an ELF file is a Go program (it has Go's build-info section).
+func IsGo(path string) bool {
+	f, err := elf.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	return f.Section(".go.buildinfo") != nil
+}
 
 var libDirs = []string{
 	"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib",
@@ -47,6 +60,10 @@ func ResolveLibc(program string) (string, error) {
 		}
 	}
 	needed, _ := f.ImportedLibraries()
+	isGo := f.Section(".go.buildinfo") != nil
+	if isGo && !hasLibc(needed) {
+		return "", fmt.Errorf("inspecting %s: %w", program, ErrGoProgram)
+	}
 	if !hasInterp && len(needed) == 0 {
 		return "", fmt.Errorf("inspecting %s: %w", program, ErrStatic)
 	}
@@ -106,4 +123,13 @@ func sameClass(path string, class elf.Class, machine elf.Machine) bool {
 	}
 	defer f.Close()
 	return f.Class == class && f.Machine == machine
+}
+
+func hasLibc(needed []string) bool {
+	for _, n := range needed {
+		if strings.HasPrefix(n, "libc.so") || strings.HasPrefix(n, "libc.musl") {
+			return true
+		}
+	}
+	return false
 }

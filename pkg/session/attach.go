@@ -56,6 +56,9 @@ func libcOf(pid int) (string, error) {
 		}
 		return "", fmt.Errorf("attaching to pid %d: %w", pid, ErrExitedAttach)
 	}
+	if loader.IsGo(fmt.Sprintf("/proc/%d/exe", pid)) {
+		return "", fmt.Errorf("attaching to pid %d: %w", pid, loader.ErrGoProgram)
+	}
 	return "", fmt.Errorf("attaching to pid %d: %w", pid, ErrNoLibcMapped)
 }
 
