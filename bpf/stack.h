@@ -82,12 +82,18 @@ static __always_inline void capture_stack(void *ctx, struct scratch *s, u64 ip, 
 	count_lost(LOST_STACK);
 }
 
+/*
+ * submit wakes the reader only once a batch has piled up: a wakeup per event
+ * costs the traced thread an interrupt, several microseconds in a VM. Life-cycle
+ * events wake it as usual, so nothing waits longer than the next exec or exit.
+ */
 static __always_inline void submit(struct scratch *s)
 {
 	u64 len = sizeof(s->ev) + s->ev.stack_len;
 	if (len > sizeof(*s))
 		len = sizeof(*s);
-	if (bpf_ringbuf_output(&events, s, len, 0))
+	u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg_wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&events, s, len, flags))
 		count_lost(LOST_RINGBUF);
 }
 

@@ -97,6 +97,7 @@ const volatile bool cfg_follow = true;  /* children of a traced process are trac
 const volatile u32 cfg_self_tgid = 0;   /* never trace the tracer */
 const volatile u32 cfg_stack_mode = STACK_COPY;
 const volatile u32 cfg_stack_bytes = 8192; /* power of two, <= MAX_STACK_BYTES */
+const volatile u64 cfg_wakeup_bytes = 1 << 16; /* wake the reader once this much is queued */
 const volatile u64 cfg_cgroup_id = 0;      /* trace only this cgroup (v2 id), 0: any */
 const volatile char cfg_comm[16] = {};     /* trace only processes of this name, "": any */
 

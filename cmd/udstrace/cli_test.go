@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -142,47 +141,50 @@ func TestRunWorkloadJSONAndTracefs(t *testing.T) {
 	assertClean(t, bin)
 }
 
-// assertClean checks nothing of udstrace is left: programs no process holds, tracer or workload
-// processes, directories. Programs held by other tracers running at the same time are theirs.
+// assertClean checks nothing of udstrace is left: programs no process holds, tracer processes.
 func assertClean(t *testing.T, bin string) {
 	t.Helper()
-	out, err := exec.Command("bpftool", "-j", "prog", "show").Output()
-	if err == nil {
-		var progs []struct {
-			ID   int    `json:"id"`
-			Name string `json:"name"`
-		}
-		_ = json.Unmarshal(out, &progs)
-		held := heldProgs()
-		for _, p := range progs {
-			for _, ours := range []string{"alloc_enter", "alloc_return", "free_enter", "mmap_enter", "on_exec"} {
-				if p.Name == ours && !held[p.ID] {
-					t.Errorf("BPF program %s (id %d) left loaded with no process holding it", ours, p.ID)
-				}
-			}
-		}
+	if left := testenv.LeftPrograms(); len(left) > 0 {
+		t.Errorf("BPF programs left loaded with no process holding them: %v", left)
 	}
 	if out, _ := exec.Command("pgrep", "-f", bin).Output(); len(out) > 0 {
 		t.Errorf("udstrace processes left running: %s", out)
 	}
 }
 
-// heldProgs returns the ids of BPF programs some process holds, through a program or link fd.
-func heldProgs() map[int]bool {
-	held := map[int]bool{}
-	infos, _ := filepath.Glob("/proc/[0-9]*/fdinfo/*")
-	for _, f := range infos {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(data), "\n") {
-			if v, ok := strings.CutPrefix(line, "prog_id:"); ok {
-				if id, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
-					held[id] = true
-				}
-			}
-		}
+// TestOutputFile: -o replaces a regular file atomically, writes into devices, and refuses symlinks.
+func TestOutputFile(t *testing.T) {
+	dir := t.TempDir()
+	regular := filepath.Join(dir, "r.json")
+	os.WriteFile(regular, []byte("old"), 0o600)
+	w, commit, err := openOutput(regular)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return held
+	w.WriteString("new")
+	if err := commit(true); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(regular); string(b) != "new" {
+		t.Errorf("report file holds %q", b)
+	}
+	w, commit, err = openOutput(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.WriteString("x")
+	if err := commit(true); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(os.DevNull); err != nil || fi.Mode()&os.ModeDevice == 0 {
+		t.Fatalf("%s is no longer a device: %v", os.DevNull, err)
+	}
+	link := filepath.Join(dir, "link")
+	os.Symlink(regular, link)
+	if _, _, err := openOutput(link); err == nil {
+		t.Error("wrote through a symlink")
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, ".udstrace-report-*")); len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
 }

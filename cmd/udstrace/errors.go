@@ -44,8 +44,18 @@ func openOutput(path string) (w *os.File, commit func(ok bool) error, err error)
 	if path == "" || path == "-" {
 		return os.Stdout, func(bool) error { return nil }, nil
 	}
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSymlink != 0 {
-		return nil, nil, errors.New("refusing to write report through symlink " + path + ": remove it or choose another -o")
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSymlink != 0 {
+			return nil, nil, errors.New("refusing to write report through symlink " + path + ": remove it or choose another -o")
+		}
+		if !fi.Mode().IsRegular() {
+			// A device or pipe (/dev/null, a FIFO): write to it; renaming over it would replace it.
+			f, err := os.OpenFile(path, os.O_WRONLY, 0)
+			if err != nil {
+				return nil, nil, errors.New("opening " + path + " for the report: " + err.Error())
+			}
+			return f, func(bool) error { return f.Close() }, nil
+		}
 	}
 	dir := "."
 	if i := strings.LastIndex(path, "/"); i >= 0 {

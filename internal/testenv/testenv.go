@@ -3,6 +3,7 @@ package testenv
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -111,4 +112,46 @@ func RunMain(m *testing.M) int {
 		return 127
 	}
 	return m.Run()
+}
+
+// udstracePrograms are the names of udstrace's BPF programs, as bpftool lists them.
+var udstracePrograms = []string{"alloc_enter", "alloc_return", "free_enter", "alloc_count", "mmap_enter", "on_exec"}
+
+// LeftPrograms lists udstrace's BPF programs that no process holds any more (through a
+// program or link fd): programs that outlived their tracer. Programs of tracers still
+// running (another test, another user) are theirs, not leftovers.
+func LeftPrograms() []string {
+	out, err := exec.Command("bpftool", "-j", "prog", "show").Output()
+	if err != nil {
+		return nil
+	}
+	var progs []struct {
+		ID   int    `json:"id"`
+		Name string `json:"name"`
+	}
+	_ = json.Unmarshal(out, &progs)
+	held := map[int]bool{}
+	infos, _ := filepath.Glob("/proc/[0-9]*/fdinfo/*")
+	for _, f := range infos {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "prog_id:"); ok {
+				if id, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+					held[id] = true
+				}
+			}
+		}
+	}
+	var left []string
+	for _, p := range progs {
+		for _, name := range udstracePrograms {
+			if p.Name == name && !held[p.ID] {
+				left = append(left, fmt.Sprintf("%s (id %d)", name, p.ID))
+			}
+		}
+	}
+	return left
 }

@@ -27,7 +27,10 @@ func (t *Tracer) attachKernel() error {
 		{"sys_enter_recvfrom", o.RecvfromEnter}, {"sys_enter_sendmsg", o.SendmsgEnter},
 		{"sys_enter_recvmsg", o.RecvmsgEnter}, {"sys_enter_close", o.CloseEnter},
 	}
-	for _, tp := range tps {
+	for i, tp := range tps {
+		if t.count && i < 8 {
+			continue // count mode has no per-call depth, so it cannot tell malloc's own mmaps from the program's
+		}
 		l, err := link.Tracepoint("syscalls", tp.name, tp.prog, nil)
 		if err != nil {
 			return fmt.Errorf("attaching tracepoint syscalls/%s: %w", tp.name, err)

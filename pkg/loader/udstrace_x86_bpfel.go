@@ -159,6 +159,7 @@ const (
 	udstraceVarCfgSelfTgid      = "cfg_self_tgid"
 	udstraceVarCfgStackBytes    = "cfg_stack_bytes"
 	udstraceVarCfgStackMode     = "cfg_stack_mode"
+	udstraceVarCfgWakeupBytes   = "cfg_wakeup_bytes"
 	udstraceVarUnusedAllocEvent = "unused_alloc_event"
 	udstraceVarUnusedCountKey   = "unused_count_key"
 	udstraceVarUnusedProcEvent  = "unused_proc_event"
@@ -264,6 +265,7 @@ type udstraceVariableSpecs struct {
 	CfgSelfTgid      *ebpf.VariableSpec `ebpf:"cfg_self_tgid"`
 	CfgStackBytes    *ebpf.VariableSpec `ebpf:"cfg_stack_bytes"`
 	CfgStackMode     *ebpf.VariableSpec `ebpf:"cfg_stack_mode"`
+	CfgWakeupBytes   *ebpf.VariableSpec `ebpf:"cfg_wakeup_bytes"`
 	UnusedAllocEvent *ebpf.VariableSpec `ebpf:"unused_alloc_event"`
 	UnusedCountKey   *ebpf.VariableSpec `ebpf:"unused_count_key"`
 	UnusedProcEvent  *ebpf.VariableSpec `ebpf:"unused_proc_event"`
@@ -327,6 +329,7 @@ type udstraceVariables struct {
 	CfgSelfTgid      *ebpf.Variable `ebpf:"cfg_self_tgid"`
 	CfgStackBytes    *ebpf.Variable `ebpf:"cfg_stack_bytes"`
 	CfgStackMode     *ebpf.Variable `ebpf:"cfg_stack_mode"`
+	CfgWakeupBytes   *ebpf.Variable `ebpf:"cfg_wakeup_bytes"`
 	UnusedAllocEvent *ebpf.Variable `ebpf:"unused_alloc_event"`
 	UnusedCountKey   *ebpf.Variable `ebpf:"unused_count_key"`
 	UnusedProcEvent  *ebpf.Variable `ebpf:"unused_proc_event"`

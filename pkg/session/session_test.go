@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -214,19 +215,14 @@ func interposeEcho(t *testing.T, server, client, so string) map[string]testenv.C
 	return byRole
 }
 
-// assertNoLeftovers checks that no udstrace program is still attached and no workload directory remains.
+// assertNoLeftovers checks that no udstrace program outlived its trace and no workload directory remains.
 func assertNoLeftovers(t *testing.T) {
 	t.Helper()
 	time.Sleep(100 * time.Millisecond)
-	if out, err := exec.Command("bpftool", "prog", "show").CombinedOutput(); err == nil {
-		for _, name := range []string{"alloc_enter", "alloc_return", "free_enter", "mmap_enter"} {
-			if strings.Contains(string(out), " name "+name+" ") {
-				t.Errorf("BPF program %s still loaded after the trace", name)
-			}
-		}
+	if left := testenv.LeftPrograms(); len(left) > 0 {
+		t.Errorf("BPF programs left loaded: %v", left)
 	}
-	left, _ := filepath.Glob(filepath.Join(os.TempDir(), "udstrace-echo-*"))
-	if len(left) > 0 {
+	if left, _ := filepath.Glob(filepath.Join(os.TempDir(), fmt.Sprintf("udstrace-echo-%d-*", os.Getpid()))); len(left) > 0 {
 		t.Errorf("workload directories left behind: %v", left)
 	}
 }
