@@ -32,7 +32,9 @@ type Paths struct {
 var ErrMissing = errors.New("workload binaries missing from this build: build udstrace with make")
 
 // Extract writes the embedded binaries into dir, which the caller created
-// (mode 0700). Files are created exclusively with mode 0755.
+// (mode 0700). Files are created exclusively with mode 0755, so a workload
+// that runs as an unprivileged user owning dir can read and execute them
+// while only their creator can change them.
 func Extract(dir string) (Paths, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {

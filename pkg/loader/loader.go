@@ -121,8 +121,14 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 			return fmt.Errorf("setting %s: %w", name, err)
 		}
 	}
+	ring := uint32(16 << 20)
 	if cfg.RingBytes != 0 {
+		ring = cfg.RingBytes
 		spec.Maps["events"].MaxEntries = cfg.RingBytes
+	}
+	// Wake the reader once a quarter of the ring is queued (at most 64 KiB): a small ring must still be drained.
+	if err := spec.Variables["cfg_wakeup_bytes"].Set(uint64(min(ring/4, 64<<10))); err != nil {
+		return fmt.Errorf("setting cfg_wakeup_bytes: %w", err)
 	}
 	if cfg.MaxThreads != 0 {
 		for _, m := range []string{"inflight", "sysinflight"} {

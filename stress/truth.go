@@ -1,0 +1,207 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// ---- the report ----
+
+// heapCount is one allocator function's calls and bytes.
+type heapCount struct {
+	Calls  uint64 `json:"calls"`
+	Bytes  uint64 `json:"bytes"`
+	Failed uint64 `json:"failed"`
+}
+
+// proc is the part of a report's process the checks read.
+type proc struct {
+	PID      uint32               `json:"pid"`
+	PPID     uint32               `json:"ppid"`
+	Comm     string               `json:"comm"`
+	Exe      string               `json:"exe"`
+	Role     string               `json:"role"`
+	Exited   bool                 `json:"exited"`
+	ExitCode *int                 `json:"exit_code"`
+	Heap     map[string]heapCount `json:"heap_calls_by_kind"`
+	Frees    uint64               `json:"frees"`
+	Unmatch  uint64               `json:"unmatched_frees"`
+	Mmap     uint64               `json:"mmap_calls"`
+	Munmap   uint64               `json:"munmap_calls"`
+	Brk      uint64               `json:"brk_calls"`
+}
+
+// report is the part of udstrace's JSON report the checks read.
+type report struct {
+	LostEvents uint64 `json:"lost_events"`
+	LostDetail struct {
+		RingBuffer     uint64 `json:"ring_buffer"`
+		StackTruncated uint64 `json:"stack_truncated"`
+		Other          uint64 `json:"other"`
+	} `json:"lost_detail"`
+	Warnings  []string `json:"warnings"`
+	Processes []proc   `json:"processes"`
+}
+
+func readReport(path string) (*report, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var r report
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("decoding %s: %w", path, err)
+	}
+	return &r, nil
+}
+
+func (r *report) byPID(pid uint32) *proc {
+	for i := range r.Processes {
+		if r.Processes[i].PID == pid {
+			return &r.Processes[i]
+		}
+	}
+	return nil
+}
+
+// heapKinds are the allocator functions; the other kinds in heap_calls_by_kind are memory syscalls.
+var heapKinds = map[string]bool{"malloc": true, "calloc": true, "realloc": true, "reallocarray": true, "free": true,
+	"posix_memalign": true, "memalign": true, "aligned_alloc": true, "valloc": true, "pvalloc": true}
+
+// counts is calls and bytes per allocator function.
+type counts map[string][2]uint64
+
+// reported returns a process's allocator calls and bytes per function (free: calls only).
+func (p *proc) reported() counts {
+	out := counts{}
+	for k, c := range p.Heap {
+		if !heapKinds[k] || c.Calls == 0 {
+			continue
+		}
+		b := c.Bytes
+		if k == "free" {
+			b = 0
+		}
+		out[k] = [2]uint64{c.Calls, b}
+	}
+	return out
+}
+
+// ---- ground truth: the LD_PRELOAD counting interposer ----
+
+// truth is allocount's count for one process: function -> calls, bytes, NULL results (NULL args for free).
+type truth map[string][3]uint64
+
+// expected turns allocount's counts into what udstrace reports: aligned_alloc is memalign in glibc
+// 2.36 (one address, one probe), and free(NULL) does nothing, so it is not reported.
+func (t truth) expected() counts {
+	out := counts{}
+	for name, n := range t {
+		kind, calls, bytes := name, n[0], n[1]
+		if name == "aligned_alloc" {
+			kind = "memalign"
+		}
+		if name == "free" {
+			calls, bytes = n[0]-n[2], 0
+		}
+		if calls == 0 {
+			continue
+		}
+		c := out[kind]
+		c[0] += calls
+		c[1] += bytes
+		out[kind] = c
+	}
+	return out
+}
+
+// interpose runs argv under allocount.so and returns the counts per PID and the program's stdout.
+func (e *env) interpose(argv []string, extraEnv ...string) (map[int]truth, string, error) {
+	dir, err := os.MkdirTemp(e.work, "truth-")
+	if err != nil {
+		return nil, "", err
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(append(os.Environ(), "LD_PRELOAD="+e.allocount, "ALLOCOUNT_DIR="+dir), extraEnv...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, "", fmt.Errorf("running %v under allocount.so: %v: %s", argv, err, stderr.String())
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "allocount.*"))
+	res := map[int]truth{}
+	for _, f := range files {
+		pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Ext(f), "."))
+		if err != nil {
+			continue
+		}
+		t, err := readTruth(f)
+		if err != nil {
+			return nil, "", err
+		}
+		res[pid] = t
+	}
+	return res, string(out), nil
+}
+
+func readTruth(path string) (truth, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	t := truth{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "#") {
+			continue // "#comm NAME" and other annotations
+		}
+		var name string
+		var n [3]uint64
+		if _, err := fmt.Sscan(sc.Text(), &name, &n[0], &n[1], &n[2]); err != nil {
+			return nil, fmt.Errorf("parsing %s: %q: %w", path, sc.Text(), err)
+		}
+		t[name] = n
+	}
+	return t, sc.Err()
+}
+
+// diffCounts describes every difference between what udstrace reported and the truth; empty: equal.
+func diffCounts(got, want counts) []string {
+	var out []string
+	keys := map[string]bool{}
+	for k := range got {
+		keys[k] = true
+	}
+	for k := range want {
+		keys[k] = true
+	}
+	var sorted []string
+	for k := range keys {
+		sorted = append(sorted, k)
+	}
+	sort.Strings(sorted)
+	for _, k := range sorted {
+		if got[k] != want[k] {
+			out = append(out, fmt.Sprintf("%s: udstrace %d calls/%d B, allocount %d/%d", k, got[k][0], got[k][1], want[k][0], want[k][1]))
+		}
+	}
+	return out
+}
+
+func formatCounts(c counts) string {
+	var parts []string
+	for k, v := range c {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, v[0]))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
+}
