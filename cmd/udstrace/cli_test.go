@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -161,7 +162,7 @@ func TestOutputFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.WriteString("new")
+	io.WriteString(w, "new")
 	if err := commit(true); err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +173,7 @@ func TestOutputFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.WriteString("x")
+	io.WriteString(w, "x")
 	if err := commit(true); err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,9 @@ package main
 
 import (
 	"errors"
+	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/udstrace/udstrace/pkg/loader"
@@ -39,8 +41,9 @@ func hasBPFCaps() bool {
 	return has(unix.CAP_BPF) && has(unix.CAP_PERFMON) && has(unix.CAP_SYS_ADMIN)
 }
 
-// openOutput opens -o's file safely: created fresh beside the target and renamed over it only on success.
-func openOutput(path string) (w *os.File, commit func(ok bool) error, err error) {
+// openOutput prepares -o's file: written to a temporary file beside it, created only when the
+// report is written (a killed trace leaves nothing), and renamed over it only on success.
+func openOutput(path string) (w io.Writer, commit func(ok bool) error, err error) {
 	if path == "" || path == "-" {
 		return os.Stdout, func(bool) error { return nil }, nil
 	}
@@ -57,29 +60,52 @@ func openOutput(path string) (w *os.File, commit func(ok bool) error, err error)
 			return f, func(bool) error { return f.Close() }, nil
 		}
 	}
-	dir := "."
-	if i := strings.LastIndex(path, "/"); i >= 0 {
-		dir = path[:i+1]
+	dir := filepath.Dir(path)
+	if err := unix.Access(dir, unix.W_OK); err != nil {
+		return nil, nil, errors.New("cannot write the report in " + dir + ": " + err.Error() + ": choose another -o")
 	}
-	tmp, err := os.CreateTemp(dir, ".udstrace-report-*")
-	if err != nil {
-		return nil, nil, errors.New("creating report file in " + dir + ": " + err.Error())
-	}
+	lw := &lazyFile{dir: dir}
 	commit = func(ok bool) error {
-		cerr := tmp.Close()
+		if lw.f == nil {
+			if !ok {
+				return nil
+			}
+			if _, err := lw.Write(nil); err != nil {
+				return err
+			}
+		}
+		tmp := lw.f.Name()
+		cerr := lw.f.Close()
 		if !ok || cerr != nil {
-			os.Remove(tmp.Name())
+			os.Remove(tmp)
 			return cerr
 		}
-		if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-			os.Remove(tmp.Name())
+		if err := os.Chmod(tmp, 0o644); err != nil {
+			os.Remove(tmp)
 			return err
 		}
-		if err := os.Rename(tmp.Name(), path); err != nil {
-			os.Remove(tmp.Name())
+		if err := os.Rename(tmp, path); err != nil {
+			os.Remove(tmp)
 			return errors.New("writing report to " + path + ": " + err.Error())
 		}
 		return nil
 	}
-	return tmp, commit, nil
+	return lw, commit, nil
+}
+
+// lazyFile creates its temporary file on the first write.
+type lazyFile struct {
+	dir string
+	f   *os.File
+}
+
+func (l *lazyFile) Write(p []byte) (int, error) {
+	if l.f == nil {
+		f, err := os.CreateTemp(l.dir, ".udstrace-report-*")
+		if err != nil {
+			return 0, errors.New("creating report file in " + l.dir + ": " + err.Error())
+		}
+		l.f = f
+	}
+	return l.f.Write(p)
 }
