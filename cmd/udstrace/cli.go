@@ -164,7 +164,7 @@ func explain(err error) string {
 		return msg + ": the only workload is echo (--workload echo)"
 	case errors.Is(err, session.ErrCommandNotFound):
 		return msg + ": check the name and PATH"
-	case errors.Is(err, os.ErrPermission) || strings.Contains(msg, "operation not permitted"):
+	case os.Geteuid() != 0 && (errors.Is(err, os.ErrPermission) || strings.Contains(msg, "operation not permitted")):
 		return msg + ": needs root (CAP_BPF+CAP_PERFMON): run it with sudo"
 	}
 	return translateKernel(err, msg)
