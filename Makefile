@@ -41,10 +41,11 @@ check-generate: generate
 
 FUZZTIME ?= 20s
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME) ./pkg/symbolize
-	$(GO) test -run '^$$' -fuzz '^FuzzParseEHFrame$$' -fuzztime $(FUZZTIME) ./pkg/unwind
-	$(GO) test -run '^$$' -fuzz '^FuzzUnwind$$' -fuzztime $(FUZZTIME) ./pkg/unwind
-	$(GO) test -run '^$$' -fuzz '^FuzzBuilder$$' -fuzztime $(FUZZTIME) ./pkg/report
+	scripts/fuzz.sh pkg/symbolize FuzzOpen $(FUZZTIME)
+	scripts/fuzz.sh pkg/unwind FuzzParseEHFrame $(FUZZTIME)
+	scripts/fuzz.sh pkg/unwind FuzzUnwind $(FUZZTIME)
+	scripts/fuzz.sh pkg/report FuzzBuilder $(FUZZTIME)
+	scripts/fuzz.sh pkg/probeplace FuzzChoose $(FUZZTIME)
 
 # Side-by-side overhead figures (not part of test): untraced, interposer, bpftrace, heaptrack, udstrace modes.
 bench: build

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -235,17 +237,43 @@ func (s *Session) countsIfAny() ([]loader.Count, error) {
 	return s.tracer.Counts()
 }
 
-// cgroupID turns a cgroup v2 directory (absolute, or relative to /sys/fs/cgroup) into the id BPF sees: its inode.
+// cgroupID turns a cgroup v2 directory (absolute, or relative to the cgroup2 mount) into the id BPF sees: its inode.
 func cgroupID(path string) (uint64, error) {
 	if path == "" {
 		return 0, nil
 	}
 	if !filepath.IsAbs(path) {
-		path = filepath.Join("/sys/fs/cgroup", path)
+		root, err := Cgroup2Root()
+		if err != nil {
+			return 0, err
+		}
+		path = filepath.Join(root, path)
+	}
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(path, &fs); err != nil {
+		return 0, fmt.Errorf("finding cgroup %s: %w", path, err)
+	}
+	if fs.Type != 0x63677270 { // CGROUP2_SUPER_MAGIC
+		return 0, fmt.Errorf("finding cgroup %s: not a cgroup v2 directory: --cgroup takes a cgroup2 path", path)
 	}
 	var st syscall.Stat_t
 	if err := syscall.Stat(path, &st); err != nil {
 		return 0, fmt.Errorf("finding cgroup %s: %w", path, err)
 	}
 	return st.Ino, nil
+}
+
+// Cgroup2Root returns where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or .../unified on hybrid systems).
+func Cgroup2Root() (string, error) {
+	data, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return "", fmt.Errorf("finding the cgroup2 mount: %w", err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[2] == "cgroup2" {
+			return f[1], nil
+		}
+	}
+	return "", errors.New("finding the cgroup2 mount: none is mounted; --cgroup needs cgroup v2")
 }

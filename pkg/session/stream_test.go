@@ -1,0 +1,114 @@
+package session
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/udstrace/udstrace/internal/testenv"
+	"github.com/udstrace/udstrace/pkg/report"
+)
+
+// TestIntervalSnapshots: ndjson's source, a report every interval while the command runs.
+func TestIntervalSnapshots(t *testing.T) {
+	testenv.NeedRoot(t)
+	bins := testenv.Binaries(t)
+	o := testOptions(t)
+	o.Command = []string{"/bin/sh", "-c", bins.AllocPattern + " 1; sleep 1; " + bins.AllocPattern + " 1; sleep 1"}
+	var mu sync.Mutex
+	var buf bytes.Buffer
+	iv := report.NewIntervals(5)
+	o.Interval = 300 * time.Millisecond
+	o.OnInterval = func(r *report.Report) {
+		mu.Lock()
+		defer mu.Unlock()
+		iv.Next(r, time.Now()).WriteTo(&buf)
+	}
+	if _, err := Run(context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	lines := bytes.Split(bytes.TrimSpace(buf.Bytes()), []byte("\n"))
+	if len(lines) < 4 {
+		t.Fatalf("%d interval lines in 2 s at 300 ms, want ≥ 4", len(lines))
+	}
+	var grew bool
+	var last float64
+	for _, l := range lines {
+		var doc map[string]any
+		if err := json.Unmarshal(l, &doc); err != nil {
+			t.Fatalf("interval line is not JSON: %v: %s", err, l)
+		}
+		if doc["schema"] != report.IntervalSchema {
+			t.Errorf("schema %v", doc["schema"])
+		}
+		procs, _ := doc["processes"].([]any)
+		total := 0.0
+		for _, p := range procs {
+			total += p.(map[string]any)["allocations"].(float64)
+		}
+		grew = grew || total > last && last > 0
+		last = total
+	}
+	if !grew {
+		t.Errorf("allocations never grew between intervals")
+	}
+}
+
+// TestCgroupFilter: trace --cgroup sees only processes of that cgroup, filtered in the kernel.
+func TestCgroupFilter(t *testing.T) {
+	testenv.NeedRoot(t)
+	bins := testenv.Binaries(t)
+	root, err := Cgroup2Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg := filepath.Join(root, "udstrace-test-"+strconv.Itoa(os.Getpid()))
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatalf("creating a cgroup v2 group: %v", err)
+	}
+	defer os.Remove(cg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan *report.Report, 1)
+	go func() {
+		o := testOptions(t)
+		o.Cgroup = filepath.Base(cg)
+		rep, err := Trace(ctx, 0, o)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- rep
+	}()
+	time.Sleep(2 * time.Second)
+	inside := exec.Command("/bin/sh", "-c", "echo $$ > "+cg+"/cgroup.procs && exec "+bins.AllocPattern+" 1")
+	if out, err := inside.CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if out, err := exec.Command(bins.AllocPattern, "1").CombinedOutput(); err != nil { // outside: must not appear
+		t.Fatalf("%v: %s", err, out)
+	}
+	time.Sleep(300 * time.Millisecond)
+	cancel()
+	rep := <-done
+	if rep == nil {
+		t.FailNow()
+	}
+	v, _ := decodeView(t, rep)
+	n := 0
+	for _, p := range v.Processes {
+		if p.Comm == "allocpattern" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d allocpattern processes traced, want only the one in the cgroup", n)
+	}
+}
