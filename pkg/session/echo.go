@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/udstrace/udstrace/pkg/launch"
-	"github.com/udstrace/udstrace/pkg/loader"
 	"github.com/udstrace/udstrace/pkg/report"
 	"github.com/udstrace/udstrace/workload"
 )
@@ -60,16 +59,8 @@ func runEcho(ctx context.Context, opts Options) (*report.Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	libc, err := loader.ResolveLibc(bins.Client)
+	s, err := startFor(bins.Client, opts)
 	if err != nil {
-		return nil, err
-	}
-	s, err := start(opts, true)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.attachLibc(libc); err != nil {
-		s.abort()
 		return nil, err
 	}
 	s.meta.Command = []string{"workload", "echo", "--messages", strconv.Itoa(opts.Messages), "--size", strconv.Itoa(opts.Size)}

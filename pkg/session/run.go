@@ -34,16 +34,8 @@ func Run(ctx context.Context, opts Options) (*report.Report, error) {
 	if abs, err := filepath.Abs(path); err == nil {
 		path = abs // the kernel reports the path as exec'd: absolute, it still opens after the process is gone
 	}
-	libc, err := loader.ResolveLibc(path)
+	s, err := startFor(path, opts)
 	if err != nil {
-		return nil, err
-	}
-	s, err := start(opts, true)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.attachLibc(libc); err != nil {
-		s.abort()
 		return nil, err
 	}
 	s.meta.Command = opts.Command
@@ -103,4 +95,21 @@ func (s *Session) wait(ctx context.Context, p *launch.Process) (int, error) {
 	}
 	ws, _ := p.Cmd.ProcessState.Sys().(syscall.WaitStatus)
 	return int(ws), nil
+}
+
+// startFor starts a session with the libc the program will map already probed, so its first allocation is seen.
+func startFor(program string, opts Options) (*Session, error) {
+	libc, err := loader.ResolveLibc(program)
+	if err != nil {
+		return nil, err
+	}
+	s, err := start(opts, true)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.attachLibc(libc); err != nil {
+		s.abort()
+		return nil, err
+	}
+	return s, nil
 }
