@@ -1,7 +1,9 @@
 # udstrace: build, test and check. Targets that need root escalate with sudo only when not root.
 GO      ?= go
 SUDO    := $(shell [ "$$(id -u)" -eq 0 ] || echo "sudo -E")
-GOEXEC  := $(if $(SUDO),-exec "$(SUDO)",)
+# Test binaries run as root through sudo; the go commands they start get root's own build cache (never
+# root-owned files in yours) and your PATH (sudo's secure_path may lack go).
+GOEXEC  := $(if $(SUDO),-exec "$(SUDO) env PATH=$(PATH) GOCACHE=$(CURDIR)/.build/root-gocache",)
 BPF_SRC := $(wildcard bpf/*.c bpf/*.h)
 GEN     := pkg/loader/udstrace_x86_bpfel.go pkg/loader/udstrace_x86_bpfel.o
 
