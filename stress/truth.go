@@ -1,15 +1,14 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
+
+	"github.com/udstrace/udstrace/workload"
 )
 
 // ---- the report ----
@@ -136,42 +135,19 @@ func (e *env) interpose(argv []string, extraEnv ...string) (map[int]truth, strin
 	if err != nil {
 		return nil, "", fmt.Errorf("running %v under allocount.so: %v: %s", argv, err, stderr.String())
 	}
-	files, _ := filepath.Glob(filepath.Join(dir, "allocount.*"))
+	all, err := workload.ReadCounts(dir)
+	if err != nil {
+		return nil, "", err
+	}
 	res := map[int]truth{}
-	for _, f := range files {
-		pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Ext(f), "."))
-		if err != nil {
-			continue
+	for _, c := range all {
+		t := truth{}
+		for name, n := range c.Funcs {
+			t[name] = [3]uint64{n.Calls, n.Bytes, n.Null}
 		}
-		t, err := readTruth(f)
-		if err != nil {
-			return nil, "", err
-		}
-		res[pid] = t
+		res[c.PID] = t
 	}
 	return res, string(out), nil
-}
-
-func readTruth(path string) (truth, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	t := truth{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if strings.HasPrefix(sc.Text(), "#") {
-			continue // "#comm NAME" and other annotations
-		}
-		var name string
-		var n [3]uint64
-		if _, err := fmt.Sscan(sc.Text(), &name, &n[0], &n[1], &n[2]); err != nil {
-			return nil, fmt.Errorf("parsing %s: %q: %w", path, sc.Text(), err)
-		}
-		t[name] = n
-	}
-	return t, sc.Err()
 }
 
 // diffCounts describes every difference between what udstrace reported and the truth; empty: equal.

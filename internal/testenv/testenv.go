@@ -2,7 +2,6 @@
 package testenv
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -43,10 +42,7 @@ func Binaries(t testing.TB) workload.Paths {
 }
 
 // Counts is one process's calls per allocator function, as the interposer saw them.
-type Counts map[string]Count
-
-// Count is one function's calls, requested bytes and NULL results (NULL arguments for free).
-type Count struct{ Calls, Bytes, Null uint64 }
+type Counts = map[string]workload.Count
 
 // Interpose runs argv under the LD_PRELOAD counting interposer and returns the counts per PID, in start order.
 func Interpose(t testing.TB, so string, argv []string, extraEnv ...string) ([]int, map[int]Counts) {
@@ -63,44 +59,17 @@ func Interpose(t testing.TB, so string, argv []string, extraEnv ...string) ([]in
 // ReadCounts parses the interposer's files in dir.
 func ReadCounts(t testing.TB, dir string) ([]int, map[int]Counts) {
 	t.Helper()
-	files, _ := filepath.Glob(filepath.Join(dir, "allocount.*"))
+	all, err := workload.ReadCounts(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	out := map[int]Counts{}
 	var pids []int
-	for _, f := range files {
-		pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Ext(f), "."))
-		if err != nil {
-			continue
-		}
-		c, err := parseCounts(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[pid] = c
-		pids = append(pids, pid)
+	for _, c := range all {
+		out[c.PID] = c.Funcs
+		pids = append(pids, c.PID)
 	}
 	return pids, out
-}
-
-func parseCounts(path string) (Counts, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	c := Counts{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if strings.HasPrefix(sc.Text(), "#") {
-			continue
-		}
-		var name string
-		var n Count
-		if _, err := fmt.Sscan(sc.Text(), &name, &n.Calls, &n.Bytes, &n.Null); err != nil {
-			return nil, fmt.Errorf("parsing %s: %q: %w", path, sc.Text(), err)
-		}
-		c[name] = n
-	}
-	return c, sc.Err()
 }
 
 // RunMain runs a test binary's tests, or, when udstrace's launcher re-executed the binary as

@@ -1,14 +1,12 @@
 package session
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/udstrace/udstrace/pkg/report"
@@ -64,42 +62,27 @@ type counted struct {
 	calls map[string]uint64
 }
 
+// readCounts folds the interposer's counts the way the uprobes see them.
 func readCounts(dir string) ([]counted, error) {
-	files, _ := filepath.Glob(filepath.Join(dir, "allocount.*"))
+	all, err := workload.ReadCounts(dir)
+	if err != nil {
+		return nil, err
+	}
 	var out []counted
-	for _, f := range files {
-		pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Ext(f), "."))
-		if err != nil {
-			continue
-		}
-		fh, err := os.Open(f)
-		if err != nil {
-			return nil, fmt.Errorf("reading interposer counts: %w", err)
-		}
-		c := counted{pid: pid, calls: map[string]uint64{}}
-		sc := bufio.NewScanner(fh)
-		for sc.Scan() {
-			fields := strings.Fields(sc.Text())
-			switch {
-			case len(fields) == 2 && fields[0] == "#comm":
-				c.comm = fields[1]
-			case len(fields) == 4:
-				calls, _ := strconv.ParseUint(fields[1], 10, 64)
-				null, _ := strconv.ParseUint(fields[3], 10, 64)
-				name := fields[0]
-				if name == "aligned_alloc" {
-					name = "memalign" // one function in glibc, one uprobe
-				}
-				if name == "free" {
-					calls -= null // free(NULL) is not traced
-				}
-				c.calls[name] += calls
+	for _, a := range all {
+		c := counted{pid: a.PID, comm: a.Comm, calls: map[string]uint64{}}
+		for name, n := range a.Funcs {
+			calls := n.Calls
+			switch name {
+			case "aligned_alloc":
+				name = "memalign" // one function in glibc, one uprobe
+			case "free":
+				calls -= n.Null // free(NULL) is not traced
 			}
+			c.calls[name] += calls
 		}
-		fh.Close()
 		out = append(out, c)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].pid < out[j].pid })
 	return out, nil
 }
 
