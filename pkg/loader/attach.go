@@ -191,3 +191,6 @@ func (t *Tracer) placeCountProbes(ex *link.Executable, offs, cookies []uint64) e
 	}
 	return nil
 }
+
+// UsesUprobeMulti reports whether probes go through uprobe_multi links (else one link per function).
+func (t *Tracer) UsesUprobeMulti() bool { return t.multi }

@@ -100,6 +100,9 @@ func start(opts Options, filter bool) (*Session, error) {
 		done: make(chan error, 1),
 	}
 	s.meta = report.Meta{Mode: modeName(opts.Mode), StackMode: stackName(opts.Stack), Start: time.Now(), Roles: map[uint32]report.Role{}}
+	if !tr.UsesUprobeMulti() {
+		s.meta.Warnings = append(s.meta.Warnings, "kernel lacks uprobe_multi (needs ≥ 6.6): using one uprobe link per function")
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	go func() { s.done <- tr.Read(ctx, &handler{s: s}) }()
