@@ -10,6 +10,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "rawio.h"
+
 #define MAX_SIZE (1024UL * 1024UL)
 /* Send at most CHUNK bytes before reading their echo back, so that large
  * messages cannot deadlock with both sides blocked in write(2). */
@@ -24,14 +26,6 @@ static const char *const classic[3] = {
 static char msg[MAX_SIZE + 1];
 static char echo[MAX_SIZE + 1];
 
-static size_t slen(const char *s)
-{
-	size_t n = 0;
-	while (s[n] != '\0')
-		n++;
-	return n;
-}
-
 static int streq(const char *a, const char *b)
 {
 	while (*a != '\0' && *a == *b) {
@@ -41,20 +35,6 @@ static int streq(const char *a, const char *b)
 	return *a == *b;
 }
 
-static int write_all(int fd, const char *p, size_t n)
-{
-	while (n > 0) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 static void die(const char *what)
 {
 	/* write(2) only: this must also be safe in raw mode. */
@@ -62,23 +42,6 @@ static void die(const char *what)
 	(void)write_all(2, what, slen(what));
 	(void)write_all(2, "\n", 1);
 	_exit(1);
-}
-
-static int parse_uint(const char *s, unsigned long max, unsigned long *out)
-{
-	unsigned long v = 0;
-	if (*s == '\0')
-		return -1;
-	for (; *s != '\0'; s++) {
-		if (*s < '0' || *s > '9')
-			return -1;
-		unsigned long d = (unsigned long)(*s - '0');
-		if (v > (max - d) / 10)
-			return -1;
-		v = v * 10 + d;
-	}
-	*out = v;
-	return 0;
 }
 
 /* make_message fills msg with message i and returns its length. */

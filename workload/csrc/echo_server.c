@@ -12,6 +12,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "rawio.h"
+
 static char buf[64 * 1024];
 
 /* The bound socket's path, for the signal handler; bound is set only once
@@ -48,14 +50,6 @@ static void remove_socket(void)
 	}
 }
 
-static size_t slen(const char *s)
-{
-	size_t n = 0;
-	while (s[n] != '\0')
-		n++;
-	return n;
-}
-
 static void put(int fd, const char *s)
 {
 	size_t n = slen(s);
@@ -76,38 +70,6 @@ static void die(const char *msg)
 	put(2, msg);
 	put(2, "\n");
 	_exit(1);
-}
-
-/* parse_uint parses a decimal number in [0, max]; returns -1 on error. */
-static int parse_uint(const char *s, unsigned long max, unsigned long *out)
-{
-	unsigned long v = 0;
-	if (*s == '\0')
-		return -1;
-	for (; *s != '\0'; s++) {
-		if (*s < '0' || *s > '9')
-			return -1;
-		unsigned long d = (unsigned long)(*s - '0');
-		if (v > (max - d) / 10)
-			return -1;
-		v = v * 10 + d;
-	}
-	*out = v;
-	return 0;
-}
-
-static int write_all(int fd, const char *p, size_t n)
-{
-	while (n > 0) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
 }
 
 int main(int argc, char **argv)
