@@ -153,21 +153,34 @@ func TestSystemWideSeesNewProcess(t *testing.T) {
 	for _, c := range truth {
 		want = c
 	}
+	o := testOptions(t)
+	o.Comm = "allocpattern"
+	v := traceWhile(t, o, []string{bins.AllocPattern, "2"})
+	if len(v.Processes) != 1 {
+		t.Fatalf("--comm allocpattern: %d processes in the report, want 1", len(v.Processes))
+	}
+	compareCounts(t, "system-wide allocpattern", heapOnly(v.perKind(v.Processes[0].PID)), expected(want))
+}
+
+// traceWhile traces system-wide with o while the commands run one after another, started once
+// the probes are in place, and returns the report.
+func traceWhile(t *testing.T, o Options, commands ...[]string) *view {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan *report.Report, 1)
 	go func() {
-		o := testOptions(t)
-		o.Comm = "allocpattern"
 		rep, err := Trace(ctx, 0, o)
 		if err != nil {
 			t.Error(err)
 		}
 		done <- rep
 	}()
-	time.Sleep(2 * time.Second)
-	if out, err := exec.Command(bins.AllocPattern, "2").CombinedOutput(); err != nil {
-		t.Fatalf("allocpattern: %v\n%s", err, out)
+	time.Sleep(2 * time.Second) // probes are placed well within this
+	for _, argv := range commands {
+		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", argv, err, out)
+		}
 	}
 	time.Sleep(300 * time.Millisecond)
 	cancel()
@@ -176,8 +189,5 @@ func TestSystemWideSeesNewProcess(t *testing.T) {
 		t.FailNow()
 	}
 	v, _ := decodeView(t, rep)
-	if len(v.Processes) != 1 {
-		t.Fatalf("--comm allocpattern: %d processes in the report, want 1", len(v.Processes))
-	}
-	compareCounts(t, "system-wide allocpattern", heapOnly(v.perKind(v.Processes[0].PID)), expected(want))
+	return v
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -76,32 +75,12 @@ func TestCgroupFilter(t *testing.T) {
 		t.Fatalf("creating a cgroup v2 group: %v", err)
 	}
 	defer os.Remove(cg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan *report.Report, 1)
-	go func() {
-		o := testOptions(t)
-		o.Cgroup = filepath.Base(cg)
-		rep, err := Trace(ctx, 0, o)
-		if err != nil {
-			t.Error(err)
-		}
-		done <- rep
-	}()
-	time.Sleep(2 * time.Second)
-	inside := exec.Command("/bin/sh", "-c", "echo $$ > "+cg+"/cgroup.procs && exec "+bins.AllocPattern+" 1")
-	if out, err := inside.CombinedOutput(); err != nil {
-		t.Fatalf("%v: %s", err, out)
-	}
-	if out, err := exec.Command(bins.AllocPattern, "1").CombinedOutput(); err != nil { // outside: must not appear
-		t.Fatalf("%v: %s", err, out)
-	}
-	time.Sleep(300 * time.Millisecond)
-	cancel()
-	rep := <-done
-	if rep == nil {
-		t.FailNow()
-	}
-	v, _ := decodeView(t, rep)
+	o := testOptions(t)
+	o.Cgroup = filepath.Base(cg)
+	v := traceWhile(t, o,
+		[]string{"/bin/sh", "-c", "echo $$ > " + cg + "/cgroup.procs && exec " + bins.AllocPattern + " 1"},
+		[]string{bins.AllocPattern, "1"}, // outside the cgroup: must not appear
+	)
 	n := 0
 	for _, p := range v.Processes {
 		if p.Comm == "allocpattern" {
