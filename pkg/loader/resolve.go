@@ -69,7 +69,7 @@ func ResolveLibc(program string) (string, error) {
 	}
 	libc := ""
 	for _, n := range needed {
-		if strings.HasPrefix(n, "libc.so") || strings.HasPrefix(n, "libc.musl") {
+		if IsLibcName(n) {
 			libc = n
 		}
 	}
@@ -127,9 +127,18 @@ func sameClass(path string, class elf.Class, machine elf.Machine) bool {
 
 func hasLibc(needed []string) bool {
 	for _, n := range needed {
-		if strings.HasPrefix(n, "libc.so") || strings.HasPrefix(n, "libc.musl") {
+		if IsLibcName(n) {
 			return true
 		}
 	}
 	return false
+}
+
+// IsLibcName reports whether a file name (or path) names a C library udstrace can probe.
+func IsLibcName(name string) bool {
+	base := filepath.Base(name)
+	if rest, ok := strings.CutPrefix(base, "libc-"); ok { // libc-2.31.so, not libc-client.so
+		return rest != "" && rest[0] >= '0' && rest[0] <= '9'
+	}
+	return strings.HasPrefix(base, "libc.so") || strings.HasPrefix(base, "libc.musl")
 }

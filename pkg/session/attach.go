@@ -46,7 +46,7 @@ func libcOf(pid int) (string, error) {
 	for sc.Scan() {
 		lines++
 		fields := strings.Fields(sc.Text())
-		if len(fields) >= 6 && isLibc(fields[5]) {
+		if len(fields) >= 6 && loader.IsLibcName(fields[5]) {
 			return fmt.Sprintf("/proc/%d/root%s", pid, fields[5]), nil
 		}
 	}

@@ -1,8 +1,7 @@
 package session
 
 import (
-	"path/filepath"
-	"strings"
+	"fmt"
 
 	"github.com/udstrace/udstrace/pkg/event"
 	"github.com/udstrace/udstrace/pkg/loader"
@@ -50,20 +49,15 @@ func (h *handler) Proc(p *event.Proc, sock *event.SocketStats) {
 
 func (h *handler) Map(m *loader.Mapping) {
 	h.s.maps.Map(m.PID, m.Addr, m.Len, m.Pgoff, m.Dev, m.Ino, m.Name)
-	if isLibc(m.Name) {
+	if loader.IsLibcName(m.Name) {
 		h.checkLibc(m.PID)
 	}
-}
-
-func isLibc(name string) bool {
-	base := filepath.Base(name)
-	return strings.HasPrefix(base, "libc.so") || strings.HasPrefix(base, "libc-") || strings.HasPrefix(base, "libc.musl")
 }
 
 // checkLibc attaches to a libc the process maps that was not resolved up front, and says so.
 func (h *handler) checkLibc(pid uint32) {
 	for key, m := range h.s.maps.Modules() {
-		if !isLibc(m.Path) || h.s.tracer.AttachedProbes(key) != nil {
+		if !loader.IsLibcName(m.Path) || h.s.tracer.AttachedProbes(key) != nil {
 			continue
 		}
 		path := m.Path
@@ -75,20 +69,7 @@ func (h *handler) checkLibc(pid uint32) {
 	}
 }
 
-func procRoot(pid uint32) string { return "/proc/" + itoa(pid) + "/root" }
-
-func itoa(n uint32) string {
-	var b [10]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + n%10)
-		n /= 10
-		if n == 0 {
-			return string(b[i:])
-		}
-	}
-}
+func procRoot(pid uint32) string { return fmt.Sprintf("/proc/%d/root", pid) }
 
 // symbolizer serves the report's symbol lookups from the modules kept open during the trace.
 type symbolizer struct{ maps *procmaps.Table }
