@@ -1,10 +1,12 @@
 package procmaps
 
 import (
+	"bytes"
 	"debug/elf"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -13,21 +15,35 @@ func (t *Table) Exec(pid uint32, exe string, startCode, interpBase uint64, exeKe
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.procs, pid)
-	if err := t.load(pid); err == nil {
-		return
+	// Read the live mappings only if they still show this image: by the time the event is read the
+	// process may have exec'd again or be exiting (a zombie's maps are empty).
+	if startCode != 0 && startCodeOf(pid) == startCode {
+		if err := t.load(pid); err == nil && startCodeOf(pid) == startCode && len(t.procs[pid].maps) > 0 {
+			return
+		}
+		delete(t.procs, pid)
 	}
-	// The process is already gone: place the executable from what the kernel told at exec.
+	// Place the executable from what the kernel told at exec.
 	m := t.mods[exeKey]
-	if m == nil && filepath.IsAbs(exe) {
-		if f, err := os.Open(exe); err == nil {
-			if fileKey(f) == exeKey {
-				m, _ = openModule(exeKey, exe, "/", f)
-			}
-			if m == nil {
-				f.Close()
-			} else {
-				t.mods[exeKey] = m
-			}
+	name := exe
+	if l, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil {
+		name = strings.TrimSuffix(l, " (deleted)")
+	}
+	for _, path := range []string{fmt.Sprintf("/proc/%d/exe", pid), exe} {
+		if m != nil || !filepath.IsAbs(path) || strings.HasPrefix(path, "/proc/self/") {
+			continue
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			continue
+		}
+		if fileKey(f) == exeKey {
+			m, _ = openModule(exeKey, name, "/", f)
+		}
+		if m == nil {
+			f.Close()
+		} else {
+			t.mods[exeKey] = m
 		}
 	}
 	if m == nil {
@@ -64,6 +80,24 @@ func (t *Table) Exec(pid uint32, exe string, startCode, interpBase uint64, exeKe
 		}
 		t.placeELF(pid, ld, interpBase, false)
 	}
+}
+
+// startCodeOf reads the start of a process's text from /proc/PID/stat (field 26); 0 if unknown or gone.
+func startCodeOf(pid uint32) uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := bytes.LastIndexByte(b, ')') // comm may hold spaces and parentheses
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 24 { // fields from 3 (state) on: startcode is field 26
+		return 0
+	}
+	v, _ := strconv.ParseUint(f[23], 10, 64)
+	return v
 }
 
 // placeELF maps a module's executable segments for a process from a known load address:
@@ -109,14 +143,19 @@ func (t *Table) Map(pid uint32, addr, length, pgoff uint64, dev uint32, ino uint
 	m := t.mods[key]
 	if m == nil {
 		end := (addr + length + 0xfff) &^ 0xfff
-		m = t.open(pid, key, t.pathOf(pid, addr, end, name), addr, end)
+		path := t.pathOf(pid, addr, end, name)
+		m = t.open(pid, key, path, addr, end)
 		if m == nil {
 			// Reading all the mappings also finds it when the range was merged with a neighbour.
 			_ = t.load(pid)
 			m = t.mods[key]
 		}
 		if m == nil {
-			m = t.search(key, name) // the process is gone: find the file by name, checked by identity
+			// Gone (the process exited or unmapped it, e.g. dlclose): find the file by name, checked by identity.
+			m = t.search(key, name)
+		}
+		if m != nil {
+			delete(t.Failures, path) // an earlier way failed, a later one worked
 		}
 	}
 	if m != nil {
