@@ -136,6 +136,9 @@ int free_enter(struct pt_regs *ctx)
 	if (!s)
 		return 0;
 	s->ev.addr = ptr;
+	/* The probe never moves past an instruction that writes sp, so [sp] is the return address:
+	 * user space names the caller of a free whose block it never saw allocated. */
+	bpf_probe_read_user(&s->ev.ip, sizeof(s->ev.ip), (void *)ctx->sp);
 	submit(s);
 	return 0;
 }

@@ -61,7 +61,7 @@ struct alloc_event {
 	u64 old_size;
 	u64 aux; /* mmap: prot << 32 | flags */
 	s64 fd;
-	u64 ip; /* user registers where the stack payload starts */
+	u64 ip; /* user registers where the stack payload starts; free: the return address in its caller */
 	u64 sp;
 	u64 bp;
 	char comm[16];

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -47,6 +48,34 @@ type report struct {
 	} `json:"lost_detail"`
 	Warnings  []string `json:"warnings"`
 	Processes []proc   `json:"processes"`
+	Sites     []struct {
+		PID   uint32 `json:"pid"`
+		Stack []struct {
+			Module string `json:"module"`
+			Symbol string `json:"symbol"`
+		} `json:"stack"`
+	} `json:"sites"`
+	UnmatchedFreeSites []struct {
+		PID    uint32 `json:"pid"`
+		Count  uint64 `json:"count"`
+		Caller []struct {
+			Module string `json:"module"`
+			Symbol string `json:"symbol"`
+		} `json:"caller"`
+	} `json:"unmatched_free_sites"`
+}
+
+// libcFrees counts pid's unmatched frees made from inside libc itself: calls to its own free that
+// bypass the interposable symbol (a dying thread's tcache), so no LD_PRELOAD counter sees them.
+func (r *report) libcFrees(pid uint32) (n uint64, where []string) {
+	for _, f := range r.UnmatchedFreeSites {
+		if f.PID != pid || len(f.Caller) == 0 || !strings.HasPrefix(filepath.Base(f.Caller[0].Module), "libc.so") {
+			continue
+		}
+		n += f.Count
+		where = append(where, fmt.Sprintf("%d× %s", f.Count, f.Caller[0].Symbol))
+	}
+	return n, where
 }
 
 func readReport(path string) (*report, error) {

@@ -25,6 +25,7 @@ type options struct {
 	debug      bool
 	verify     bool
 	topSites   int
+	maxProcs   int
 	pids       string
 	duration   time.Duration
 	interval   time.Duration
@@ -52,6 +53,7 @@ func newFlags(o *options) *flag.FlagSet {
 	fs.BoolVar(&o.debug, "debug", false, "verbose logs, the workload's output, and the BPF verifier log on load errors")
 	fs.BoolVar(&o.verify, "verify", false, "run: also run the command under udstrace's LD_PRELOAD counter and compare counts per process")
 	fs.IntVar(&o.topSites, "top", 20, "text: call sites to print")
+	fs.IntVar(&o.maxProcs, "max-procs", 100, "exited processes reported one by one; later ones are folded by command and executable, which bounds memory (0: no bound)")
 	fs.StringVar(&o.pids, "pid", "", "attach, trace: `PID[,PID...]` of running processes to trace")
 	fs.DurationVar(&o.duration, "duration", 0, "attach, trace, top: stop after this long (e.g. 30s; 0: until Ctrl-C)")
 	fs.DurationVar(&o.interval, "interval", 0, "ndjson, top: emit a snapshot this often (e.g. 1s)")
@@ -91,6 +93,8 @@ func (o *options) validate(sub string, rest []string) string {
 		return fmt.Sprintf("unknown stack mode %q: use --stack fp, cfi or auto", o.stack)
 	case o.mode != "full" && o.mode != "count":
 		return fmt.Sprintf("unknown mode %q: use --mode full or --mode count", o.mode)
+	case o.maxProcs < 0:
+		return "--max-procs must be 0 (no bound) or more"
 	case o.messages < 1:
 		return "--messages must be at least 1"
 	case o.format == "ndjson" && o.interval <= 0:

@@ -124,3 +124,22 @@ func LeftPrograms() []string {
 	}
 	return left
 }
+
+// CompileC builds a C program from source with cc -O1 -g and the given flags into a temp directory.
+func CompileC(t testing.TB, name, src string, flags ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := filepath.Join(dir, name+".c")
+	if err := os.WriteFile(c, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, name)
+	args := append([]string{"-O1", "-g", "-o", bin, c}, flags...)
+	if out, err := exec.Command("cc", args...).CombinedOutput(); err != nil {
+		t.Fatalf("cc: %v\n%s", err, out)
+	}
+	return bin
+}

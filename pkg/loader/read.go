@@ -119,6 +119,11 @@ func decodeAlloc(raw []byte, h Handler) {
 	if n := int(ev.StackLen); n < len(payload) {
 		payload = payload[:n]
 	}
+	if a.Kind == event.Free {
+		a.Caller = ev.Ip
+		h.Alloc(a, &RawStack{})
+		return
+	}
 	st := &RawStack{IP: ev.Ip, SP: ev.Sp, BP: ev.Bp, Short: ev.Flags&flagStackShort != 0}
 	switch {
 	case ev.Flags&flagStackFP != 0:

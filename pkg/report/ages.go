@@ -11,14 +11,40 @@ import (
 
 // retire keeps p's counted blocks for ageing once its image is gone, and drops its address maps.
 func (b *Builder) retire(p *proc) {
+	minAge := uint64(max(b.opts.MinAge, 0))
 	for _, m := range []map[uint64]block{p.live, p.regions} {
 		for _, blk := range m {
-			if blk.s != nil { // inherited blocks are outstanding in the parent only
-				b.retired = append(b.retired, blk)
+			if blk.s == nil {
+				continue // inherited blocks are outstanding in the parent only
+			}
+			s := blk.s
+			if !s.retAny || blk.t < s.retOldest {
+				s.retOldest, s.retAny = blk.t, true
+			}
+			if age(b.latest, blk.t) >= minAge {
+				s.retOlder.Count++
+				s.retOlder.Bytes += blk.size
+			} else {
+				b.pending = append(b.pending, blk)
 			}
 		}
 	}
 	p.live, p.regions = nil, nil
+	b.promote(minAge)
+}
+
+// promote counts pending blocks that have reached MinAge on their sites, so pending stays small.
+func (b *Builder) promote(minAge uint64) {
+	n := 0
+	for n < len(b.pending) && age(b.latest, b.pending[n].t) >= minAge {
+		blk := b.pending[n]
+		blk.s.retOlder.Count++
+		blk.s.retOlder.Bytes += blk.size
+		n++
+	}
+	if n > 0 {
+		b.pending = append(b.pending[:0], b.pending[n:]...)
+	}
 }
 
 // siteAges is what Finish reports about one site's live blocks.
@@ -28,18 +54,21 @@ type siteAges struct {
 	older  BlockCount // blocks at least MinAge old
 }
 
-// ages scans every live block once, indexed by site id-1; blocks are aged at now.
+// ages scans every live block once, indexed by site pos; blocks are aged at now.
 func (b *Builder) ages(now uint64) []siteAges {
 	out := make([]siteAges, len(b.order))
 	minAge := uint64(max(b.opts.MinAge, 0))
+	oldest := func(a *siteAges, t uint64) {
+		if !a.any || t < a.oldest {
+			a.oldest, a.any = t, true
+		}
+	}
 	add := func(blk block) {
 		if blk.s == nil {
 			return
 		}
-		a := &out[blk.s.id-1]
-		if !a.any || blk.t < a.oldest {
-			a.oldest, a.any = blk.t, true
-		}
+		a := &out[blk.s.pos]
+		oldest(a, blk.t)
 		if age(now, blk.t) >= minAge {
 			a.older.Count++
 			a.older.Bytes += blk.size
@@ -53,8 +82,16 @@ func (b *Builder) ages(now uint64) []siteAges {
 			add(blk)
 		}
 	}
-	for _, blk := range b.retired {
+	for _, blk := range b.pending {
 		add(blk)
+	}
+	for _, s := range b.order {
+		if s.retAny {
+			a := &out[s.pos]
+			oldest(a, s.retOldest)
+			a.older.Count += s.retOlder.Count
+			a.older.Bytes += s.retOlder.Bytes
+		}
 	}
 	return out
 }
@@ -107,7 +144,7 @@ func (r *Report) longLived(b *bytes.Buffer) {
 	for _, s := range sites[:n] {
 		o := s.OutstandingOlderThanMinAge
 		fn, _, _ := source(s.Stack)
-		fmt.Fprintf(tw, "  #%d\t%s\tpid %d %s\t%s\t%s\tof %s outstanding\toldest %s\t%s\n", s.ID, s.Kind, s.PID,
+		fmt.Fprintf(tw, "  #%d\t%s\tpid %s %s\t%s\t%s\tof %s outstanding\toldest %s\t%s\n", s.ID, s.Kind, pidText(s.PID),
 			cmpOr(esc(s.Comm), "?"), plural(o.Count, "block"), bytesText(o.Bytes), commas(s.OutstandingCount),
 			ageText(s.OldestOutstandingAgeSeconds), esc(fn))
 	}

@@ -10,9 +10,18 @@ type Builder struct {
 	sites map[uint64]*site // stack hash -> chain of sites
 	order []*site          // sites in creation order (id-1)
 	last  *proc            // cache: consecutive events mostly come from one process
-	// Blocks of execed or exited images: never freed now, but still outstanding and still ageing.
-	retired []block
+	// Blocks of execed or exited images younger than MinAge when retired: never freed now, but
+	// still ageing. Older ones are only counted on their site (site.ret*).
+	pending []block
 	latest  uint64 // the latest event time seen: the default age reference
+	nextIdx int    // next proc.idx
+	lastID  int    // last site id handed out
+	// Folding (Options.MaxProcs): exited processes wait in exitedQ until their late events are in.
+	exitedQ []*proc
+	kept    int              // exited processes kept one by one
+	groups  map[string]*proc // folded processes by comm and executable
+	folded  int              // processes folded so far
+	dead    int              // folded procs and their sites still in procs/order, removed lazily
 }
 
 // proc is one process incarnation (a reused pid gets a new one).
@@ -49,6 +58,9 @@ type proc struct {
 	afterDone   bool // after holds the final per-site figures; no more timeline
 	afterApprox bool // overflow straddled the first socket time: after is an upper bound
 	after       map[*site]*agg
+	sites       []*site // this process's sites, for folding
+	group       int     // processes folded into this one (0: a single process)
+	gone        bool    // folded into a group: no longer reported
 }
 
 // block is a live heap block or mmap region; s is nil for blocks inherited across fork.
@@ -79,6 +91,12 @@ type site struct {
 	bytes    uint64
 	outCount uint64
 	outBytes uint64
+	pos      int // index in Builder.order
+	gone     bool
+	// Retired blocks (their image is gone) already at least MinAge old, and the oldest's time.
+	retOlder  BlockCount
+	retOldest uint64
+	retAny    bool
 }
 
 // NewBuilder returns an empty Builder.
@@ -98,7 +116,8 @@ func NewBuilder(opts Options) *Builder {
 
 // newProc starts a new incarnation of pid.
 func (b *Builder) newProc(pid uint32) *proc {
-	p := &proc{idx: len(b.procs), pid: pid}
+	p := &proc{idx: b.nextIdx, pid: pid}
+	b.nextIdx++
 	b.procs = append(b.procs, p)
 	b.cur[pid] = p
 	b.last = p
@@ -169,7 +188,9 @@ func (b *Builder) Alloc(ev *event.Alloc) {
 		p.heap[k].Calls++
 		if ev.Addr != 0 {
 			p.frees++
-			p.release(p.live, ev.Addr, true)
+			if !p.release(p.live, ev.Addr, true) && len(ev.Stack) > 0 {
+				b.site(p, k, ev.Stack).count++ // unmatched frees by caller
+			}
 		}
 	case event.Mmap:
 		p.mmapCalls++
@@ -199,6 +220,19 @@ func (b *Builder) Alloc(ev *event.Alloc) {
 		p.brkBytes += ev.Size
 		b.call(p, ev)
 	}
+}
+
+// Allocated reports whether the process pid (at time t) holds a block at addr that the trace saw allocated.
+func (b *Builder) Allocated(pid uint32, addr, t uint64) bool {
+	p := b.last
+	if p == nil || p.pid != pid {
+		p = b.cur[pid]
+	}
+	if p == nil || (p.exited && t > p.exitTime) {
+		return false
+	}
+	_, ok := p.live[addr]
+	return ok
 }
 
 // isShrink catches a negative brk growth passed as two's complement.

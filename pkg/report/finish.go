@@ -13,31 +13,35 @@ import (
 // Finish symbolizes the stacks and builds the report; sym may be nil. The Builder is left unchanged.
 func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 	r := &Report{
-		Schema:     Schema,
-		Command:    nonNil(meta.Command),
-		Mode:       meta.Mode,
-		StackMode:  meta.StackMode,
-		Start:      meta.Start,
-		End:        meta.End,
-		LostEvents: meta.Lost.RingBuffer + meta.Lost.Other,
-		LostDetail: LostDetail(meta.Lost),
-		Warnings:   append([]string{}, meta.Warnings...),
-		Processes:  []Process{},
-		Sites:      []Site{},
-		topSites:   b.opts.TopSites,
+		Schema:             Schema,
+		Command:            nonNil(meta.Command),
+		Mode:               meta.Mode,
+		StackMode:          meta.StackMode,
+		Start:              meta.Start,
+		End:                meta.End,
+		LostEvents:         meta.Lost.RingBuffer + meta.Lost.Other,
+		LostDetail:         LostDetail(meta.Lost),
+		Warnings:           append([]string{}, meta.Warnings...),
+		Processes:          []Process{},
+		Sites:              []Site{},
+		UnmatchedFreeSites: []FreeSite{},
+		topSites:           b.opts.TopSites,
 	}
 	if !meta.Start.IsZero() && meta.End.After(meta.Start) {
 		r.DurationSeconds = meta.End.Sub(meta.Start).Seconds()
 	}
 
-	procs := slices.Clone(b.procs)
-	seen := make(map[uint32]bool, len(procs))
-	for _, p := range procs {
-		seen[p.pid] = true
+	procs := make([]*proc, 0, len(b.procs))
+	seen := make(map[uint32]bool, len(b.procs))
+	for _, p := range b.procs {
+		if !p.gone {
+			procs = append(procs, p)
+			seen[p.pid] = true
+		}
 	}
 	for pid := range meta.Roles {
 		if !seen[pid] && meta.Roles[pid] != "" {
-			procs = append(procs, &proc{idx: len(procs), pid: pid}) // a workload process we saw nothing of
+			procs = append(procs, &proc{idx: b.nextIdx + len(procs), pid: pid}) // a workload process we saw nothing of
 		}
 	}
 	slices.SortFunc(procs, func(a, b *proc) int { return cmp.Or(cmp.Compare(a.pid, b.pid), cmp.Compare(a.idx, b.idx)) })
@@ -51,7 +55,14 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 	sc := &symCache{sym: sym, m: make(map[frameID][]SymFrame)}
 	stacks := make(map[*site][]StackFrame, len(b.order))
 	for _, s := range b.order {
+		if s.gone {
+			continue
+		}
 		st := sc.expand(s.stack)
+		if s.kind == event.Free {
+			r.UnmatchedFreeSites = append(r.UnmatchedFreeSites, FreeSite{PID: s.p.pid, Comm: s.p.comm, Count: s.count, Caller: st})
+			continue
+		}
 		stacks[s] = st
 		out := Site{
 			ID: s.id, PID: s.p.pid, Comm: s.p.comm, Kind: s.kind.String(),
@@ -59,12 +70,15 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 			OutstandingCount: s.outCount, OutstandingBytes: s.outBytes,
 			Stack: st,
 		}
-		if a := ages[s.id-1]; a.any {
+		if a := ages[s.pos]; a.any {
 			out.OldestOutstandingAgeSeconds = float64(age(now, a.oldest)) / 1e9
 			out.OutstandingOlderThanMinAge = a.older
 		}
 		r.Sites = append(r.Sites, out)
 	}
+	slices.SortFunc(r.UnmatchedFreeSites, func(a, b FreeSite) int {
+		return cmp.Or(cmp.Compare(b.Count, a.Count), cmp.Compare(a.PID, b.PID))
+	})
 	slices.SortFunc(r.Sites, func(a, b Site) int {
 		return cmp.Or(cmp.Compare(b.Bytes, a.Bytes), cmp.Compare(b.Count, a.Count), cmp.Compare(a.ID, b.ID))
 	})
@@ -74,6 +88,9 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 		if sp.AfterIsUpperBound {
 			r.Warnings = append(r.Warnings, fmt.Sprintf("pid %d: allocations after its first socket call are an upper bound (more than %d allocations before the counters arrived)", sp.PID, b.opts.MaxTimeline))
 		}
+	}
+	if b.folded > 0 {
+		r.Warnings = append(r.Warnings, fmt.Sprintf("%d exited processes past the first %d were folded into %d entries by command and executable (pid 0, folded_processes): their call sites are merged by stack", b.folded, b.opts.MaxProcs, len(b.groups)))
 	}
 	if sym == nil && len(b.order) > 0 {
 		r.Warnings = append(r.Warnings, "stacks were not symbolized")
@@ -99,8 +116,9 @@ func (p *proc) report(role Role) Process {
 		InsideAllocator:      map[string]KernelReqs{},
 		SocketSyscalls:       p.sock.Total(),
 		SocketSyscallsByName: socketNames(p.sock),
+		FoldedProcesses:      p.group,
 	}
-	if p.exited {
+	if p.exited && p.group == 0 {
 		if sig := p.exitCode & 0x7f; sig != 0 {
 			out.ExitSignal = sig // killed: no exit code
 		} else {

@@ -40,6 +40,7 @@ func (b *Builder) Proc(ev *event.Proc) {
 		if p.hasSock && !p.afterDone {
 			p.settleAfter()
 		}
+		b.exited(p)
 	}
 }
 
@@ -93,17 +94,18 @@ func (p *proc) addBlock(m *map[uint64]block, s *site, addr, size, t uint64) {
 	p.outBytes += size
 }
 
-// release forgets the block at addr; a miss counts as an unmatched free when asked.
-func (p *proc) release(m map[uint64]block, addr uint64, countMiss bool) {
+// release forgets the block at addr and reports whether there was one; a miss counts as an unmatched free when asked.
+func (p *proc) release(m map[uint64]block, addr uint64, countMiss bool) bool {
 	blk, ok := m[addr]
 	if !ok {
 		if countMiss {
 			p.unmatched++
 		}
-		return
+		return false
 	}
 	delete(m, addr)
 	p.drop(blk)
+	return true
 }
 
 // drop removes a block from the outstanding totals.

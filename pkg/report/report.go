@@ -22,6 +22,9 @@ type Options struct {
 	TopSites    int           // text: how many call sites to print (default 20); JSON has all
 	MaxTimeline int           // per process: allocations remembered until its socket counters arrive (default 1<<20, 24 B each)
 	MinAge      time.Duration // outstanding blocks at least this old are "long-lived" (0: every outstanding block)
+	// MaxProcs bounds the exited processes reported one by one; later ones are folded into one
+	// entry per (comm, executable) with their sites merged by stack (0: no bound).
+	MaxProcs int
 }
 
 // Role is what a process does in udstrace's built-in workload.
@@ -81,9 +84,11 @@ type Report struct {
 	Warnings        []string   `json:"warnings"`
 	Processes       []Process  `json:"processes"`
 	Sites           []Site     `json:"sites"`
-	SocketPath      SocketPath `json:"socket_path"`
-	AgeReference    uint64     `json:"age_reference_time"` // monotonic ns the outstanding ages are measured at
-	MinAgeSeconds   float64    `json:"min_age_seconds"`    // Options.MinAge: the threshold of outstanding_older_than_min_age
+	// Frees of blocks the trace never saw allocated, by the caller of free (full mode).
+	UnmatchedFreeSites []FreeSite `json:"unmatched_free_sites"`
+	SocketPath         SocketPath `json:"socket_path"`
+	AgeReference       uint64     `json:"age_reference_time"` // monotonic ns the outstanding ages are measured at
+	MinAgeSeconds      float64    `json:"min_age_seconds"`    // Options.MinAge: the threshold of outstanding_older_than_min_age
 
 	topSites int // text only
 }
@@ -105,6 +110,7 @@ type Process struct {
 	Exited               bool                  `json:"exited"`
 	ExitCode             *int                  `json:"exit_code"`
 	ExitSignal           int                   `json:"exit_signal,omitempty"`
+	FoldedProcesses      int                   `json:"folded_processes,omitempty"` // > 0: pid 0 stands for this many exited processes
 	Allocations          uint64                `json:"allocations"`
 	AllocatedBytes       uint64                `json:"allocated_bytes"`
 	HeapCalls            uint64                `json:"heap_calls"`
@@ -138,6 +144,16 @@ type CallCount struct {
 type KernelReqs struct {
 	Count uint64 `json:"count"`
 	Bytes uint64 `json:"bytes"`
+}
+
+// FreeSite counts one caller's frees of blocks the trace never saw allocated: allocated before
+// the trace began, left out by --min-size, or allocated inside libc without malloc (e.g. a
+// thread's tcache, freed when the thread exits).
+type FreeSite struct {
+	PID    uint32       `json:"pid"`
+	Comm   string       `json:"comm"`
+	Count  uint64       `json:"count"`
+	Caller []StackFrame `json:"caller"` // the caller's frame, with inlined entries first
 }
 
 // Site is one call site: a (process, kind, stack) triple.

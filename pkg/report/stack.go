@@ -56,8 +56,10 @@ func (b *Builder) site(p *proc, kind event.Kind, stack []event.Frame) *site {
 			return s
 		}
 	}
-	s := &site{id: len(b.order) + 1, p: p, kind: kind, hash: h, next: head, stack: stack}
+	b.lastID++
+	s := &site{id: b.lastID, p: p, kind: kind, hash: h, next: head, stack: stack, pos: len(b.order)}
 	b.sites[h] = s
 	b.order = append(b.order, s)
+	p.sites = append(p.sites, s)
 	return s
 }

@@ -21,6 +21,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	r.processes(&buf)
 	r.sites(&buf)
 	r.longLived(&buf)
+	r.unmatchedFrees(&buf)
 	r.socketPath(&buf)
 	buf.WriteString("\n" + esc(r.SocketPath.Conclusion) + "\n")
 	_, err := w.Write(buf.Bytes())
@@ -56,13 +57,25 @@ func (r *Report) processes(b *bytes.Buffer) {
 	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PID\tCOMM\tROLE\tEXIT\tALLOCS\tBYTES\tFREES\tOUTSTANDING\tMMAP\tBRK\tSOCKCALLS")
 	for _, p := range r.Processes {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s (%s)\t%s\t%s\t%s\n",
-			p.PID, cmpOr(esc(p.Comm), "?"), cmpOr(esc(string(p.Role)), "-"), exitText(p),
+		pid := strconv.FormatUint(uint64(p.PID), 10)
+		if p.FoldedProcesses > 0 {
+			pid = fmt.Sprintf("(%d procs)", p.FoldedProcesses)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s (%s)\t%s\t%s\t%s\n",
+			pid, cmpOr(esc(p.Comm), "?"), cmpOr(esc(string(p.Role)), "-"), exitText(p),
 			commas(p.Allocations), bytesText(p.AllocatedBytes), commas(p.Frees),
 			commas(p.OutstandingCount), bytesText(p.OutstandingBytes),
 			commas(p.MmapCalls), commas(p.BrkCalls), commas(p.SocketSyscalls))
 	}
 	tw.Flush()
+}
+
+// pidText shows pid 0, which no traced process has, as a folded group.
+func pidText(pid uint32) string {
+	if pid == 0 {
+		return "(folded)"
+	}
+	return strconv.FormatUint(uint64(pid), 10)
 }
 
 func exitText(p Process) string {
@@ -82,8 +95,8 @@ func (r *Report) sites(b *bytes.Buffer) {
 	}
 	fmt.Fprintf(b, "\nTOP CALL SITES (%d of %d, by bytes)\n", n, len(r.Sites))
 	for _, s := range r.Sites[:n] {
-		fmt.Fprintf(b, "#%d %s  pid %d %s  count %s  bytes %s  outstanding %s (%s)",
-			s.ID, s.Kind, s.PID, cmpOr(esc(s.Comm), "?"), commas(s.Count), bytesText(s.Bytes),
+		fmt.Fprintf(b, "#%d %s  pid %s %s  count %s  bytes %s  outstanding %s (%s)",
+			s.ID, s.Kind, pidText(s.PID), cmpOr(esc(s.Comm), "?"), commas(s.Count), bytesText(s.Bytes),
 			commas(s.OutstandingCount), bytesText(s.OutstandingBytes))
 		if s.OutstandingCount > 0 {
 			fmt.Fprintf(b, " oldest %s", ageText(s.OldestOutstandingAgeSeconds))
@@ -103,6 +116,34 @@ func (r *Report) sites(b *bytes.Buffer) {
 			b.WriteString("    (no stack)\n")
 		}
 	}
+}
+
+// unmatchedFrees names who freed blocks the trace never saw allocated.
+func (r *Report) unmatchedFrees(b *bytes.Buffer) {
+	if len(r.UnmatchedFreeSites) == 0 {
+		return
+	}
+	var total uint64
+	for _, f := range r.UnmatchedFreeSites {
+		total += f.Count
+	}
+	fmt.Fprintf(b, "\nUNMATCHED FREES (blocks never seen allocated), by caller: %s\n", commas(total))
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
+	for i, f := range r.UnmatchedFreeSites {
+		if i == max(r.topSites, 20) {
+			fmt.Fprintf(tw, "  ... %d more callers\n", len(r.UnmatchedFreeSites)-i)
+			break
+		}
+		caller := "(unknown caller)"
+		if n := len(f.Caller); n > 0 {
+			caller = frameText(&f.Caller[0]) // the innermost inlined function says most
+			if n > 1 {
+				caller += " in " + esc(f.Caller[n-1].Symbol)
+			}
+		}
+		fmt.Fprintf(tw, "  pid %s %s\t%s\t%s\n", pidText(f.PID), cmpOr(esc(f.Comm), "?"), plural(f.Count, "free"), caller)
+	}
+	tw.Flush()
 }
 
 // frameText is the symbol, with (file:line) when known.

@@ -1,6 +1,8 @@
 package report
 
 import (
+	"github.com/udstrace/udstrace/pkg/event"
+
 	"cmp"
 	"fmt"
 	"path"
@@ -150,6 +152,9 @@ func (b *Builder) verdict(procs []*proc, roles map[uint32]Role, stacks map[*site
 	cons := considered(procs, roles)
 	bySite := make(map[*proc][]*site)
 	for _, s := range b.order {
+		if s.gone || s.kind == event.Free {
+			continue
+		}
 		bySite[s.p] = append(bySite[s.p], s)
 	}
 	var example string // a socket function found on an allocation stack

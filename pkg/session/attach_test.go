@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"context"
 	"io"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -76,16 +74,7 @@ func (p *patternProc) ask(t *testing.T, req string) {
 
 func buildPattern(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
-	src := filepath.Join(dir, "pattern.c")
-	if err := os.WriteFile(src, []byte(serverSrc), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "pattern")
-	if out, err := exec.Command("cc", "-O1", "-g", "-o", bin, src).CombinedOutput(); err != nil {
-		t.Fatalf("cc: %v\n%s", err, out)
-	}
-	return bin
+	return testenv.CompileC(t, "pattern", serverSrc)
 }
 
 // attachAsync runs Attach in the background; stop() ends it and returns the report.

@@ -38,6 +38,7 @@ type Options struct {
 	Cgroup     string               // trace: only processes in this cgroup (v2 directory)
 	PIDs       []int                // trace: only these processes (and their children)
 	TopSites   int                  // text: call sites printed
+	MaxProcs   int                  // exited processes reported one by one before folding (0: no bound)
 	Interval   time.Duration        // with OnInterval: how often a snapshot is taken
 	OnInterval func(*report.Report) // called with a snapshot every Interval while tracing
 	Stdout     io.Writer            // where the traced commands' output goes
@@ -96,7 +97,7 @@ func start(opts Options, filter bool) (*Session, error) {
 		return nil, err
 	}
 	s := &Session{
-		opts: opts, tracer: tr, maps: newTable(opts.Mode == "count"), builder: report.NewBuilder(report.Options{TopSites: opts.TopSites, MinAge: opts.MinAge}),
+		opts: opts, tracer: tr, maps: newTable(opts.Mode == "count"), builder: report.NewBuilder(report.Options{TopSites: opts.TopSites, MinAge: opts.MinAge, MaxProcs: opts.MaxProcs}),
 		done: make(chan error, 1),
 	}
 	s.meta = report.Meta{Mode: modeName(opts.Mode), StackMode: stackName(opts.Stack), Start: time.Now(), Roles: map[uint32]report.Role{}}
@@ -212,6 +213,7 @@ func (s *Session) finish() (*report.Report, error) {
 	if lost.Stale > 0 {
 		s.warn("%d allocator calls lost their return probe (state discarded); their allocations are missing", lost.Stale)
 	}
+	s.builder.Settle()
 	for path, why := range s.maps.Failures {
 		s.warn("no symbols for %s: %s", path, why)
 	}

@@ -133,6 +133,9 @@ func explainKind(rep *report.Report, pid uint32, vk VerifyKind) []string {
 	if vk.Traced < vk.Preload {
 		return []string{fmt.Sprintf("%s: the interposer saw %d more calls than the uprobes", vk.Kind, vk.Preload-vk.Traced)}
 	}
+	if vk.Kind == "free" {
+		return explainFrees(rep, pid, vk)
+	}
 	var out []string
 	var loader uint64
 	for _, s := range rep.Sites {
@@ -151,6 +154,29 @@ func explainKind(rep *report.Report, pid uint32, vk VerifyKind) []string {
 		out = append(out, fmt.Sprintf("%s: %d more call(s) not explained by the dynamic loader", vk.Kind, rest-loader))
 	}
 	return out
+}
+
+// explainFrees names the callers behind extra frees: libc and the dynamic loader free memory
+// they allocated themselves (a dying thread's tcache) by calling libc's free directly.
+func explainFrees(rep *report.Report, pid uint32, vk VerifyKind) []string {
+	var out []string
+	var inside uint64
+	for _, f := range rep.UnmatchedFreeSites {
+		if f.PID != pid || len(f.Caller) == 0 || !isLibcOrLoader(f.Caller[0].Module) {
+			continue
+		}
+		inside += f.Count
+		out = append(out, fmt.Sprintf("free: %d call(s) from %s, libc calling its own free directly (not through the interposable symbol) on memory it holds itself, such as a dying thread's cache", f.Count, f.Caller[0].Symbol))
+	}
+	if rest := vk.Traced - vk.Preload; inside < rest {
+		out = append(out, fmt.Sprintf("free: %d more call(s) not explained by libc's or the loader's own frees", rest-inside))
+	}
+	return out
+}
+
+func isLibcOrLoader(module string) bool {
+	b := filepath.Base(module)
+	return strings.HasPrefix(b, "libc.so") || strings.HasPrefix(b, "ld-")
 }
 
 func sortedKeys(m map[string]bool) []string {

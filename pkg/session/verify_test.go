@@ -48,3 +48,60 @@ func TestVerifyRealPrograms(t *testing.T) {
 		})
 	}
 }
+
+// threadsSrc: two threads allocate and exit; glibc then frees each thread's cache by calling its
+// own free directly, which the uprobes see and no interposer can.
+const threadsSrc = `#include <pthread.h>
+#include <stdlib.h>
+static void *volatile sink;
+static void *work(void *arg) {
+	for (int i = 0; i < 100; i++) { void *p = malloc(32 + i); sink = p; free(p); }
+	return arg;
+}
+int main(void) {
+	pthread_t a, b;
+	pthread_create(&a, NULL, work, NULL);
+	pthread_join(a, NULL);
+	pthread_create(&b, NULL, work, NULL);
+	pthread_join(b, NULL);
+	return 0;
+}
+`
+
+// TestVerifyExplainsLibcOwnFrees: the extra frees of exiting threads are named, by caller, as libc's own.
+func TestVerifyExplainsLibcOwnFrees(t *testing.T) {
+	testenv.NeedRoot(t)
+	bin := testenv.CompileC(t, "threads", threadsSrc, "-pthread")
+	o := testOptions(t)
+	o.Command = []string{bin}
+	rep, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := Verify(context.Background(), o.Command, rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 1 {
+		t.Fatalf("%d rows, want 1: %+v", len(rows), rows)
+	}
+	r := rows[0]
+	var traced, preload uint64
+	for _, k := range r.Kinds {
+		if k.Kind == "free" {
+			traced, preload = k.Traced, k.Preload
+		} else if k.Traced != k.Preload {
+			t.Errorf("%s: udstrace %d, interposer %d: only frees may differ", k.Kind, k.Traced, k.Preload)
+		}
+	}
+	if traced <= preload || r.Match {
+		t.Fatalf("free: udstrace %d, interposer %d: want more frees seen by the uprobes (thread caches)", traced, preload)
+	}
+	joined := strings.Join(r.Explanation, "\n")
+	if !strings.Contains(joined, "tcache_thread_shutdown") || strings.Contains(joined, "not explained") {
+		t.Errorf("explanation does not name every extra free as libc's own:\n%s", joined)
+	}
+	if got := rep.Processes[0].UnmatchedFrees; got != traced-preload {
+		t.Errorf("unmatched frees %d, want the %d extra ones", got, traced-preload)
+	}
+}
