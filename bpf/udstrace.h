@@ -24,7 +24,8 @@ enum event_flag {
 	F_FAILED = 1,     /* NULL / error returned: nothing allocated */
 	F_STACK_FP = 2,   /* payload: frame-pointer walk, u64 PCs */
 	F_STACK_COPY = 4, /* payload: raw user stack bytes from sp */
-	F_STACK_SHORT = 8 /* the copy had to be shortened to stay inside the stack */
+	F_STACK_SHORT = 8, /* the copy had to be shortened to stay inside the stack */
+	F_SAMPLED = 16     /* count mode, sampled call: aux is the stack id, ip the direct caller */
 };
 
 /* Why an event could not be delivered; indexes of the per-CPU lost counter. */

@@ -70,16 +70,18 @@ type Alloc struct {
 	TID     uint32
 	Comm    string
 	Kind    Kind
-	Size    uint64  // bytes asked (nmemb*size for calloc/reallocarray); for brk the growth in bytes (may be negative as two's complement: see Shrink)
-	Addr    uint64  // address returned (allocations), freed (free, munmap), or new address (mremap)
-	OldAddr uint64  // realloc's/mremap's old address
-	OldSize uint64  // mremap's old length
-	Failed  bool    // the call returned NULL / an error: nothing was allocated
-	Shrink  bool    // brk moved the break down, or munmap-like release
-	Inside  Kind    // not KindNone: made inside this allocator call (e.g. malloc's own mmap), not by the program itself
-	Flags   uint64  // mmap: prot<<32 | flags
-	FD      int32   // mmap: file descriptor (-1 for anonymous)
-	Caller  uint64  // free: the return address in its caller (0 if unknown)
+	Size    uint64 // bytes asked (nmemb*size for calloc/reallocarray); for brk the growth in bytes (may be negative as two's complement: see Shrink)
+	Addr    uint64 // address returned (allocations), freed (free, munmap), or new address (mremap)
+	OldAddr uint64 // realloc's/mremap's old address
+	OldSize uint64 // mremap's old length
+	Failed  bool   // the call returned NULL / an error: nothing was allocated
+	Shrink  bool   // brk moved the break down, or munmap-like release
+	Inside  Kind   // not KindNone: made inside this allocator call (e.g. malloc's own mmap), not by the program itself
+	Flags   uint64 // mmap: prot<<32 | flags
+	FD      int32  // mmap: file descriptor (-1 for anonymous)
+	Caller  uint64 // free, sampled calls: the return address in the caller (0 if unknown)
+	Sampled bool   // count mode with sampling: this call was picked; StackID names its stack in the kernel
+	StackID int32
 	Stack   []Frame // free: the caller's frame alone, given only for frees of blocks never seen allocated
 }
 

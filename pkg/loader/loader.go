@@ -3,6 +3,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 
 	"github.com/cilium/ebpf"
@@ -32,6 +33,9 @@ type Config struct {
 	Count      bool      // count mode: entry probes only, calls aggregated in the kernel by stack
 	Comm       string    // only processes with this name ("" any)
 	CgroupID   uint64    // only processes in this cgroup v2 (0 any)
+	// SampleBytes > 0 (count mode): stacks only for calls picked by a Poisson process with this mean
+	// interval in bytes; exact totals per process and function.
+	SampleBytes uint64
 }
 
 // Tracer owns the loaded programs and every link attached to them.
@@ -88,6 +92,10 @@ func Load(cfg Config) (*Tracer, error) {
 		}
 		return nil, fmt.Errorf("loading BPF programs: %w", err)
 	}
+	if err := t.fillSampleDraws(cfg.SampleBytes); err != nil {
+		t.Close()
+		return nil, err
+	}
 	if err := t.attachKernel(); err != nil {
 		t.Close()
 		return nil, err
@@ -108,13 +116,14 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 	}
 	copy(comm[:], cfg.Comm)
 	vars := map[string]any{
-		"cfg_comm":        comm,
-		"cfg_cgroup_id":   cfg.CgroupID,
-		"cfg_filter":      cfg.Filter,
-		"cfg_follow":      cfg.Follow,
-		"cfg_self_tgid":   uint32(os.Getpid()),
-		"cfg_stack_mode":  uint32(cfg.StackMode),
-		"cfg_stack_bytes": cfg.StackBytes,
+		"cfg_comm":         comm,
+		"cfg_cgroup_id":    cfg.CgroupID,
+		"cfg_filter":       cfg.Filter,
+		"cfg_follow":       cfg.Follow,
+		"cfg_self_tgid":    uint32(os.Getpid()),
+		"cfg_stack_mode":   uint32(cfg.StackMode),
+		"cfg_stack_bytes":  cfg.StackBytes,
+		"cfg_sample_bytes": cfg.SampleBytes,
 	}
 	for name, v := range vars {
 		if err := spec.Variables[name].Set(v); err != nil {
@@ -190,4 +199,21 @@ func (t *Tracer) Close() error {
 	t.links = nil
 	errs = append(errs, t.objs.Close())
 	return errors.Join(errs...)
+}
+
+// fillSampleDraws stores stratified quantiles of the exponential distribution of mean n: BPF has
+// no floating point, so it picks one of these at random for each gap between samples.
+func (t *Tracer) fillSampleDraws(n uint64) error {
+	if n == 0 {
+		return nil
+	}
+	size := t.objs.SampleDraws.MaxEntries()
+	for i := range size {
+		u := (float64(i) + 0.5) / float64(size)
+		v := uint64(math.Round(-float64(n) * math.Log1p(-u)))
+		if err := t.objs.SampleDraws.Put(i, max(v, 1)); err != nil {
+			return fmt.Errorf("filling sample draws: %w", err)
+		}
+	}
+	return nil
 }

@@ -23,6 +23,7 @@ const (
 	flagStackFP    = 2
 	flagStackCopy  = 4
 	flagStackShort = 8
+	flagSampled    = 16
 )
 
 // RawStack is a user stack as captured in the kernel, before unwinding.
@@ -121,6 +122,11 @@ func decodeAlloc(raw []byte, h Handler) {
 	}
 	if a.Kind == event.Free {
 		a.Caller = ev.Ip
+		h.Alloc(a, &RawStack{})
+		return
+	}
+	if ev.Flags&flagSampled != 0 {
+		a.Sampled, a.StackID, a.Caller, a.Flags = true, int32(ev.Aux), ev.Ip, 0
 		h.Alloc(a, &RawStack{})
 		return
 	}

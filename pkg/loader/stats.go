@@ -64,26 +64,68 @@ func (t *Tracer) Counts() ([]Count, error) {
 	it := t.objs.Counts.Iterate()
 	for it.Next(&key, &val) {
 		c := Count{PID: key.Tgid, Kind: event.Kind(key.Kind), Ret: key.Ret, Calls: val.Count, Bytes: val.Bytes}
-		if key.Stackid >= 0 {
-			pcs, ok := stacks[key.Stackid]
-			if !ok {
-				var raw [127]uint64
-				if err := t.objs.Stacks.Lookup(uint32(key.Stackid), &raw); err == nil {
-					for _, pc := range raw {
-						if pc == 0 {
-							break
-						}
-						pcs = append(pcs, pc)
-					}
-				}
-				stacks[key.Stackid] = pcs
-			}
-			c.PCs = pcs
-		}
+		c.PCs = t.stackPCs(key.Stackid, stacks)
 		out = append(out, c)
 	}
 	if err := it.Err(); err != nil {
 		return out, fmt.Errorf("reading count-mode counters: %w", err)
+	}
+	return out, nil
+}
+
+// stackPCs reads a frame-pointer stack from count mode's stack map, caching by id; nil if id < 0 or gone.
+func (t *Tracer) stackPCs(id int32, cache map[int32][]uint64) []uint64 {
+	if id < 0 {
+		return nil
+	}
+	if pcs, ok := cache[id]; ok {
+		return pcs
+	}
+	var raw [127]uint64
+	var pcs []uint64
+	if err := t.objs.Stacks.Lookup(uint32(id), &raw); err == nil {
+		for _, pc := range raw {
+			if pc == 0 {
+				break
+			}
+			pcs = append(pcs, pc)
+		}
+	}
+	cache[id] = pcs
+	return pcs
+}
+
+// StackReader reads count mode's stack map, each stack once.
+type StackReader struct {
+	t     *Tracer
+	cache map[int32][]uint64
+}
+
+// Stacks returns a reader of the stacks sampled calls name; read them before Close.
+func (t *Tracer) Stacks() *StackReader { return &StackReader{t: t, cache: map[int32][]uint64{}} }
+
+// PCs returns the frame-pointer walk of stack id: PCs[0] is the allocator itself.
+func (r *StackReader) PCs(id int32) []uint64 { return r.t.stackPCs(id, r.cache) }
+
+// Total is one process's exact calls and bytes of one allocator function (sampled count mode).
+type Total struct {
+	PID   uint32
+	Kind  event.Kind
+	Calls uint64
+	Bytes uint64
+}
+
+// Totals reads sampled count mode's exact per-process totals.
+func (t *Tracer) Totals() ([]Total, error) {
+	var out []Total
+	var key udstraceTotalKey
+	var val udstraceCountVal
+	it := t.objs.Totals.Iterate()
+	for it.Next(&key, &val) {
+		out = append(out, Total{PID: key.Tgid, Kind: event.Kind(key.Kind), Calls: val.Count, Bytes: val.Bytes})
+	}
+	if err := it.Err(); err != nil {
+		return out, fmt.Errorf("reading sampled totals: %w", err)
 	}
 	return out, nil
 }

@@ -109,6 +109,12 @@ type udstraceTailState struct {
 	_    [7]byte
 }
 
+type udstraceTotalKey struct {
+	_    structs.HostLayout
+	Tgid uint32
+	Kind uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -117,12 +123,15 @@ const (
 	udstraceMapEvents           = "events"
 	udstraceMapInflight         = "inflight"
 	udstraceMapLost             = "lost"
+	udstraceMapSampleDraws      = "sample_draws"
+	udstraceMapSampleLeft       = "sample_left"
 	udstraceMapScratchBuf       = "scratch_buf"
 	udstraceMapSockstats        = "sockstats"
 	udstraceMapStacks           = "stacks"
 	udstraceMapSysinflight      = "sysinflight"
 	udstraceMapTails            = "tails"
 	udstraceMapTargets          = "targets"
+	udstraceMapTotals           = "totals"
 	udstraceProgAccept4Enter    = "accept4_enter"
 	udstraceProgAcceptEnter     = "accept_enter"
 	udstraceProgAllocCount      = "alloc_count"
@@ -156,6 +165,7 @@ const (
 	udstraceVarCfgComm          = "cfg_comm"
 	udstraceVarCfgFilter        = "cfg_filter"
 	udstraceVarCfgFollow        = "cfg_follow"
+	udstraceVarCfgSampleBytes   = "cfg_sample_bytes"
 	udstraceVarCfgSelfTgid      = "cfg_self_tgid"
 	udstraceVarCfgStackBytes    = "cfg_stack_bytes"
 	udstraceVarCfgStackMode     = "cfg_stack_mode"
@@ -246,12 +256,15 @@ type udstraceMapSpecs struct {
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	Inflight    *ebpf.MapSpec `ebpf:"inflight"`
 	Lost        *ebpf.MapSpec `ebpf:"lost"`
+	SampleDraws *ebpf.MapSpec `ebpf:"sample_draws"`
+	SampleLeft  *ebpf.MapSpec `ebpf:"sample_left"`
 	ScratchBuf  *ebpf.MapSpec `ebpf:"scratch_buf"`
 	Sockstats   *ebpf.MapSpec `ebpf:"sockstats"`
 	Stacks      *ebpf.MapSpec `ebpf:"stacks"`
 	Sysinflight *ebpf.MapSpec `ebpf:"sysinflight"`
 	Tails       *ebpf.MapSpec `ebpf:"tails"`
 	Targets     *ebpf.MapSpec `ebpf:"targets"`
+	Totals      *ebpf.MapSpec `ebpf:"totals"`
 }
 
 // udstraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -262,6 +275,7 @@ type udstraceVariableSpecs struct {
 	CfgComm          *ebpf.VariableSpec `ebpf:"cfg_comm"`
 	CfgFilter        *ebpf.VariableSpec `ebpf:"cfg_filter"`
 	CfgFollow        *ebpf.VariableSpec `ebpf:"cfg_follow"`
+	CfgSampleBytes   *ebpf.VariableSpec `ebpf:"cfg_sample_bytes"`
 	CfgSelfTgid      *ebpf.VariableSpec `ebpf:"cfg_self_tgid"`
 	CfgStackBytes    *ebpf.VariableSpec `ebpf:"cfg_stack_bytes"`
 	CfgStackMode     *ebpf.VariableSpec `ebpf:"cfg_stack_mode"`
@@ -295,12 +309,15 @@ type udstraceMaps struct {
 	Events      *ebpf.Map `ebpf:"events"`
 	Inflight    *ebpf.Map `ebpf:"inflight"`
 	Lost        *ebpf.Map `ebpf:"lost"`
+	SampleDraws *ebpf.Map `ebpf:"sample_draws"`
+	SampleLeft  *ebpf.Map `ebpf:"sample_left"`
 	ScratchBuf  *ebpf.Map `ebpf:"scratch_buf"`
 	Sockstats   *ebpf.Map `ebpf:"sockstats"`
 	Stacks      *ebpf.Map `ebpf:"stacks"`
 	Sysinflight *ebpf.Map `ebpf:"sysinflight"`
 	Tails       *ebpf.Map `ebpf:"tails"`
 	Targets     *ebpf.Map `ebpf:"targets"`
+	Totals      *ebpf.Map `ebpf:"totals"`
 }
 
 func (m *udstraceMaps) Close() error {
@@ -309,12 +326,15 @@ func (m *udstraceMaps) Close() error {
 		m.Events,
 		m.Inflight,
 		m.Lost,
+		m.SampleDraws,
+		m.SampleLeft,
 		m.ScratchBuf,
 		m.Sockstats,
 		m.Stacks,
 		m.Sysinflight,
 		m.Tails,
 		m.Targets,
+		m.Totals,
 	)
 }
 
@@ -326,6 +346,7 @@ type udstraceVariables struct {
 	CfgComm          *ebpf.Variable `ebpf:"cfg_comm"`
 	CfgFilter        *ebpf.Variable `ebpf:"cfg_filter"`
 	CfgFollow        *ebpf.Variable `ebpf:"cfg_follow"`
+	CfgSampleBytes   *ebpf.Variable `ebpf:"cfg_sample_bytes"`
 	CfgSelfTgid      *ebpf.Variable `ebpf:"cfg_self_tgid"`
 	CfgStackBytes    *ebpf.Variable `ebpf:"cfg_stack_bytes"`
 	CfgStackMode     *ebpf.Variable `ebpf:"cfg_stack_mode"`

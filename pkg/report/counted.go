@@ -23,3 +23,31 @@ func (b *Builder) Counted(pid uint32, comm string, kind event.Kind, stack []even
 	p.allocs += count
 	p.allocBytes += bytes
 }
+
+// Totals records a process's exact calls and bytes of one allocator function without a site:
+// in sampled count mode the sites come from Estimated and only the totals are exact.
+func (b *Builder) Totals(pid uint32, kind event.Kind, calls, bytes uint64) {
+	if int(kind) >= kindSlots || kind == event.KindNone || calls == 0 {
+		return
+	}
+	p := b.procAt(pid, b.latest)
+	c := &p.heap[kind]
+	c.Calls += calls
+	c.Bytes += bytes
+	p.allocs += calls
+	p.allocBytes += bytes
+}
+
+// Estimated records a sampled site's estimated calls and bytes; the process totals come from Totals.
+func (b *Builder) Estimated(pid uint32, comm string, kind event.Kind, stack []event.Frame, calls, bytes uint64) {
+	if int(kind) >= kindSlots || kind == event.KindNone || calls == 0 {
+		return
+	}
+	p := b.procAt(pid, b.latest)
+	if comm != "" && p.comm == "" {
+		p.comm = comm
+	}
+	s := b.site(p, kind, stack)
+	s.count += calls
+	s.bytes += bytes
+}

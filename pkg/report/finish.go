@@ -16,6 +16,7 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 		Schema:             Schema,
 		Command:            nonNil(meta.Command),
 		Mode:               meta.Mode,
+		SampleBytes:        meta.SampleBytes,
 		StackMode:          meta.StackMode,
 		Start:              meta.Start,
 		End:                meta.End,
@@ -88,6 +89,9 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 		if sp.AfterIsUpperBound {
 			r.Warnings = append(r.Warnings, fmt.Sprintf("pid %d: allocations after its first socket call are an upper bound (more than %d allocations before the counters arrived)", sp.PID, b.opts.MaxTimeline))
 		}
+	}
+	if meta.SampleBytes > 0 {
+		r.Warnings = append(r.Warnings, fmt.Sprintf("sampled: stacks were taken about once every %d bytes allocated; per-process totals are exact, per-site counts and bytes are estimates", meta.SampleBytes))
 	}
 	if b.folded > 0 {
 		r.Warnings = append(r.Warnings, fmt.Sprintf("%d exited processes past the first %d were folded into %d entries by command and executable (pid 0, folded_processes): their call sites are merged by stack", b.folded, b.opts.MaxProcs, len(b.groups)))

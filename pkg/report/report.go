@@ -39,14 +39,15 @@ const (
 
 // Meta is what the caller knows about the trace as a whole.
 type Meta struct {
-	Command    []string        // what was traced (argv) or ["workload", "echo"]
-	Mode       string          // e.g. "full"
-	StackMode  string          // "fp", "cfi", "auto"
-	Start, End time.Time       // wall-clock bounds of the trace
-	Roles      map[uint32]Role // pid -> workload role
-	Lost       LostEvents
-	Warnings   []string // things the user must know
-	Now        uint64   // CLOCK_MONOTONIC ns the report is taken at, to age live blocks; 0: the latest event time seen
+	Command     []string        // what was traced (argv) or ["workload", "echo"]
+	Mode        string          // e.g. "full"
+	SampleBytes uint64          // count mode: stacks sampled every this many bytes on average (0: every call)
+	StackMode   string          // "fp", "cfi", "auto"
+	Start, End  time.Time       // wall-clock bounds of the trace
+	Roles       map[uint32]Role // pid -> workload role
+	Lost        LostEvents
+	Warnings    []string // things the user must know
+	Now         uint64   // CLOCK_MONOTONIC ns the report is taken at, to age live blocks; 0: the latest event time seen
 }
 
 // LostEvents is what the kernel side could not deliver, by reason.
@@ -75,6 +76,7 @@ type Report struct {
 	Schema          string     `json:"schema"`
 	Command         []string   `json:"command"`
 	Mode            string     `json:"mode"`
+	SampleBytes     uint64     `json:"sample_bytes"` // count mode: mean bytes between sampled calls; 0: not sampled
 	StackMode       string     `json:"stack_mode"`
 	Start           time.Time  `json:"start"`
 	End             time.Time  `json:"end"`

@@ -37,7 +37,11 @@ func (r *Report) header(b *bytes.Buffer) {
 	fmt.Fprintln(b, "udstrace report")
 	fmt.Fprintf(tw, "command:\t%s\n", strings.Join(cmd, " "))
 	if r.Mode != "" {
-		fmt.Fprintf(tw, "mode:\t%s\n", esc(r.Mode))
+		mode := esc(r.Mode)
+		if r.SampleBytes > 0 {
+			mode += fmt.Sprintf(" (stacks sampled every %s on average)", bytesText(r.SampleBytes))
+		}
+		fmt.Fprintf(tw, "mode:\t%s\n", mode)
 	}
 	fmt.Fprintf(tw, "stack mode:\t%s\n", cmpOr(esc(r.StackMode), "-"))
 	fmt.Fprintf(tw, "duration:\t%.3fs\n", r.DurationSeconds)

@@ -13,6 +13,12 @@ import (
 type handler struct{ s *Session }
 
 func (h *handler) Alloc(a *event.Alloc, raw *loader.RawStack) {
+	if a.Sampled {
+		h.s.bmu.Lock()
+		h.s.addSample(a)
+		h.s.bmu.Unlock()
+		return
+	}
 	if min := h.s.opts.MinSize; min > 0 && a.Kind != event.Free && a.Kind != event.Munmap && a.Size < min {
 		return // frees of what was left out count as unmatched, which the report explains
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,30 +22,34 @@ import (
 
 // Options is everything a trace needs, flat, as the CLI fills it.
 type Options struct {
-	Command    []string // run: the command to trace
-	Workload   string   // run: a built-in workload instead ("echo")
-	Messages   int      // echo: messages per client
-	Size       int      // echo: bytes per message (0: the classic three strings)
-	User       string   // echo: run the workload as this user (default "nobody"; "root" to keep root)
-	Stack      string   // "fp", "cfi" or "auto"
-	StackBytes uint32   // bytes of user stack copied per event
-	RingBytes  uint32
-	Follow     bool
-	Debug      bool
-	Mode       string               // "full" (default) or "count"
-	MinAge     time.Duration        // outstanding blocks older than this are reported as long-lived
-	MinSize    uint64               // allocations smaller than this are left out
-	Comm       string               // trace: only processes with this name
-	Cgroup     string               // trace: only processes in this cgroup (v2 directory)
-	PIDs       []int                // trace: only these processes (and their children)
-	TopSites   int                  // text: call sites printed
-	MaxProcs   int                  // exited processes reported one by one before folding (0: no bound)
-	Interval   time.Duration        // with OnInterval: how often a snapshot is taken
-	OnInterval func(*report.Report) // called with a snapshot every Interval while tracing
-	Stdout     io.Writer            // where the traced commands' output goes
-	Stderr     io.Writer
-	Log        *slog.Logger
+	Command     []string // run: the command to trace
+	Workload    string   // run: a built-in workload instead ("echo")
+	Messages    int      // echo: messages per client
+	Size        int      // echo: bytes per message (0: the classic three strings)
+	User        string   // echo: run the workload as this user (default "nobody"; "root" to keep root)
+	Stack       string   // "fp", "cfi" or "auto"
+	StackBytes  uint32   // bytes of user stack copied per event
+	RingBytes   uint32
+	Follow      bool
+	Debug       bool
+	Mode        string               // "full" (default) or "count"
+	SampleBytes uint64               // count mode: stacks only for calls sampled every this many bytes on average (0: all)
+	MinAge      time.Duration        // outstanding blocks older than this are reported as long-lived
+	MinSize     uint64               // allocations smaller than this are left out
+	Comm        string               // trace: only processes with this name
+	Cgroup      string               // trace: only processes in this cgroup (v2 directory)
+	PIDs        []int                // trace: only these processes (and their children)
+	TopSites    int                  // text: call sites printed
+	MaxProcs    int                  // exited processes reported one by one before folding (0: no bound)
+	Interval    time.Duration        // with OnInterval: how often a snapshot is taken
+	OnInterval  func(*report.Report) // called with a snapshot every Interval while tracing
+	Stdout      io.Writer            // where the traced commands' output goes
+	Stderr      io.Writer
+	Log         *slog.Logger
 }
+
+// ErrSampleNeedsCount: sampling is a count-mode feature.
+var ErrSampleNeedsCount = errors.New("sampling works with count mode only")
 
 // ErrUnknownWorkload names a workload that does not exist.
 var ErrUnknownWorkload = errors.New("unknown workload")
@@ -57,7 +62,8 @@ type Session struct {
 	builder *report.Builder
 	meta    report.Meta
 	mu      sync.Mutex // guards roles and warnings, written from the launcher while events flow
-	bmu     sync.Mutex // guards the builder: events and interval snapshots
+	bmu     sync.Mutex // guards the builder and samples: events and interval snapshots
+	samples map[sampleKey]*sampleSum
 	done    chan error
 	cancel  context.CancelFunc
 }
@@ -84,6 +90,9 @@ func start(opts Options, filter bool) (*Session, error) {
 	if opts.Mode != "" && opts.Mode != "full" && opts.Mode != "count" {
 		return nil, fmt.Errorf("choosing mode: %q is not full or count", opts.Mode)
 	}
+	if opts.SampleBytes > 0 && opts.Mode != "count" {
+		return nil, fmt.Errorf("choosing mode: %w", ErrSampleNeedsCount)
+	}
 	cgroup, err := cgroupID(opts.Cgroup)
 	if err != nil {
 		return nil, err
@@ -91,7 +100,7 @@ func start(opts Options, filter bool) (*Session, error) {
 	tr, err := loader.Load(loader.Config{
 		Filter: filter, Follow: opts.Follow, StackMode: mode, StackBytes: opts.StackBytes,
 		RingBytes: opts.RingBytes, Debug: opts.Debug, Count: opts.Mode == "count",
-		Comm: opts.Comm, CgroupID: cgroup,
+		Comm: opts.Comm, CgroupID: cgroup, SampleBytes: opts.SampleBytes,
 	})
 	if err != nil {
 		return nil, err
@@ -100,7 +109,7 @@ func start(opts Options, filter bool) (*Session, error) {
 		opts: opts, tracer: tr, maps: newTable(opts.Mode == "count"), builder: report.NewBuilder(report.Options{TopSites: opts.TopSites, MinAge: opts.MinAge, MaxProcs: opts.MaxProcs}),
 		done: make(chan error, 1),
 	}
-	s.meta = report.Meta{Mode: modeName(opts.Mode), StackMode: stackName(opts.Stack), Start: time.Now(), Roles: map[uint32]report.Role{}}
+	s.meta = report.Meta{Mode: modeName(opts.Mode), SampleBytes: opts.SampleBytes, StackMode: stackName(opts.Stack), Start: time.Now(), Roles: map[uint32]report.Role{}}
 	if !tr.UsesUprobeMulti() {
 		s.meta.Warnings = append(s.meta.Warnings, "kernel lacks uprobe_multi (needs ≥ 6.6): using one uprobe link per function")
 	}
@@ -191,6 +200,8 @@ func (s *Session) finish() (*report.Report, error) {
 	s.cancel()
 	readErr := <-s.done
 	counts, kerr := s.countsIfAny()
+	totals, samples, terr := s.sampledIfAny()
+	kerr = errors.Join(kerr, terr)
 	lost, lerr := s.tracer.Lost()
 	socks, serr := s.tracer.SocketStats()
 	cerr := s.tracer.Close()
@@ -204,6 +215,12 @@ func (s *Session) finish() (*report.Report, error) {
 		pcs := append([]uint64{c.Ret}, c.PCs[min(1, len(c.PCs)):]...)
 		frames := s.maps.Frames(c.PID, c.Kind, &procmaps.Stack{PCs: pcs})
 		s.builder.Counted(c.PID, "", c.Kind, frames, c.Calls, c.Bytes)
+	}
+	for _, t := range totals {
+		s.builder.Totals(t.PID, t.Kind, t.Calls, t.Bytes)
+	}
+	for _, e := range samples {
+		s.builder.Estimated(e.pid, e.comm, e.kind, e.frames, uint64(math.Round(e.calls)), uint64(math.Round(e.bytes)))
 	}
 	for _, st := range socks {
 		s.builder.Sockets(st)

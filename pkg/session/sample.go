@@ -1,0 +1,84 @@
+package session
+
+import (
+	"math"
+
+	"github.com/udstrace/udstrace/pkg/event"
+	"github.com/udstrace/udstrace/pkg/loader"
+	"github.com/udstrace/udstrace/pkg/procmaps"
+)
+
+// Sampled count mode: the kernel keeps exact totals per process and function, and sends the calls
+// a Poisson process over the bytes picked. A call of size s is picked with chance
+// p = 1 - exp(-s/N), so it stands for 1/p calls and s/p bytes: unbiased estimates per site.
+
+type sampleKey struct {
+	pid     uint32
+	kind    event.Kind
+	stackID int32
+	caller  uint64
+}
+
+// sampleSum is one site's estimate so far.
+type sampleSum struct {
+	comm         string
+	calls, bytes float64
+}
+
+// estimate is a sampled site ready for the report.
+type estimate struct {
+	pid          uint32
+	comm         string
+	kind         event.Kind
+	frames       []event.Frame
+	calls, bytes float64
+}
+
+// weight is how many calls, and bytes, one picked call of size bytes stands for.
+func weight(size, mean uint64) (calls, bytes float64) {
+	p := -math.Expm1(-float64(size) / float64(mean))
+	if p <= 0 {
+		return 0, 0
+	}
+	return 1 / p, float64(size) / p
+}
+
+// addSample weighs a picked call into its site; the caller holds bmu.
+func (s *Session) addSample(a *event.Alloc) {
+	if s.samples == nil {
+		s.samples = make(map[sampleKey]*sampleSum)
+	}
+	k := sampleKey{a.PID, a.Kind, a.StackID, a.Caller}
+	x := s.samples[k]
+	if x == nil {
+		x = &sampleSum{comm: a.Comm}
+		s.samples[k] = x
+	}
+	c, b := weight(a.Size, s.opts.SampleBytes)
+	x.calls += c
+	x.bytes += b
+}
+
+// sampledIfAny reads the exact totals and turns the samples into sites; call it before the tracer closes.
+func (s *Session) sampledIfAny() ([]loader.Total, []estimate, error) {
+	if s.opts.SampleBytes == 0 {
+		return nil, nil, nil
+	}
+	totals, err := s.tracer.Totals()
+	if err != nil {
+		return nil, nil, err
+	}
+	stacks := s.tracer.Stacks()
+	s.bmu.Lock()
+	defer s.bmu.Unlock()
+	out := make([]estimate, 0, len(s.samples))
+	for k, x := range s.samples {
+		pcs := append([]uint64{k.caller}, tail(stacks.PCs(k.stackID))...)
+		frames := s.maps.Frames(k.pid, k.kind, &procmaps.Stack{PCs: pcs})
+		out = append(out, estimate{pid: k.pid, comm: x.comm, kind: k.kind, frames: frames, calls: x.calls, bytes: x.bytes})
+	}
+	return totals, out, nil
+}
+
+// tail drops the frame-pointer walk's first entry, the allocator itself, which the direct caller replaces.
+func tail(pcs []uint64) []uint64 { return pcs[min(1, len(pcs)):] }

@@ -1,0 +1,86 @@
+package session
+
+import (
+	"context"
+	"math"
+	"testing"
+
+	"github.com/udstrace/udstrace/internal/testenv"
+	"github.com/udstrace/udstrace/pkg/report"
+)
+
+// sitesSrc allocates from three call sites with known calls and sizes, and a realloc(NULL, n)
+// whose inner malloc must not count twice. No stdio: it would allocate.
+const sitesSrc = `#include <stdlib.h>
+static void *volatile sink;
+__attribute__((noinline)) static void small(void) { for (int i = 0; i < 100000; i++) { void *p = malloc(64); sink = p; free(p); } }
+__attribute__((noinline)) static void medium(void) { for (int i = 0; i < 20000; i++) { void *p = malloc(4096); sink = p; free(p); } }
+__attribute__((noinline)) static void large(void) { for (int i = 0; i < 200; i++) { void *p = malloc(1 << 20); sink = p; free(p); } }
+__attribute__((noinline)) static void viarealloc(void) { for (int i = 0; i < 1000; i++) { void *p = realloc(NULL, 100); sink = p; free(p); } }
+int main(void) { small(); medium(); large(); viarealloc(); return 0; }
+`
+
+// TestSampledCountMode: with --sample-bytes, per-process totals are exact and each site's
+// estimate is within five standard deviations of the truth, the bound computed from the sampling
+// rate itself. The errors are logged: README's figures come from here.
+func TestSampledCountMode(t *testing.T) {
+	testenv.NeedRoot(t)
+	bin := testenv.CompileC(t, "sites", sitesSrc, "-O2", "-fno-inline")
+	bins := testenv.Binaries(t)
+	_, truth := testenv.Interpose(t, bins.Allocount, []string{bin})
+	if len(truth) != 1 {
+		t.Fatalf("interposer saw %d processes, want 1", len(truth))
+	}
+	var want map[string][2]uint64
+	for _, c := range truth {
+		want = expected(c)
+	}
+	sites := map[string]struct{ calls, size uint64 }{
+		"small": {100000, 64}, "medium": {20000, 4096}, "large": {200, 1 << 20}, "viarealloc": {1000, 100},
+	}
+	const mean = 16 << 10
+	o := testOptions(t)
+	o.Command, o.Mode, o.SampleBytes = []string{bin}, "count", mean
+	rep, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.SampleBytes != mean || rep.LostEvents != 0 {
+		t.Fatalf("sample_bytes %d, lost %d: want %d and 0", rep.SampleBytes, rep.LostEvents, mean)
+	}
+	p := rep.Processes[0]
+	for kind, w := range want {
+		if kind == "free" {
+			continue // count mode does not trace free
+		}
+		if got := p.HeapByKind[kind]; got.Calls != w[0] || got.Bytes != w[1] {
+			t.Errorf("%s totals: %d calls / %d B, want the interposer's %d / %d exactly", kind, got.Calls, got.Bytes, w[0], w[1])
+		}
+	}
+	est := map[string]report.Site{}
+	for _, s := range rep.Sites {
+		for _, f := range s.Stack {
+			if _, ok := sites[f.Function]; ok {
+				x := est[f.Function]
+				x.Count += s.Count
+				x.Bytes += s.Bytes
+				est[f.Function] = x
+				break
+			}
+		}
+	}
+	for name, site := range sites {
+		// Each call is picked with p = 1-exp(-size/mean) and weighted 1/p: the estimate of n calls
+		// has relative standard deviation sqrt((1-p)/(n p)), for calls and bytes alike.
+		pk := -math.Expm1(-float64(site.size) / mean)
+		sd := math.Sqrt((1 - pk) / (float64(site.calls) * pk))
+		got := est[name]
+		errCalls := float64(got.Count)/float64(site.calls) - 1
+		errBytes := float64(got.Bytes)/float64(site.calls*site.size) - 1
+		t.Logf("%-10s %6d × %7d B: estimated %7d calls (%+.1f%%), %10d B (%+.1f%%); one standard deviation %.1f%%",
+			name, site.calls, site.size, got.Count, 100*errCalls, got.Bytes, 100*errBytes, 100*sd)
+		if bound := 5*sd + 0.01; math.Abs(errCalls) > bound || math.Abs(errBytes) > bound {
+			t.Errorf("%s: estimate off by %.1f%% calls, %.1f%% bytes; more than 5 standard deviations (%.1f%%)", name, 100*errCalls, 100*errBytes, 100*bound)
+		}
+	}
+}
