@@ -121,7 +121,8 @@ func bench(ctx context.Context, e *env, pairs, pairsTraced, repeat int, markdown
 	rows := []*row{
 		{name: "untraced", run: e.runUntraced},
 		{name: "LD_PRELOAD allocount.so", run: e.runInterposer},
-		{name: "bpftrace uprobes (count only)", traced: true, na: installed("bpftrace"), run: e.runBpftrace},
+		{name: "bpftrace uprobes (count only)", traced: true, na: installed("bpftrace"), run: e.bpftraceRun("malloc", "free")},
+		{name: "bpftrace uprobe on malloc only (one trap per pair: the floor)", traced: true, na: installed("bpftrace"), run: e.bpftraceRun("malloc")},
 		{name: "heaptrack", traced: true, na: installed("heaptrack"), run: e.runHeaptrack},
 	}
 	for _, mode := range [][]string{{"--stack", "fp"}, {"--stack", "cfi"}, {"--mode", "count"}, {"--mode", "count", "--sample-bytes", "524288"}} {

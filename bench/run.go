@@ -165,11 +165,20 @@ func (e *env) runInterposer(ctx context.Context, pairs int) (sample, error) {
 var bpftraceCount = regexp.MustCompile(`@\[uprobe:[^\]]*:(malloc|free)\]: (\d+)`)
 
 // runBpftrace counts malloc and free with bpftrace uprobes while allocbench runs.
-func (e *env) runBpftrace(ctx context.Context, pairs int) (sample, error) {
+// bpftraceRun counts calls of funcs (e.g. "malloc,free") with bpftrace uprobes.
+func (e *env) bpftraceRun(funcs ...string) func(context.Context, int) (sample, error) {
+	return func(ctx context.Context, pairs int) (sample, error) { return e.runBpftrace(ctx, pairs, funcs) }
+}
+
+func (e *env) runBpftrace(ctx context.Context, pairs int, funcs []string) (sample, error) {
 	s := newSample()
 	// The uprobes are on libc itself, so they fire in every process on the
 	// machine: the comm filter keeps other processes out of the counts.
-	prog := fmt.Sprintf(`uprobe:%[1]s:malloc,uprobe:%[1]s:free /comm == "allocbench"/ { @[probe] = count(); }`, e.libc)
+	var probes []string
+	for _, f := range funcs {
+		probes = append(probes, fmt.Sprintf("uprobe:%s:%s", e.libc, f))
+	}
+	prog := fmt.Sprintf(`%s /comm == "allocbench"/ { @[probe] = count(); }`, strings.Join(probes, ","))
 	cmd := exec.Command("bpftrace", "-e", prog)
 	inGroup(cmd)
 	cmd.Cancel = nil
@@ -246,6 +255,9 @@ func (e *env) runBpftrace(ctx context.Context, pairs int) (sample, error) {
 		return s, fmt.Errorf("bpftrace: %v\n%s", err, tail(out.String(), 800))
 	}
 	s.malloc, s.free = 0, 0
+	if len(funcs) == 1 {
+		s.free = -1 // not traced
+	}
 	for _, m := range bpftraceCount.FindAllStringSubmatch(out.String(), -1) {
 		n, _ := strconv.ParseInt(m[2], 10, 64)
 		if m[1] == "malloc" {
