@@ -19,12 +19,29 @@ func main() {
 		os.Exit(127)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	stopCPU := startCPUProfile(os.Getenv("UDSTRACE_CPUPROFILE")) // for finding where the tracer's CPU goes
 	code := run(ctx, os.Args[1:])
+	stopCPU()
 	stop()
 	if path := os.Getenv("UDSTRACE_MEMPROFILE"); path != "" {
 		writeHeapProfile(path) // for finding where a long trace's memory goes
 	}
 	os.Exit(code)
+}
+
+func startCPUProfile(path string) (stop func()) {
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return func() {}
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }
 }
 
 func writeHeapProfile(path string) {

@@ -135,8 +135,9 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		ring = cfg.RingBytes
 		spec.Maps["events"].MaxEntries = cfg.RingBytes
 	}
-	// Wake the reader once a quarter of the ring is queued (at most 64 KiB): a small ring must still be drained.
-	if err := spec.Variables["cfg_wakeup_bytes"].Set(uint64(min(ring/4, 64<<10))); err != nil {
+	// Wake the reader once a quarter of the ring (at most 1 MiB) is queued: each wakeup is an IPI, costly
+	// in a VM; Read also drains the ring every DrainEvery, so events never wait long.
+	if err := spec.Variables["cfg_wakeup_bytes"].Set(uint64(min(ring/4, 1<<20))); err != nil {
 		return fmt.Errorf("setting cfg_wakeup_bytes: %w", err)
 	}
 	if cfg.MaxThreads != 0 {

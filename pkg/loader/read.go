@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf/ringbuf"
@@ -60,6 +61,9 @@ type Handler interface {
 	Map(m *Mapping)
 }
 
+// DrainEvery bounds how long an event waits in the ring buffer for a batch to fill.
+const DrainEvery = 100 * time.Millisecond
+
 // Read delivers events until ctx is done, then delivers what is left in the ring buffer and returns.
 func (t *Tracer) Read(ctx context.Context, h Handler) error {
 	rd, err := ringbuf.NewReader(t.objs.Events)
@@ -70,7 +74,20 @@ func (t *Tracer) Read(ctx context.Context, h Handler) error {
 	// Flush wakes a blocked read without the reader's lock (SetDeadline would wait for it).
 	stop := context.AfterFunc(ctx, func() { _ = rd.Flush() })
 	defer stop()
+	go func() { // the kernel wakes the reader only per batch: drain the rest regularly
+		tick := time.NewTicker(DrainEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				_ = rd.Flush()
+			}
+		}
+	}()
 	var rec ringbuf.Record
+	final := false
 	for {
 		err := rd.ReadInto(&rec)
 		switch {
@@ -78,6 +95,11 @@ func (t *Tracer) Read(ctx context.Context, h Handler) error {
 			decode(rec.RawSample, h)
 		case errors.Is(err, ringbuf.ErrFlushed):
 			if ctx.Err() != nil {
+				if !final { // this may be a periodic flush from before the end: drain once more
+					final = true
+					_ = rd.Flush()
+					continue
+				}
 				return nil // everything written before the end has been delivered
 			}
 		case errors.Is(err, ringbuf.ErrClosed):
