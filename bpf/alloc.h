@@ -20,17 +20,24 @@ struct call_state {
 	u8 depth;
 };
 
+/* Per-thread call state in task storage: no hashing on the hot path, freed with the thread. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, u32); /* tid */
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct call_state);
 } inflight SEC(".maps");
 
-/* in_allocator returns the kind of the allocator call tid is inside, K_NONE if none. */
-static __always_inline u8 in_allocator(u32 tid, u64 sp)
+static __always_inline struct call_state *call_state(bool create)
 {
-	struct call_state *st = bpf_map_lookup_elem(&inflight, &tid);
+	return bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0,
+				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
+
+/* in_allocator returns the kind of the allocator call the thread is inside, K_NONE if none. */
+static __always_inline u8 in_allocator(u64 sp)
+{
+	struct call_state *st = call_state(false);
 	if (st && st->depth && (sp == 0 || sp <= st->sp))
 		return st->kind;
 	return K_NONE;
@@ -40,12 +47,15 @@ SEC("uprobe")
 int alloc_enter(struct pt_regs *ctx)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
-	u32 tid = (u32)pid_tgid;
 	if (!traced(pid_tgid >> 32))
 		return 0;
 	u64 sp = ctx->sp;
-	struct call_state *cur = bpf_map_lookup_elem(&inflight, &tid);
-	if (cur && cur->depth) {
+	struct call_state *cur = call_state(true);
+	if (!cur) {
+		count_lost(LOST_INFLIGHT);
+		return 0;
+	}
+	if (cur->depth) {
 		if (sp <= cur->sp) { /* <=: glibc tail-calls malloc from realloc(NULL, n) */
 			if (cur->depth < 255)
 				cur->depth++;
@@ -80,8 +90,7 @@ int alloc_enter(struct pt_regs *ctx)
 	default: /* malloc, valloc, pvalloc */
 		st.size = a;
 	}
-	if (bpf_map_update_elem(&inflight, &tid, &st, BPF_ANY))
-		count_lost(LOST_INFLIGHT);
+	*cur = st;
 	return 0;
 }
 
@@ -89,8 +98,7 @@ SEC("uretprobe")
 int alloc_return(struct pt_regs *ctx)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
-	u32 tid = (u32)pid_tgid;
-	struct call_state *cur = bpf_map_lookup_elem(&inflight, &tid);
+	struct call_state *cur = call_state(false);
 	if (!cur || !cur->depth)
 		return 0;
 	if (cur->depth > 1) {
@@ -98,7 +106,7 @@ int alloc_return(struct pt_regs *ctx)
 		return 0;
 	}
 	struct call_state st = *cur;
-	bpf_map_delete_elem(&inflight, &tid);
+	cur->depth = 0;
 
 	struct scratch *s = new_event(st.kind, pid_tgid);
 	if (!s)
@@ -130,7 +138,7 @@ int free_enter(struct pt_regs *ctx)
 	u64 ptr = ctx->di;
 	if (!ptr || !traced(pid_tgid >> 32))
 		return 0;
-	if (in_allocator((u32)pid_tgid, ctx->sp) != K_NONE)
+	if (in_allocator(ctx->sp) != K_NONE)
 		return 0; /* realloc(p, 0) freeing p: reported by realloc's return */
 	struct scratch *s = new_event(K_FREE, pid_tgid);
 	if (!s)

@@ -48,7 +48,7 @@ static __always_inline int sys_enter(struct trace_event_raw_sys_enter *ctx, u8 k
 	}
 	if (kind == K_MMAP)
 		st.args[5] = ctx->args[5];
-	st.inside = in_allocator(tid, 0);
+	st.inside = in_allocator(0);
 	if (kind == K_BRK) {
 		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 		st.brk_before = BPF_CORE_READ(task, mm, brk);

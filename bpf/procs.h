@@ -92,7 +92,6 @@ int on_exit(u64 *ctx)
 	struct task_struct *p = (struct task_struct *)ctx[0];
 	u32 tid = BPF_CORE_READ(p, pid);
 	u32 tgid = BPF_CORE_READ(p, tgid);
-	bpf_map_delete_elem(&inflight, &tid);
 	bpf_map_delete_elem(&sysinflight, &tid);
 	bpf_map_delete_elem(&tails, &tid);
 	if (BPF_CORE_READ(p, signal, live.counter) != 0)

@@ -31,7 +31,7 @@ enum event_flag {
 /* Why an event could not be delivered; indexes of the per-CPU lost counter. */
 enum lost_reason {
 	LOST_RINGBUF,  /* ring buffer full */
-	LOST_INFLIGHT, /* per-thread call table full: the call was not traced */
+	LOST_INFLIGHT, /* no room for per-thread call state or a counter: the call was not traced */
 	LOST_STALE,    /* a call state left behind by a missed return was discarded */
 	LOST_STACK,    /* the user stack could not be read at all */
 	LOST_REASONS

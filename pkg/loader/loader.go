@@ -141,7 +141,7 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		return fmt.Errorf("setting cfg_wakeup_bytes: %w", err)
 	}
 	if cfg.MaxThreads != 0 {
-		for _, m := range []string{"inflight", "sysinflight"} {
+		for _, m := range []string{"sysinflight"} { // inflight is task storage: no capacity
 			spec.Maps[m].MaxEntries = cfg.MaxThreads
 		}
 	}
