@@ -55,7 +55,7 @@ func newFlags(o *options) *flag.FlagSet {
 	fs.BoolVar(&o.verify, "verify", false, "run: also run the command under udstrace's LD_PRELOAD counter and compare counts per process")
 	fs.IntVar(&o.topSites, "top", 20, "text: call sites to print")
 	fs.Uint64Var(&o.sample, "sample-bytes", 0, "count mode: take stacks only for calls picked about once every `N` bytes allocated (Poisson, unbiased weights; totals stay exact); 0: every call")
-	fs.IntVar(&o.maxProcs, "max-procs", 100, "exited processes reported one by one; later ones are folded by command and executable, which bounds memory (0: no bound)")
+	fs.IntVar(&o.maxProcs, "max-procs", 100, "processes reported one by one (the first seen); later ones are folded by command and executable once they exit, which bounds memory (0: no bound)")
 	fs.StringVar(&o.pids, "pid", "", "attach, trace: `PID[,PID...]` of running processes to trace")
 	fs.DurationVar(&o.duration, "duration", 0, "attach, trace, top: stop after this long (e.g. 30s; 0: until Ctrl-C)")
 	fs.DurationVar(&o.interval, "interval", 0, "ndjson, top: emit a snapshot this often (e.g. 1s)")

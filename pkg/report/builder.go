@@ -18,7 +18,7 @@ type Builder struct {
 	lastID  int    // last site id handed out
 	// Folding (Options.MaxProcs): exited processes wait in exitedQ until their late events are in.
 	exitedQ []*proc
-	kept    int              // exited processes kept one by one
+	seen    int              // processes seen, for proc.ordinal
 	groups  map[string]*proc // folded processes by comm and executable
 	folded  int              // processes folded so far
 	dead    int              // folded procs and their sites still in procs/order, removed lazily
@@ -60,6 +60,7 @@ type proc struct {
 	after       map[*site]*agg
 	sites       []*site // this process's sites, for folding
 	group       int     // processes folded into this one (0: a single process)
+	ordinal     int     // how many processes were seen before this one
 	gone        bool    // folded into a group: no longer reported
 }
 
@@ -116,8 +117,9 @@ func NewBuilder(opts Options) *Builder {
 
 // newProc starts a new incarnation of pid.
 func (b *Builder) newProc(pid uint32) *proc {
-	p := &proc{idx: b.nextIdx, pid: pid}
+	p := &proc{idx: b.nextIdx, pid: pid, ordinal: b.seen}
 	b.nextIdx++
+	b.seen++
 	b.procs = append(b.procs, p)
 	b.cur[pid] = p
 	b.last = p

@@ -94,7 +94,11 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 		r.Warnings = append(r.Warnings, fmt.Sprintf("sampled: stacks were taken about once every %d bytes allocated; per-process totals are exact, per-site counts and bytes are estimates", meta.SampleBytes))
 	}
 	if b.folded > 0 {
-		r.Warnings = append(r.Warnings, fmt.Sprintf("%d exited processes past the first %d were folded into %d entries by command and executable (pid 0, folded_processes): their call sites are merged by stack", b.folded, b.opts.MaxProcs, len(b.groups)))
+		entries := fmt.Sprintf("%d entries", len(b.groups))
+		if len(b.groups) == 1 {
+			entries = "1 entry"
+		}
+		r.Warnings = append(r.Warnings, fmt.Sprintf("%s started after the first %d were folded into %s by command and executable (pid 0, folded_processes): their call sites are merged by stack", plural(uint64(b.folded), "exited process"), b.opts.MaxProcs, entries))
 	}
 	if sym == nil && len(b.order) > 0 {
 		r.Warnings = append(r.Warnings, "stacks were not symbolized")

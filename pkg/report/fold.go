@@ -1,8 +1,8 @@
 package report
 
-// Folding keeps memory bounded when thousands of short-lived processes come and go: past
-// Options.MaxProcs exited processes, each further one is merged into one entry per (comm,
-// executable), its sites merged with the group's by stack.
+// Folding keeps memory bounded when thousands of short-lived processes come and go: the first
+// Options.MaxProcs processes seen keep their entries; any later one is merged, once it has exited,
+// into one entry per (comm, executable), its sites merged with the group's by stack.
 
 // foldDelay is how long (event time) an exited process waits before folding, so that events
 // read after its exit (other CPUs' ring-buffer records) still find it.
@@ -27,11 +27,9 @@ func (b *Builder) foldExited(all bool) {
 		if !all && q.exitTime+foldDelay > b.latest {
 			break
 		}
-		if b.kept < b.opts.MaxProcs {
-			b.kept++
-			continue
+		if q.ordinal >= b.opts.MaxProcs {
+			b.fold(q) // the first MaxProcs processes seen (the traced command first) keep their entries
 		}
-		b.fold(q)
 	}
 	b.exitedQ = append(b.exitedQ[:0], b.exitedQ[n:]...)
 	if b.dead > 1024 && 2*b.dead > len(b.procs)+len(b.order) {

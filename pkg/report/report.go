@@ -22,8 +22,8 @@ type Options struct {
 	TopSites    int           // text: how many call sites to print (default 20); JSON has all
 	MaxTimeline int           // per process: allocations remembered until its socket counters arrive (default 1<<20, 24 B each)
 	MinAge      time.Duration // outstanding blocks at least this old are "long-lived" (0: every outstanding block)
-	// MaxProcs bounds the exited processes reported one by one; later ones are folded into one
-	// entry per (comm, executable) with their sites merged by stack (0: no bound).
+	// MaxProcs: the first MaxProcs processes seen are reported one by one; later ones are folded,
+	// once exited, into one entry per (comm, executable) with their sites merged by stack (0: no bound).
 	MaxProcs int
 }
 

@@ -63,7 +63,8 @@ func (r *Report) processes(b *bytes.Buffer) {
 	for _, p := range r.Processes {
 		pid := strconv.FormatUint(uint64(p.PID), 10)
 		if p.FoldedProcesses > 0 {
-			pid = fmt.Sprintf("(%d procs)", p.FoldedProcesses)
+			pid = "(" + plural(uint64(p.FoldedProcesses), "proc") + ")"
+
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s (%s)\t%s\t%s\t%s\n",
 			pid, cmpOr(esc(p.Comm), "?"), cmpOr(esc(string(p.Role)), "-"), exitText(p),

@@ -361,6 +361,9 @@ func plural(n uint64, what string) string {
 	if n == 1 {
 		return "1 " + what
 	}
+	if strings.HasSuffix(what, "s") {
+		return commas(n) + " " + what + "es"
+	}
 	return commas(n) + " " + what + "s"
 }
 
