@@ -226,3 +226,68 @@ func assertNoLeftovers(t *testing.T) {
 		t.Errorf("workload directories left behind: %v", left)
 	}
 }
+
+// TestFoldedProcessesKeepTotals: past --max-procs, exited processes fold into one entry per
+// program whose figures are the sums of what each process did: n runs of allocpattern against
+// n times the interposer's count for one run.
+func TestFoldedProcessesKeepTotals(t *testing.T) {
+	testenv.NeedRoot(t)
+	bins := testenv.Binaries(t)
+	_, truth := testenv.Interpose(t, bins.Allocount, []string{bins.AllocPattern, "1"})
+	if len(truth) != 1 {
+		t.Fatalf("interposer wrote %d count files, want 1", len(truth))
+	}
+	var one map[string][2]uint64
+	for _, c := range truth {
+		one = expected(c)
+	}
+	const runs, keep = 12, 3
+	o := testOptions(t)
+	o.MaxProcs = keep
+	// The shell is the first process seen (kept), then keep-1 allocpattern runs; the rest fold.
+	o.Command = []string{"/bin/sh", "-c", fmt.Sprintf("for i in %s; do %s 1 >/dev/null; done", strings.Repeat("x ", runs), bins.AllocPattern)}
+	rep, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, folded, procs := 0, 0, 0
+	for _, p := range rep.Processes {
+		if p.Comm != "allocpattern" {
+			continue
+		}
+		entries++
+		procs += max(p.FoldedProcesses, 1)
+		if p.FoldedProcesses > 0 {
+			folded++
+			if p.PID != 0 {
+				t.Errorf("folded entry has pid %d, want 0", p.PID)
+			}
+		}
+	}
+	if procs != runs || folded != 1 || entries != keep {
+		t.Errorf("%d allocpattern entries (%d folded) standing for %d processes; want %d kept, 1 folded, %d processes",
+			entries, folded, procs, keep-1, runs)
+	}
+	// Each forked child also allocates in the shell's image before its exec; the sites reached
+	// from allocpattern's own code are what the interposer counts.
+	got := map[string][2]uint64{}
+	for _, s := range rep.Sites {
+		if s.Comm != "allocpattern" {
+			continue
+		}
+		for _, f := range s.Stack {
+			if filepath.Base(f.Module) == "allocpattern" {
+				x := got[s.Kind]
+				got[s.Kind] = [2]uint64{x[0] + s.Count, x[1] + s.Bytes}
+				break
+			}
+		}
+	}
+	want := map[string][2]uint64{}
+	for k, c := range one {
+		if k != "free" {
+			want[k] = [2]uint64{c[0] * runs, c[1] * runs}
+		}
+	}
+	compareCounts(t, "allocpattern × 12, sites", heapOnly(got), want)
+}
