@@ -10,7 +10,7 @@ func (b *Builder) Counted(pid uint32, comm string, kind event.Kind, stack []even
 	if int(kind) >= kindSlots || kind == event.KindNone || count == 0 {
 		return
 	}
-	p := b.procAt(pid, b.latest)
+	p := b.countedProc(pid)
 	if comm != "" && p.comm == "" {
 		p.comm = comm
 	}
@@ -30,7 +30,7 @@ func (b *Builder) Totals(pid uint32, kind event.Kind, calls, bytes uint64) {
 	if int(kind) >= kindSlots || kind == event.KindNone || calls == 0 {
 		return
 	}
-	p := b.procAt(pid, b.latest)
+	p := b.countedProc(pid)
 	c := &p.heap[kind]
 	c.Calls += calls
 	c.Bytes += bytes
@@ -43,11 +43,20 @@ func (b *Builder) Estimated(pid uint32, comm string, kind event.Kind, stack []ev
 	if int(kind) >= kindSlots || kind == event.KindNone || calls == 0 {
 		return
 	}
-	p := b.procAt(pid, b.latest)
+	p := b.countedProc(pid)
 	if comm != "" && p.comm == "" {
 		p.comm = comm
 	}
 	s := b.site(p, kind, stack)
 	s.count += calls
 	s.bytes += bytes
+}
+
+// countedProc is where in-kernel aggregates of pid go: its latest incarnation, exited or not
+// (they arrive at the end of the trace, after every exit).
+func (b *Builder) countedProc(pid uint32) *proc {
+	if p := b.cur[pid]; p != nil {
+		return p
+	}
+	return b.newProc(pid)
 }

@@ -14,7 +14,9 @@ func (b *Builder) exited(p *proc) {
 		return
 	}
 	b.exitedQ = append(b.exitedQ, p)
-	b.foldExited(false)
+	if !b.opts.FoldAtEnd {
+		b.foldExited(false)
+	}
 }
 
 // Settle folds every exited process due for folding; call it once all events are in.

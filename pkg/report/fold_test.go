@@ -162,3 +162,31 @@ func TestLateEventsFindExitedProcess(t *testing.T) {
 		t.Fatalf("group %+v: want pid 8's two allocations (11 B)", g)
 	}
 }
+
+// TestCountedAfterExit: count mode's totals arrive after every exit; they belong to the process
+// that exited, not to a new incarnation of its pid, and folding waits for them.
+func TestCountedAfterExit(t *testing.T) {
+	b := NewBuilder(Options{MaxProcs: 1, FoldAtEnd: true})
+	feed(t, b,
+		execp(0, 7, "/bin/sh"),
+		execp(1*sec, 8, "/bin/a"), exit(2*sec, 8, 0),
+		execp(3*sec, 9, "/bin/a"), exit(4*sec, 9, 0),
+		exit(9*sec, 7, 0), // the latest event, long after 8 and 9 exited
+	)
+	b.Counted(8, "", event.Malloc, stMain, 3, 30)
+	b.Counted(9, "", event.Malloc, stMain, 4, 40)
+	b.Counted(7, "", event.Malloc, stHelper, 1, 10)
+	b.Settle()
+	r := b.Finish(&fakeSym{}, Meta{})
+	if len(r.Processes) != 2 {
+		t.Fatalf("%d entries, want sh and one folded entry for a: %+v", len(r.Processes), r.Processes)
+	}
+	for _, p := range r.Processes {
+		switch {
+		case p.PID == 7 && p.Allocations == 1:
+		case p.PID == 0 && p.FoldedProcesses == 2 && p.Allocations == 7 && p.AllocatedBytes == 70 && p.Exe == "/bin/a":
+		default:
+			t.Errorf("unexpected entry %+v", p)
+		}
+	}
+}

@@ -25,6 +25,8 @@ type Options struct {
 	// MaxProcs: the first MaxProcs processes seen are reported one by one; later ones are folded,
 	// once exited, into one entry per (comm, executable) with their sites merged by stack (0: no bound).
 	MaxProcs int
+	// FoldAtEnd defers folding to Settle: in count mode the calls arrive after the processes exit.
+	FoldAtEnd bool
 }
 
 // Role is what a process does in udstrace's built-in workload.
