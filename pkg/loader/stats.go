@@ -1,7 +1,11 @@
 package loader
 
 import (
+	"errors"
 	"fmt"
+	"os"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/udstrace/udstrace/pkg/event"
 )
@@ -9,7 +13,7 @@ import (
 // Lost is what the kernel side could not deliver or track, by reason.
 type Lost struct {
 	RingBuffer uint64 // events dropped: ring buffer full
-	Untracked  uint64 // calls not traced: per-thread table full
+	Untracked  uint64 // calls not traced: no room for per-thread state or a counter
 	Stale      uint64 // call states discarded after a missed return
 	NoStack    uint64 // events delivered without a user stack
 }
@@ -128,4 +132,26 @@ func (t *Tracer) Totals() ([]Total, error) {
 		return out, fmt.Errorf("reading sampled totals: %w", err)
 	}
 	return out, nil
+}
+
+// DeadThreadStates counts per-thread entries (a syscall or tail call in flight) left in the kernel's
+// tables by threads that no longer exist: each is state that a thread's exit failed to clear.
+func (t *Tracer) DeadThreadStates() (int, error) {
+	dead := 0
+	for _, m := range []*ebpf.Map{t.objs.Sysinflight, t.objs.Tails} {
+		var prev any // nil: start from the first key
+		for n := 0; n < int(m.MaxEntries()); n++ {
+			var tid uint32
+			if err := m.NextKey(prev, &tid); errors.Is(err, ebpf.ErrKeyNotExist) {
+				break
+			} else if err != nil {
+				return dead, fmt.Errorf("reading per-thread state: %w", err)
+			}
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", tid)); errors.Is(err, os.ErrNotExist) {
+				dead++
+			}
+			prev = tid
+		}
+	}
+	return dead, nil
 }

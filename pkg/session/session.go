@@ -106,7 +106,7 @@ func start(opts Options, filter bool) (*Session, error) {
 		return nil, err
 	}
 	s := &Session{
-		opts: opts, tracer: tr, maps: newTable(opts.Mode == "count"), builder: report.NewBuilder(report.Options{TopSites: opts.TopSites, MinAge: opts.MinAge, MaxProcs: opts.MaxProcs}),
+		opts: opts, tracer: tr, maps: newTable(opts.Mode == "count"), builder: report.NewBuilder(report.Options{TopSites: opts.TopSites, MinAge: opts.MinAge, MaxProcs: opts.MaxProcs, FoldAtEnd: opts.Mode == "count"}),
 		done: make(chan error, 1),
 	}
 	s.meta = report.Meta{Mode: modeName(opts.Mode), SampleBytes: opts.SampleBytes, StackMode: stackName(opts.Stack), Start: time.Now(), Roles: map[uint32]report.Role{}}
@@ -199,6 +199,9 @@ func (s *Session) setRole(pid int, role report.Role) {
 func (s *Session) finish() (*report.Report, error) {
 	s.cancel()
 	readErr := <-s.done
+	if n, err := s.tracer.DeadThreadStates(); err == nil && n > 0 {
+		s.warn("%d per-thread states of exited threads were left in the kernel's tables (stale state)", n)
+	}
 	counts, kerr := s.countsIfAny()
 	totals, samples, terr := s.sampledIfAny()
 	kerr = errors.Join(kerr, terr)

@@ -3,6 +3,7 @@ package session
 import (
 	"context"
 	"fmt"
+	"github.com/udstrace/udstrace/pkg/report"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -290,4 +291,62 @@ func TestFoldedProcessesKeepTotals(t *testing.T) {
 		}
 	}
 	compareCounts(t, "allocpattern × 12, sites", heapOnly(got), want)
+}
+
+// killedSrc: four threads allocate and free large blocks (malloc's own mmap and munmap) as fast
+// as they can until the process is killed, so threads die inside the allocator and its syscalls.
+const killedSrc = `#include <pthread.h>
+#include <stdlib.h>
+static void *volatile sink;
+static void *spin(void *arg) {
+	for (;;) {
+		void *p = malloc(256 << 10); sink = p; free(p);
+		p = realloc(NULL, 64); p = realloc(p, 128); sink = p; free(p);
+	}
+	return arg;
+}
+int main(void) {
+	pthread_t t[4];
+	for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, spin, NULL);
+	pthread_join(t[0], NULL);
+	return 0;
+}
+`
+
+// TestThreadsKilledInsideAllocator: SIGKILL lands while threads are inside malloc, free and their
+// mmap/munmap; no per-thread state may outlive them, and nothing may be reported stale or lost.
+func TestThreadsKilledInsideAllocator(t *testing.T) {
+	testenv.NeedRoot(t)
+	bin := testenv.CompileC(t, "killed", killedSrc, "-pthread")
+	for _, mode := range []string{"full", "count"} {
+		t.Run(mode, func(t *testing.T) {
+			o := testOptions(t)
+			o.Mode = mode
+			o.Command = []string{"/bin/sh", "-c", bin + " & sleep 0.5; kill -9 $!; wait; exit 0"}
+			rep, err := Run(context.Background(), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var killed *report.Process
+			for i := range rep.Processes {
+				if rep.Processes[i].Comm == "killed" {
+					killed = &rep.Processes[i]
+				}
+			}
+			if killed == nil || killed.ExitSignal != 9 || killed.HeapCalls < 100 {
+				t.Fatalf("want the allocating process killed by SIGKILL after many calls, got %+v", killed)
+			}
+			for _, w := range rep.Warnings {
+				if strings.Contains(w, "stale") || strings.Contains(w, "discarded") {
+					t.Errorf("warning: %s", w)
+				}
+			}
+			// Four threads flooding may fill the ring buffer (counted, and checked by make stress);
+			// nothing else may be lost: no call state discarded, none left for a dead thread.
+			if rep.LostDetail.Other != 0 {
+				t.Errorf("lost events %+v: threads dying inside the allocator must leave no stale state", rep.LostDetail)
+			}
+			t.Logf("killed after %d allocator calls", killed.HeapCalls)
+		})
+	}
 }
