@@ -21,27 +21,52 @@ type Counted struct {
 	Funcs map[string]Count // by the function name the program called
 }
 
-// ReadCounts parses every allocount.PID file allocount.so wrote into dir, in PID order.
+// ReadCounts parses every allocount.PID file allocount.so wrote into dir, in PID order. A
+// process's allocount.PID.exec (its calls before an execve, in the image it left) is added to
+// allocount.PID, so the counts cover the PID's whole life as a tracer following it sees it.
 func ReadCounts(dir string) ([]Counted, error) {
 	files, err := filepath.Glob(filepath.Join(dir, "allocount.*"))
 	if err != nil {
 		return nil, fmt.Errorf("listing interposer counts: %w", err)
 	}
-	var out []Counted
+	byPID := map[int]*Counted{}
 	for _, f := range files {
-		pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Ext(f), "."))
-		if err != nil {
+		rest := strings.TrimPrefix(filepath.Base(f), "allocount.")
+		pidText, suffix, _ := strings.Cut(rest, ".")
+		pid, err := strconv.Atoi(pidText)
+		if err != nil || (suffix != "" && suffix != "exec") {
 			continue
 		}
 		c, err := readCountFile(f)
 		if err != nil {
 			return nil, err
 		}
-		c.PID = pid
-		out = append(out, c)
+		x := byPID[pid]
+		if x == nil {
+			x = &Counted{PID: pid, Funcs: map[string]Count{}}
+			byPID[pid] = x
+		}
+		if suffix == "" || x.Comm == "" {
+			x.Comm = cmpOr(c.Comm, x.Comm) // the final image names the process
+		}
+		for name, n := range c.Funcs {
+			m := x.Funcs[name]
+			x.Funcs[name] = Count{m.Calls + n.Calls, m.Bytes + n.Bytes, m.Null + n.Null}
+		}
+	}
+	out := make([]Counted, 0, len(byPID))
+	for _, c := range byPID {
+		out = append(out, *c)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].PID < out[j].PID })
 	return out, nil
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }
 
 func readCountFile(path string) (Counted, error) {

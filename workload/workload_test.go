@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"debug/elf"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -282,4 +283,38 @@ func TestAllocountClients(t *testing.T) {
 		t.Errorf("stdio client made no malloc call: %v", got)
 	}
 	t.Logf("stdio client: %v", got)
+}
+
+// TestAllocountAcrossExecAndExit: a shell (which leaves with _exit) forks a child that execs
+// allocpattern; the child's calls in the shell's image before its exec are kept under its PID,
+// and ReadCounts adds them to the new image's counts.
+func TestAllocountAcrossExecAndExit(t *testing.T) {
+	p := extract(t)
+	dir := t.TempDir()
+	run(t, []string{"LD_PRELOAD=" + p.Allocount, "ALLOCOUNT_DIR=" + dir}, "/bin/sh", "-c", p.AllocPattern+" 1 >/dev/null; true")
+	all, err := ReadCounts(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byComm := map[string]Counted{}
+	for _, c := range all {
+		byComm[c.Comm] = c
+	}
+	sh, ap := byComm["sh"], byComm["allocpattern"]
+	if sh.PID == 0 || ap.PID == 0 || len(all) != 2 {
+		t.Fatalf("want counts for sh (it leaves with _exit) and allocpattern, got %+v", all)
+	}
+	pre, err := readCountFile(filepath.Join(dir, fmt.Sprintf("allocount.%d.exec", ap.PID)))
+	if err != nil || pre.Comm != "sh" || pre.Funcs["malloc"].Calls == 0 {
+		t.Fatalf("want the child's pre-exec shell calls in allocount.%d.exec, got %+v (%v)", ap.PID, pre, err)
+	}
+	post, err := readCountFile(filepath.Join(dir, fmt.Sprintf("allocount.%d", ap.PID)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, n := range ap.Funcs {
+		if want := pre.Funcs[name].Calls + post.Funcs[name].Calls; n.Calls != want {
+			t.Errorf("%s: merged %d calls, want %d before exec + %d after", name, n.Calls, pre.Funcs[name].Calls, post.Funcs[name].Calls)
+		}
+	}
 }

@@ -113,6 +113,9 @@ func (o *options) sessionOptions(command []string) session.Options {
 		Stdout: os.Stderr, Stderr: os.Stderr,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	}
+	if o.verify {
+		sopts.Env = session.VerifyEnv() // the same variables as the interposer's run
+	}
 	if o.workload != "" && !o.debug {
 		sopts.Stdout = io.Discard // the echo lines say nothing the report does not; --debug shows them
 	}

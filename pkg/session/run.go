@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
@@ -40,7 +41,11 @@ func Run(ctx context.Context, opts Options) (*report.Report, error) {
 	}
 	s.meta.Command = opts.Command
 	argv := append([]string{path}, opts.Command[1:]...)
-	code, err := s.runOne(ctx, argv, launch.Options{Stdout: opts.Stdout, Stderr: opts.Stderr}, "")
+	var env []string // nil: udstrace's own environment
+	if len(opts.Env) > 0 {
+		env = append(os.Environ(), opts.Env...)
+	}
+	code, err := s.runOne(ctx, argv, launch.Options{Stdout: opts.Stdout, Stderr: opts.Stderr, Env: env}, "")
 	if err != nil {
 		s.abort()
 		return nil, err

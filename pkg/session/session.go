@@ -43,6 +43,7 @@ type Options struct {
 	MaxProcs    int                  // exited processes reported one by one before folding (0: no bound)
 	Interval    time.Duration        // with OnInterval: how often a snapshot is taken
 	OnInterval  func(*report.Report) // called with a snapshot every Interval while tracing
+	Env         []string             // run: variables added to the command's environment
 	Stdout      io.Writer            // where the traced commands' output goes
 	Stderr      io.Writer
 	Log         *slog.Logger

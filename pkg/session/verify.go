@@ -29,6 +29,11 @@ type VerifyKind struct {
 	Traced, Preload uint64
 }
 
+// VerifyEnv is what a traced run adds to its environment so that it holds the same variables as
+// the interposer's run: programs allocate per variable (a shell copies each one), and the counts
+// must not differ for that. Empty values: nothing is preloaded.
+func VerifyEnv() []string { return []string{"LD_PRELOAD=", "ALLOCOUNT_DIR="} }
+
 // Verify runs the command again, untraced, under the counting interposer shipped with udstrace,
 // and compares its counts with the report's, process by process (matched by name, in start order).
 func Verify(ctx context.Context, command []string, rep *report.Report) ([]VerifyRow, error) {
@@ -120,15 +125,15 @@ func compare(rep *report.Report, preload []counted) []VerifyRow {
 			row.Kinds = append(row.Kinds, vk)
 		}
 		if pc == nil {
-			row.Explanation = append(row.Explanation, "no process named "+p.Comm+" ran under the interposer (it exits early there, or its name differs)")
+			row.Explanation = append(row.Explanation, "no process named "+p.Comm+" wrote counts under the interposer (it was killed, or its name differs there)")
 		}
 		rows = append(rows, row)
 	}
 	return rows
 }
 
-// explainKind names the call sites behind a difference: calls made by the dynamic loader
-// reach libc's malloc through its own pointer, which no LD_PRELOAD interposer sees.
+// explainKind names the call sites behind a difference: calls the dynamic loader makes reach
+// libc's malloc through its own pointer, which no LD_PRELOAD interposer sees.
 func explainKind(rep *report.Report, pid uint32, vk VerifyKind) []string {
 	if vk.Traced < vk.Preload {
 		return []string{fmt.Sprintf("%s: the interposer saw %d more calls than the uprobes", vk.Kind, vk.Preload-vk.Traced)}
@@ -142,19 +147,30 @@ func explainKind(rep *report.Report, pid uint32, vk VerifyKind) []string {
 		if s.PID != pid || s.Kind != vk.Kind {
 			continue
 		}
-		for _, f := range s.Stack[min(1, len(s.Stack)):] {
-			if strings.Contains(filepath.Base(f.Module), "ld-linux") || strings.HasPrefix(filepath.Base(f.Module), "ld-") {
-				loader += s.Count
-				out = append(out, fmt.Sprintf("%s: %d call(s) at site #%d from the dynamic loader (%s), which calls libc's %s directly, not through the interposable symbol", vk.Kind, s.Count, s.ID, f.Symbol, vk.Kind))
-				break
-			}
+		if f := directCaller(s.Stack); f != nil && isLoader(f.Module) {
+			loader += s.Count
+			out = append(out, fmt.Sprintf("%s: %d call(s) at site #%d from the dynamic loader (%s), which calls libc's %s directly, not through the interposable symbol", vk.Kind, s.Count, s.ID, f.Symbol, vk.Kind))
 		}
 	}
 	if rest := vk.Traced - vk.Preload; loader < rest {
 		out = append(out, fmt.Sprintf("%s: %d more call(s) not explained by the dynamic loader", vk.Kind, rest-loader))
+	} else if loader > rest {
+		out = append(out, fmt.Sprintf("%s: the loader's calls (%d) exceed the difference (%d): the interposer saw some calls the uprobes did not", vk.Kind, loader, rest))
 	}
 	return out
 }
+
+// directCaller is the frame that called the allocator (raw frame 1), or nil.
+func directCaller(stack []report.StackFrame) *report.StackFrame {
+	for i := range stack {
+		if stack[i].Frame == 1 {
+			return &stack[i]
+		}
+	}
+	return nil
+}
+
+func isLoader(module string) bool { return strings.HasPrefix(filepath.Base(module), "ld-") }
 
 // explainFrees names the callers behind extra frees: libc and the dynamic loader free memory
 // they allocated themselves (a dying thread's tcache) by calling libc's free directly.
@@ -170,13 +186,14 @@ func explainFrees(rep *report.Report, pid uint32, vk VerifyKind) []string {
 	}
 	if rest := vk.Traced - vk.Preload; inside < rest {
 		out = append(out, fmt.Sprintf("free: %d more call(s) not explained by libc's or the loader's own frees", rest-inside))
+	} else if inside > rest {
+		out = append(out, fmt.Sprintf("free: libc's own frees (%d) exceed the difference (%d): the interposer saw some frees the uprobes did not", inside, rest))
 	}
 	return out
 }
 
 func isLibcOrLoader(module string) bool {
-	b := filepath.Base(module)
-	return strings.HasPrefix(b, "libc.so") || strings.HasPrefix(b, "ld-")
+	return strings.HasPrefix(filepath.Base(module), "libc.so") || isLoader(module)
 }
 
 func sortedKeys(m map[string]bool) []string {

@@ -311,19 +311,28 @@ static void out_num(struct out *o, unsigned long v)
 	out_str(o, tmp + i);
 }
 
-static void dump(void)
+/* count_path builds ALLOCOUNT_DIR/allocount.PID[suffix]; 0 if there is no directory. */
+static int count_path(struct out *path, const char *suffix)
 {
 	const char *dir = env_lookup("ALLOCOUNT_DIR");
-	struct out path = {.n = 0}, body = {.n = 0};
-
 	if (dir == NULL || *dir == '\0')
+		return 0;
+	out_str(path, dir);
+	out_str(path, "/allocount.");
+	out_num(path, (unsigned long)getpid());
+	out_str(path, suffix);
+	if (path->overflow)
+		return 0;
+	path->buf[path->n] = '\0';
+	return 1;
+}
+
+/* dump_to writes this image's counts to allocount.PID + suffix. */
+static void dump_to(const char *suffix)
+{
+	struct out path = {.n = 0}, body = {.n = 0};
+	if (!count_path(&path, suffix))
 		return;
-	out_str(&path, dir);
-	out_str(&path, "/allocount.");
-	out_num(&path, (unsigned long)getpid());
-	if (path.overflow)
-		return;
-	path.buf[path.n] = '\0';
 
 	/* "#comm NAME" first, so counts can be matched to processes by name. */
 	char comm[32];
@@ -367,6 +376,39 @@ static void dump(void)
 	close(fd);
 }
 
+static void dump(void) { dump_to(""); }
+
+/* A forked child that calls execve leaves its image, and these counters, behind: its calls
+ * before the exec go to allocount.PID.exec (removed again if the exec fails), so a reader can
+ * add them to the new image's allocount.PID, as a tracer that follows the PID sees them. */
+static int (*real_execve)(const char *, char *const[], char *const[]);
+static void (*real__exit)(int);
+
+int execve(const char *file, char *const argv[], char *const envp[])
+{
+	dump_to(".exec");
+	int r = real_execve(file, argv, envp);
+	int saved = errno;
+	struct out path = {.n = 0};
+	if (count_path(&path, ".exec"))
+		unlink(path.buf);
+	errno = saved;
+	return r;
+}
+
+/* _exit skips atexit handlers and destructors (shells leave this way): write the counts first. */
+void _exit(int status)
+{
+	dump();
+	real__exit(status);
+	__builtin_unreachable();
+}
+
+void _Exit(int status)
+{
+	_exit(status);
+}
+
 static void atfork_child(void)
 {
 	for (int f = 0; f < F_COUNT; f++) {
@@ -387,6 +429,9 @@ static void at_exit_dump(void)
 __attribute__((constructor(101))) static void allocount_init(void)
 {
 	resolve();
+	/* Resolved here, before any counting matters: dlsym may allocate. */
+	real_execve = (int (*)(const char *, char *const[], char *const[]))dlsym(RTLD_NEXT, "execve");
+	real__exit = (void (*)(int))dlsym(RTLD_NEXT, "_exit");
 	pthread_atfork(NULL, NULL, atfork_child);
 	atexit(at_exit_dump);
 }
