@@ -108,7 +108,7 @@ int alloc_return(struct pt_regs *ctx)
 	struct call_state st = *cur;
 	cur->depth = 0;
 
-	struct scratch *s = new_event(st.kind, pid_tgid);
+	struct scratch *s = new_event(st.kind, pid_tgid, true);
 	if (!s)
 		return 0;
 	u64 ret = ctx->ax;
@@ -140,7 +140,7 @@ int free_enter(struct pt_regs *ctx)
 		return 0;
 	if (in_allocator(ctx->sp) != K_NONE)
 		return 0; /* realloc(p, 0) freeing p: reported by realloc's return */
-	struct scratch *s = new_event(K_FREE, pid_tgid);
+	struct scratch *s = new_event(K_FREE, pid_tgid, false);
 	if (!s)
 		return 0;
 	s->ev.addr = ptr;

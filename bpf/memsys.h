@@ -102,7 +102,7 @@ static __always_inline int sys_exit(struct trace_event_raw_sys_exit *ctx)
 
 	long ret = ctx->ret;
 	bool failed = ret < 0 && ret > -4096;
-	struct scratch *s = new_event(st.kind, pid_tgid);
+	struct scratch *s = new_event(st.kind, pid_tgid, true);
 	if (!s)
 		return 0;
 	s->ev.inside = st.inside;

@@ -5,25 +5,30 @@
 
 #include "udstrace.h"
 
+/* An event as laid out in the ring buffer: the header, then as much stack as was reserved. */
 struct scratch {
 	struct alloc_event ev;
 	u8 stack[MAX_STACK_BYTES];
 };
 
-/* Per-CPU room to assemble one event: too big for the 512-byte BPF stack. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, u32);
-	__type(value, struct scratch);
-} scratch_buf SEC(".maps");
-
-static __always_inline struct scratch *new_event(u8 kind, u64 pid_tgid)
+/* stack_room is the stack payload an event reserves: a constant once .rodata is frozen. */
+static __always_inline u32 stack_room(void)
 {
-	u32 zero = 0;
-	struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
-	if (!s)
+	return cfg_stack_mode == STACK_FP ? MAX_FP_FRAMES * 8 : cfg_stack_bytes;
+}
+
+/* new_event reserves an event directly in the ring buffer (the stack is copied once, straight
+ * into it) and fills its header; every path must then submit it. */
+static __always_inline struct scratch *new_event(u8 kind, u64 pid_tgid, bool with_stack)
+{
+	u64 size = sizeof(struct alloc_event);
+	if (with_stack)
+		size += stack_room();
+	struct scratch *s = bpf_ringbuf_reserve(&events, size, 0);
+	if (!s) {
+		count_lost(LOST_RINGBUF);
 		return 0;
+	}
 	struct alloc_event *ev = &s->ev;
 	ev->type = EV_ALLOC;
 	ev->kind = kind;
@@ -89,12 +94,8 @@ static __always_inline void capture_stack(void *ctx, struct scratch *s, u64 ip, 
  */
 static __always_inline void submit(struct scratch *s)
 {
-	u64 len = sizeof(s->ev) + s->ev.stack_len;
-	if (len > sizeof(*s))
-		len = sizeof(*s);
 	u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg_wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_output(&events, s, len, flags))
-		count_lost(LOST_RINGBUF);
+	bpf_ringbuf_submit(s, flags);
 }
 
 /* user_regs reads the registers the current thread entered the kernel with (for syscall tracepoints). */

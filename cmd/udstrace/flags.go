@@ -107,6 +107,8 @@ func (o *options) validate(sub string, rest []string) string {
 		return "--verify works with udstrace run in full mode"
 	case o.ringBytes < 4096 || o.ringBytes&(o.ringBytes-1) != 0:
 		return fmt.Sprintf("--ring-size %d: use a power of two of at least 4096", o.ringBytes)
+	case o.mode == "full" && o.stack != "fp" && o.ringBytes < 4*o.stackBytes:
+		return fmt.Sprintf("--ring-size %d holds too few %d-byte stack copies: use at least %d, or a smaller --stack-bytes", o.ringBytes, o.stackBytes, 4*o.stackBytes)
 	}
 	return ""
 }

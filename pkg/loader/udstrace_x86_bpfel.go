@@ -80,12 +80,6 @@ type udstraceProcEvent struct {
 	Name     [256]int8
 }
 
-type udstraceScratch struct {
-	_     structs.HostLayout
-	Ev    udstraceAllocEvent
-	Stack [16384]uint8
-}
-
 type udstraceSockStats struct {
 	_       structs.HostLayout
 	FirstNs uint64
@@ -125,7 +119,6 @@ const (
 	udstraceMapLost             = "lost"
 	udstraceMapSampleDraws      = "sample_draws"
 	udstraceMapSampleLeft       = "sample_left"
-	udstraceMapScratchBuf       = "scratch_buf"
 	udstraceMapSockstats        = "sockstats"
 	udstraceMapStacks           = "stacks"
 	udstraceMapSysinflight      = "sysinflight"
@@ -258,7 +251,6 @@ type udstraceMapSpecs struct {
 	Lost        *ebpf.MapSpec `ebpf:"lost"`
 	SampleDraws *ebpf.MapSpec `ebpf:"sample_draws"`
 	SampleLeft  *ebpf.MapSpec `ebpf:"sample_left"`
-	ScratchBuf  *ebpf.MapSpec `ebpf:"scratch_buf"`
 	Sockstats   *ebpf.MapSpec `ebpf:"sockstats"`
 	Stacks      *ebpf.MapSpec `ebpf:"stacks"`
 	Sysinflight *ebpf.MapSpec `ebpf:"sysinflight"`
@@ -311,7 +303,6 @@ type udstraceMaps struct {
 	Lost        *ebpf.Map `ebpf:"lost"`
 	SampleDraws *ebpf.Map `ebpf:"sample_draws"`
 	SampleLeft  *ebpf.Map `ebpf:"sample_left"`
-	ScratchBuf  *ebpf.Map `ebpf:"scratch_buf"`
 	Sockstats   *ebpf.Map `ebpf:"sockstats"`
 	Stacks      *ebpf.Map `ebpf:"stacks"`
 	Sysinflight *ebpf.Map `ebpf:"sysinflight"`
@@ -328,7 +319,6 @@ func (m *udstraceMaps) Close() error {
 		m.Lost,
 		m.SampleDraws,
 		m.SampleLeft,
-		m.ScratchBuf,
 		m.Sockstats,
 		m.Stacks,
 		m.Sysinflight,
