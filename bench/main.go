@@ -125,7 +125,7 @@ func bench(ctx context.Context, e *env, pairs, pairsTraced, repeat int, markdown
 		{name: "bpftrace uprobe on malloc only (one trap per pair: the floor)", traced: true, na: installed("bpftrace"), run: e.bpftraceRun("malloc")},
 		{name: "heaptrack", traced: true, na: installed("heaptrack"), run: e.runHeaptrack},
 	}
-	for _, mode := range [][]string{{"--stack", "fp"}, {"--stack", "cfi"}, {"--mode", "count"}, {"--mode", "count", "--sample-bytes", "524288"}} {
+	for _, mode := range [][]string{{"--stack", "fp"}, {"--stack", "cfi"}, {"--mode", "count"}, {"--mode", "count", "--sample-bytes", "524288"}, {"--sample-bytes", "524288"}} {
 		r := &row{name: "udstrace " + strings.Join(mode, " "), traced: true}
 		r.run = func(ctx context.Context, n int) (sample, error) { return e.runUdstrace(ctx, mode, n) }
 		if r.na = e.udstraceSupported(ctx, mode); ctx.Err() != nil {

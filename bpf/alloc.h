@@ -10,6 +10,7 @@
 #pragma once
 
 #include "stack.h"
+#include "sample.h"
 
 struct call_state {
 	u64 size;
@@ -94,6 +95,41 @@ int alloc_enter(struct pt_regs *ctx)
 	return 0;
 }
 
+/* emit_forgotten tells user space a picked block is gone (an unpicked realloc moved or freed it). */
+static __always_inline void emit_forgotten(u64 pid_tgid, u64 addr)
+{
+	struct scratch *s = new_event(K_FREE, pid_tgid, false);
+	if (!s)
+		return;
+	s->ev.addr = addr;
+	s->ev.flags = F_WEIGHTED;
+	submit(s);
+}
+
+/* sample_return counts the call in the exact totals and reports whether it was picked; picked
+ * blocks are remembered so that their frees are reported, and the rest cost nothing more. */
+static __always_inline bool sample_return(u64 pid_tgid, struct call_state *st, u64 ret)
+{
+	u32 tgid = pid_tgid >> 32;
+	bool realloc_kind = st->kind == K_REALLOC || st->kind == K_REALLOCARRAY;
+	bool frees = realloc_kind && st->old_addr && st->size == 0;
+	bool failed = st->kind == K_POSIX_MEMALIGN ? (int)ret != 0 : (!ret && !frees);
+	bool pick = sampled(tgid, st->kind, st->size);
+	if (frees)
+		count_total(tgid, K_FREE, 0); /* realloc(p, 0) is a free, like the full mode's report says */
+	/* The old block of a realloc that moved or freed it: if it was picked, user space must hear. */
+	if (realloc_kind && st->old_addr && !failed && ret != st->old_addr && forget_sampled(tgid, st->old_addr) && !pick)
+		emit_forgotten(pid_tgid, st->old_addr);
+	if (!pick || failed || frees)
+		return pick; /* a picked failure or free is still reported, with its weight */
+	u64 addr = ret;
+	if (st->kind == K_POSIX_MEMALIGN)
+		bpf_probe_read_user(&addr, sizeof(addr), (void *)st->memptr);
+	if (addr)
+		remember_sampled(tgid, addr);
+	return true;
+}
+
 SEC("uretprobe")
 int alloc_return(struct pt_regs *ctx)
 {
@@ -108,10 +144,16 @@ int alloc_return(struct pt_regs *ctx)
 	struct call_state st = *cur;
 	cur->depth = 0;
 
+	u64 ret = ctx->ax;
+	u8 flags = 0;
+	if (cfg_sample_bytes && !sample_return(pid_tgid, &st, ret))
+		return 0;
+	if (cfg_sample_bytes)
+		flags = F_WEIGHTED;
 	struct scratch *s = new_event(st.kind, pid_tgid, true);
 	if (!s)
 		return 0;
-	u64 ret = ctx->ax;
+	s->ev.flags = flags;
 	s->ev.size = st.size;
 	s->ev.old_addr = st.old_addr;
 	if (st.kind == K_POSIX_MEMALIGN) {
@@ -140,10 +182,17 @@ int free_enter(struct pt_regs *ctx)
 		return 0;
 	if (in_allocator(ctx->sp) != K_NONE)
 		return 0; /* realloc(p, 0) freeing p: reported by realloc's return */
+	if (cfg_sample_bytes) {
+		count_total(pid_tgid >> 32, K_FREE, 0);
+		if (!forget_sampled(pid_tgid >> 32, ptr))
+			return 0; /* not a picked block: counted, nothing to pair */
+	}
 	struct scratch *s = new_event(K_FREE, pid_tgid, false);
 	if (!s)
 		return 0;
 	s->ev.addr = ptr;
+	if (cfg_sample_bytes)
+		s->ev.flags = F_WEIGHTED;
 	/* The probe never moves past an instruction that writes sp, so [sp] is the return address:
 	 * user space names the caller of a free whose block it never saw allocated. */
 	bpf_probe_read_user(&s->ev.ip, sizeof(s->ev.ip), (void *)ctx->sp);

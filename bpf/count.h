@@ -13,16 +13,12 @@
  * address: an entry with the same two as the thread's previous realloc or
  * reallocarray entry is that tail call, not a new allocation.
  *
- * With cfg_sample_bytes = N, totals per process and function stay exact, but
- * only calls picked by a Poisson process over the bytes asked (mean interval
- * N bytes, as tcmalloc and Go's heap profiler do) get a stack: the expensive
- * part of a call (reading the user stack) is paid about once per N bytes.
- * Each sampled call goes to user space, which weighs it by the inverse of its
- * chance of being picked, 1 - exp(-size/N).
+ * With sampling (sample.h), only the picked calls get a stack, sent to user
+ * space one by one.
  */
 #pragma once
 
-#include "udstrace.h"
+#include "sample.h"
 
 struct count_key {
 	u32 tgid;
@@ -32,10 +28,6 @@ struct count_key {
 	u8 _pad[7];
 };
 
-struct count_val {
-	u64 count;
-	u64 bytes;
-};
 
 struct tail_state {
 	u64 sp;
@@ -56,73 +48,6 @@ struct {
 	__type(key, u32);
 	__uint(value_size, MAX_FP_FRAMES * 8);
 } stacks SEC(".maps");
-
-#define SAMPLE_DRAWS 4096
-
-const volatile u64 cfg_sample_bytes = 0; /* 0: every call gets its stack */
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, SAMPLE_DRAWS);
-	__type(key, u32);
-	__type(value, u64); /* exponential draws of mean cfg_sample_bytes, filled by user space */
-} sample_draws SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, s64); /* bytes until the thread's next sample; 0: not drawn yet */
-} sample_left SEC(".maps");
-
-struct total_key {
-	u32 tgid;
-	u32 kind;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct total_key);
-	__type(value, struct count_val);
-} totals SEC(".maps");
-
-static __always_inline s64 sample_draw(void)
-{
-	u32 i = bpf_get_prandom_u32() % SAMPLE_DRAWS;
-	u64 *d = bpf_map_lookup_elem(&sample_draws, &i);
-	return d && *d ? (s64)*d : (s64)cfg_sample_bytes;
-}
-
-/* sampled adds the call to its process's exact totals and reports whether it gets a stack. */
-static __always_inline bool sampled(u32 tgid, u8 kind, u64 size)
-{
-	struct total_key tk = { .tgid = tgid, .kind = kind };
-	struct count_val *v = bpf_map_lookup_elem(&totals, &tk);
-	if (!v) {
-		struct count_val zero = {};
-		bpf_map_update_elem(&totals, &tk, &zero, BPF_NOEXIST);
-		v = bpf_map_lookup_elem(&totals, &tk);
-	}
-	if (v) {
-		__sync_fetch_and_add(&v->count, 1);
-		__sync_fetch_and_add(&v->bytes, size);
-	} else {
-		count_lost(LOST_INFLIGHT);
-	}
-	s64 *left = bpf_task_storage_get(&sample_left, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!left) {
-		count_lost(LOST_INFLIGHT);
-		return false;
-	}
-	if (*left == 0)
-		*left = sample_draw();
-	*left -= (s64)size;
-	if (*left > 0)
-		return false;
-	*left = sample_draw(); /* memoryless: the next point is a fresh draw past this call */
-	return true;
-}
 
 /* emit_sample sends a sampled call (kind, size, stack id, direct caller) to user space. */
 static __always_inline void emit_sample(u64 pid_tgid, u8 kind, u64 size, s64 stackid, u64 ret)

@@ -25,7 +25,8 @@ enum event_flag {
 	F_STACK_FP = 2,   /* payload: frame-pointer walk, u64 PCs */
 	F_STACK_COPY = 4, /* payload: raw user stack bytes from sp */
 	F_STACK_SHORT = 8, /* the copy had to be shortened to stay inside the stack */
-	F_SAMPLED = 16     /* count mode, sampled call: aux is the stack id, ip the direct caller */
+	F_SAMPLED = 16,    /* count mode, sampled call: aux is the stack id, ip the direct caller */
+	F_WEIGHTED = 32    /* full mode with sampling: a picked call (or the free of a picked block) */
 };
 
 /* Why an event could not be delivered; indexes of the per-CPU lost counter. */

@@ -54,7 +54,7 @@ func newFlags(o *options) *flag.FlagSet {
 	fs.BoolVar(&o.debug, "debug", false, "verbose logs, the workload's output, and the BPF verifier log on load errors")
 	fs.BoolVar(&o.verify, "verify", false, "run: also run the command under udstrace's LD_PRELOAD counter and compare counts per process")
 	fs.IntVar(&o.topSites, "top", 20, "text: call sites to print")
-	fs.Uint64Var(&o.sample, "sample-bytes", 0, "count mode: take stacks only for calls picked about once every `N` bytes allocated (Poisson, unbiased weights; totals stay exact); 0: every call")
+	fs.Uint64Var(&o.sample, "sample-bytes", 0, "take stacks (and in full mode track blocks) only for calls picked about once every `N` bytes allocated (Poisson, unbiased weights; per-process totals stay exact); 0: every call")
 	fs.IntVar(&o.maxProcs, "max-procs", 100, "processes reported one by one (the first seen); later ones are folded by command and executable once they exit, which bounds memory (0: no bound)")
 	fs.StringVar(&o.pids, "pid", "", "attach, trace: `PID[,PID...]` of running processes to trace")
 	fs.DurationVar(&o.duration, "duration", 0, "attach, trace, top: stop after this long (e.g. 30s; 0: until Ctrl-C)")
@@ -95,8 +95,6 @@ func (o *options) validate(sub string, rest []string) string {
 		return fmt.Sprintf("unknown stack mode %q: use --stack fp, cfi or auto", o.stack)
 	case o.mode != "full" && o.mode != "count":
 		return fmt.Sprintf("unknown mode %q: use --mode full or --mode count", o.mode)
-	case o.sample > 0 && o.mode != "count":
-		return "--sample-bytes works with --mode count"
 	case o.maxProcs < 0:
 		return "--max-procs must be 0 (no bound) or more"
 	case o.messages < 1:

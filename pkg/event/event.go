@@ -82,7 +82,11 @@ type Alloc struct {
 	Caller  uint64 // free, sampled calls: the return address in the caller (0 if unknown)
 	Sampled bool   // count mode with sampling: this call was picked; StackID names its stack in the kernel
 	StackID int32
-	Stack   []Frame // free: the caller's frame alone, given only for frees of blocks never seen allocated
+	// Weighted (full mode with sampling): a picked call standing for Weight calls, or the free of a
+	// picked block; such events update sites and blocks, and the process totals come from the kernel.
+	Weighted bool
+	Weight   uint64
+	Stack    []Frame // free: the caller's frame alone, given only for frees of blocks never seen allocated
 }
 
 // ProcKind says what happened to a process.

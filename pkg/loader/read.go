@@ -25,6 +25,7 @@ const (
 	flagStackCopy  = 4
 	flagStackShort = 8
 	flagSampled    = 16
+	flagWeighted   = 32
 )
 
 // RawStack is a user stack as captured in the kernel, before unwinding.
@@ -142,6 +143,7 @@ func decodeAlloc(raw []byte, h Handler) {
 	if n := int(ev.StackLen); n < len(payload) {
 		payload = payload[:n]
 	}
+	a.Weighted = ev.Flags&flagWeighted != 0
 	if a.Kind == event.Free {
 		a.Caller = ev.Ip
 		h.Alloc(a, &RawStack{})

@@ -80,6 +80,13 @@ type udstraceProcEvent struct {
 	Name     [256]int8
 }
 
+type udstraceSampledKey struct {
+	_    structs.HostLayout
+	Tgid uint32
+	Pad  uint32
+	Addr uint64
+}
+
 type udstraceSockStats struct {
 	_       structs.HostLayout
 	FirstNs uint64
@@ -119,6 +126,7 @@ const (
 	udstraceMapLost             = "lost"
 	udstraceMapSampleDraws      = "sample_draws"
 	udstraceMapSampleLeft       = "sample_left"
+	udstraceMapSampledBlocks    = "sampled_blocks"
 	udstraceMapSockstats        = "sockstats"
 	udstraceMapStacks           = "stacks"
 	udstraceMapSysinflight      = "sysinflight"
@@ -245,18 +253,19 @@ type udstraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type udstraceMapSpecs struct {
-	Counts      *ebpf.MapSpec `ebpf:"counts"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	Inflight    *ebpf.MapSpec `ebpf:"inflight"`
-	Lost        *ebpf.MapSpec `ebpf:"lost"`
-	SampleDraws *ebpf.MapSpec `ebpf:"sample_draws"`
-	SampleLeft  *ebpf.MapSpec `ebpf:"sample_left"`
-	Sockstats   *ebpf.MapSpec `ebpf:"sockstats"`
-	Stacks      *ebpf.MapSpec `ebpf:"stacks"`
-	Sysinflight *ebpf.MapSpec `ebpf:"sysinflight"`
-	Tails       *ebpf.MapSpec `ebpf:"tails"`
-	Targets     *ebpf.MapSpec `ebpf:"targets"`
-	Totals      *ebpf.MapSpec `ebpf:"totals"`
+	Counts        *ebpf.MapSpec `ebpf:"counts"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	Inflight      *ebpf.MapSpec `ebpf:"inflight"`
+	Lost          *ebpf.MapSpec `ebpf:"lost"`
+	SampleDraws   *ebpf.MapSpec `ebpf:"sample_draws"`
+	SampleLeft    *ebpf.MapSpec `ebpf:"sample_left"`
+	SampledBlocks *ebpf.MapSpec `ebpf:"sampled_blocks"`
+	Sockstats     *ebpf.MapSpec `ebpf:"sockstats"`
+	Stacks        *ebpf.MapSpec `ebpf:"stacks"`
+	Sysinflight   *ebpf.MapSpec `ebpf:"sysinflight"`
+	Tails         *ebpf.MapSpec `ebpf:"tails"`
+	Targets       *ebpf.MapSpec `ebpf:"targets"`
+	Totals        *ebpf.MapSpec `ebpf:"totals"`
 }
 
 // udstraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -297,18 +306,19 @@ func (o *udstraceObjects) Close() error {
 //
 // It can be passed to loadUdstraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type udstraceMaps struct {
-	Counts      *ebpf.Map `ebpf:"counts"`
-	Events      *ebpf.Map `ebpf:"events"`
-	Inflight    *ebpf.Map `ebpf:"inflight"`
-	Lost        *ebpf.Map `ebpf:"lost"`
-	SampleDraws *ebpf.Map `ebpf:"sample_draws"`
-	SampleLeft  *ebpf.Map `ebpf:"sample_left"`
-	Sockstats   *ebpf.Map `ebpf:"sockstats"`
-	Stacks      *ebpf.Map `ebpf:"stacks"`
-	Sysinflight *ebpf.Map `ebpf:"sysinflight"`
-	Tails       *ebpf.Map `ebpf:"tails"`
-	Targets     *ebpf.Map `ebpf:"targets"`
-	Totals      *ebpf.Map `ebpf:"totals"`
+	Counts        *ebpf.Map `ebpf:"counts"`
+	Events        *ebpf.Map `ebpf:"events"`
+	Inflight      *ebpf.Map `ebpf:"inflight"`
+	Lost          *ebpf.Map `ebpf:"lost"`
+	SampleDraws   *ebpf.Map `ebpf:"sample_draws"`
+	SampleLeft    *ebpf.Map `ebpf:"sample_left"`
+	SampledBlocks *ebpf.Map `ebpf:"sampled_blocks"`
+	Sockstats     *ebpf.Map `ebpf:"sockstats"`
+	Stacks        *ebpf.Map `ebpf:"stacks"`
+	Sysinflight   *ebpf.Map `ebpf:"sysinflight"`
+	Tails         *ebpf.Map `ebpf:"tails"`
+	Targets       *ebpf.Map `ebpf:"targets"`
+	Totals        *ebpf.Map `ebpf:"totals"`
 }
 
 func (m *udstraceMaps) Close() error {
@@ -319,6 +329,7 @@ func (m *udstraceMaps) Close() error {
 		m.Lost,
 		m.SampleDraws,
 		m.SampleLeft,
+		m.SampledBlocks,
 		m.Sockstats,
 		m.Stacks,
 		m.Sysinflight,

@@ -22,7 +22,7 @@ func (b *Builder) retire(p *proc) {
 				s.retOldest, s.retAny = blk.t, true
 			}
 			if age(b.latest, blk.t) >= minAge {
-				s.retOlder.Count++
+				s.retOlder.Count += blk.count()
 				s.retOlder.Bytes += blk.size
 			} else {
 				b.pending = append(b.pending, blk)
@@ -38,7 +38,7 @@ func (b *Builder) promote(minAge uint64) {
 	n := 0
 	for n < len(b.pending) && age(b.latest, b.pending[n].t) >= minAge {
 		blk := b.pending[n]
-		blk.s.retOlder.Count++
+		blk.s.retOlder.Count += blk.count()
 		blk.s.retOlder.Bytes += blk.size
 		n++
 	}
@@ -70,7 +70,7 @@ func (b *Builder) ages(now uint64) []siteAges {
 		a := &out[blk.s.pos]
 		oldest(a, blk.t)
 		if age(now, blk.t) >= minAge {
-			a.older.Count++
+			a.older.Count += blk.count()
 			a.older.Bytes += blk.size
 		}
 	}

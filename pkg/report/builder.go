@@ -67,9 +67,13 @@ type proc struct {
 // block is a live heap block or mmap region; s is nil for blocks inherited across fork.
 type block struct {
 	s    *site
-	size uint64
+	size uint64 // bytes, all n copies together
 	t    uint64 // allocation time, for outstanding ages
+	n    uint64 // blocks this one stands for (sampling); 0 means 1
 }
+
+// count is how many blocks b stands for.
+func (b block) count() uint64 { return max(b.n, 1) }
 
 type tlEntry struct {
 	t     uint64
@@ -148,6 +152,10 @@ func (b *Builder) Alloc(ev *event.Alloc) {
 	b.latest = max(b.latest, ev.Time)
 	k := ev.Kind
 	if int(k) >= kindSlots || k == event.KindNone {
+		return
+	}
+	if ev.Weighted {
+		b.weighted(p, ev)
 		return
 	}
 	if ev.Inside != event.KindNone {

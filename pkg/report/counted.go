@@ -33,9 +33,44 @@ func (b *Builder) Totals(pid uint32, kind event.Kind, calls, bytes uint64) {
 	p := b.countedProc(pid)
 	c := &p.heap[kind]
 	c.Calls += calls
+	if kind == event.Free {
+		p.frees += calls
+		return
+	}
 	c.Bytes += bytes
 	p.allocs += calls
 	p.allocBytes += bytes
+}
+
+// weighted records a picked call of full mode with sampling: it stands for ev.Weight calls at its
+// site and its block for as many blocks; the free of a picked block releases it. The process's
+// calls, bytes and frees come from Totals.
+func (b *Builder) weighted(p *proc, ev *event.Alloc) {
+	k, w := ev.Kind, max(ev.Weight, 1)
+	switch k {
+	case event.Free:
+		if ev.Addr != 0 {
+			p.release(p.live, ev.Addr, false)
+		}
+		return
+	case event.Malloc, event.Calloc, event.Valloc, event.Pvalloc, event.Memalign, event.AlignedAlloc,
+		event.PosixMemalign, event.Realloc, event.ReallocArray:
+	default:
+		return
+	}
+	s := b.site(p, k, ev.Stack)
+	s.count += w
+	s.bytes += w * ev.Size
+	if ev.Failed {
+		s.failed += w
+		return
+	}
+	if ev.OldAddr != 0 {
+		p.release(p.live, ev.OldAddr, false) // moved, resized or freed by realloc
+	}
+	if ev.Addr != 0 {
+		p.addBlocks(&p.live, s, ev.Addr, ev.Size, ev.Time, w)
+	}
 }
 
 // Estimated records a sampled site's estimated calls and bytes; the process totals come from Totals.

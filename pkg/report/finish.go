@@ -91,7 +91,7 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 		}
 	}
 	if meta.SampleBytes > 0 {
-		r.Warnings = append(r.Warnings, fmt.Sprintf("sampled: stacks were taken about once every %d bytes allocated; per-process totals are exact, per-site counts and bytes are estimates", meta.SampleBytes))
+		r.Warnings = append(r.Warnings, fmt.Sprintf("sampled: stacks were taken about once every %d bytes allocated; per-process calls, bytes and frees are exact, per-site figures and outstanding blocks are estimates", meta.SampleBytes))
 	}
 	if b.folded > 0 {
 		entries := fmt.Sprintf("%d entries", len(b.groups))

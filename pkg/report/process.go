@@ -54,7 +54,7 @@ func inherit(parent, child map[uint64]block) map[uint64]block {
 	}
 	for a, blk := range parent {
 		if _, ok := child[a]; !ok {
-			child[a] = block{nil, blk.size, blk.t}
+			child[a] = block{nil, blk.size, blk.t, blk.n}
 		}
 	}
 	return child
@@ -81,17 +81,22 @@ func (b *Builder) Sockets(s event.SocketStats) {
 }
 
 func (p *proc) addBlock(m *map[uint64]block, s *site, addr, size, t uint64) {
+	p.addBlocks(m, s, addr, size, t, 1)
+}
+
+// addBlocks records a live block at addr standing for n blocks of size bytes (n > 1: sampling).
+func (p *proc) addBlocks(m *map[uint64]block, s *site, addr, size, t, n uint64) {
 	if *m == nil {
 		*m = make(map[uint64]block)
 	}
 	if old, ok := (*m)[addr]; ok {
 		p.drop(old) // a release we missed: the address is being handed out again
 	}
-	(*m)[addr] = block{s, size, t}
-	s.outCount++
-	s.outBytes += size
-	p.outCount++
-	p.outBytes += size
+	(*m)[addr] = block{s, n * size, t, n}
+	s.outCount += n
+	s.outBytes += n * size
+	p.outCount += n
+	p.outBytes += n * size
 }
 
 // release forgets the block at addr and reports whether there was one; a miss counts as an unmatched free when asked.
@@ -113,9 +118,9 @@ func (p *proc) drop(blk block) {
 	if blk.s == nil {
 		return // inherited from the parent: never counted here
 	}
-	blk.s.outCount--
+	blk.s.outCount -= blk.count()
 	blk.s.outBytes -= blk.size
-	p.outCount--
+	p.outCount -= blk.count()
 	p.outBytes -= blk.size
 }
 
@@ -137,7 +142,7 @@ func (p *proc) unmap(addr, size uint64) {
 	if old, ok := p.regions[addr+size]; ok {
 		p.drop(old) // overlapping regions: a release we missed
 	}
-	p.regions[addr+size] = block{blk.s, blk.size - size, blk.t}
+	p.regions[addr+size] = block{blk.s, blk.size - size, blk.t, blk.n}
 }
 
 // settleAfter turns the timeline into per-site figures once the first socket time is known.

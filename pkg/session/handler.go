@@ -19,6 +19,9 @@ func (h *handler) Alloc(a *event.Alloc, raw *loader.RawStack) {
 		h.s.bmu.Unlock()
 		return
 	}
+	if a.Weighted && a.Kind != event.Free {
+		a.Weight = h.s.callWeight(a.Size)
+	}
 	if min := h.s.opts.MinSize; min > 0 && a.Kind != event.Free && a.Kind != event.Munmap && a.Size < min {
 		return // frees of what was left out count as unmatched, which the report explains
 	}

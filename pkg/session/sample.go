@@ -2,6 +2,7 @@ package session
 
 import (
 	"math"
+	"math/rand/v2"
 
 	"github.com/udstrace/udstrace/pkg/event"
 	"github.com/udstrace/udstrace/pkg/loader"
@@ -41,6 +42,20 @@ func weight(size, mean uint64) (calls, bytes float64) {
 		return 0, 0
 	}
 	return 1 / p, float64(size) / p
+}
+
+// callWeight is how many calls one picked call of size bytes stands for, as a whole number whose
+// expectation is the exact weight 1/p (stochastic rounding keeps the estimates unbiased).
+func (s *Session) callWeight(size uint64) uint64 {
+	w, _ := weight(size, s.opts.SampleBytes)
+	if w < 1 {
+		return 1
+	}
+	n := math.Floor(w)
+	if rand.Float64() < w-n {
+		n++
+	}
+	return uint64(n)
 }
 
 // addSample weighs a picked call into its site; the caller holds bmu.

@@ -17,13 +17,14 @@ __attribute__((noinline)) static void small(void) { for (int i = 0; i < 100000; 
 __attribute__((noinline)) static void medium(void) { for (int i = 0; i < 20000; i++) { void *p = malloc(4096); sink = p; free(p); } }
 __attribute__((noinline)) static void large(void) { for (int i = 0; i < 200; i++) { void *p = malloc(1 << 20); sink = p; free(p); } }
 __attribute__((noinline)) static void viarealloc(void) { for (int i = 0; i < 1000; i++) { void *p = realloc(NULL, 100); sink = p; free(p); } }
-int main(void) { small(); medium(); large(); viarealloc(); return 0; }
+__attribute__((noinline)) static void leaky(void) { for (int i = 0; i < 5000; i++) sink = malloc(1000); }
+int main(void) { small(); medium(); large(); viarealloc(); leaky(); return 0; }
 `
 
-// TestSampledCountMode: with --sample-bytes, per-process totals are exact and each site's
+// TestSampled: with --sample-bytes, in count and full mode, per-process totals are exact and each site's
 // estimate is within five standard deviations of the truth, the bound computed from the sampling
 // rate itself. The errors are logged: README's figures come from here.
-func TestSampledCountMode(t *testing.T) {
+func TestSampled(t *testing.T) {
 	testenv.NeedRoot(t)
 	bin := testenv.CompileC(t, "sites", sitesSrc, "-O2", "-fno-inline")
 	bins := testenv.Binaries(t)
@@ -35,12 +36,21 @@ func TestSampledCountMode(t *testing.T) {
 	for _, c := range truth {
 		want = expected(c)
 	}
-	sites := map[string]struct{ calls, size uint64 }{
+	sites := map[string]siteTruth{
 		"small": {100000, 64}, "medium": {20000, 4096}, "large": {200, 1 << 20}, "viarealloc": {1000, 100},
+		"leaky": {5000, 1000},
 	}
+	for _, mode := range []string{"count", "full"} {
+		t.Run(mode, func(t *testing.T) { checkSampled(t, bin, mode, want, sites) })
+	}
+}
+
+type siteTruth struct{ calls, size uint64 }
+
+func checkSampled(t *testing.T, bin, mode string, want map[string][2]uint64, sites map[string]siteTruth) {
 	const mean = 16 << 10
 	o := testOptions(t)
-	o.Command, o.Mode, o.SampleBytes = []string{bin}, "count", mean
+	o.Command, o.Mode, o.SampleBytes = []string{bin}, mode, mean
 	rep, err := Run(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
@@ -51,6 +61,9 @@ func TestSampledCountMode(t *testing.T) {
 	p := rep.Processes[0]
 	for kind, w := range want {
 		if kind == "free" {
+			if got := p.HeapByKind[kind].Calls; mode == "full" && got != w[0] {
+				t.Errorf("free totals: %d calls, want the interposer's %d exactly", got, w[0])
+			}
 			continue // count mode does not trace free
 		}
 		if got := p.HeapByKind[kind]; got.Calls != w[0] || got.Bytes != w[1] {
@@ -64,6 +77,7 @@ func TestSampledCountMode(t *testing.T) {
 				x := est[f.Function]
 				x.Count += s.Count
 				x.Bytes += s.Bytes
+				x.OutstandingCount += s.OutstandingCount
 				est[f.Function] = x
 				break
 			}
@@ -81,6 +95,17 @@ func TestSampledCountMode(t *testing.T) {
 			name, site.calls, site.size, got.Count, 100*errCalls, got.Bytes, 100*errBytes, 100*sd)
 		if bound := 5*sd + 0.01; math.Abs(errCalls) > bound || math.Abs(errBytes) > bound {
 			t.Errorf("%s: estimate off by %.1f%% calls, %.1f%% bytes; more than 5 standard deviations (%.1f%%)", name, 100*errCalls, 100*errBytes, 100*bound)
+		}
+		if mode != "full" {
+			continue
+		}
+		// Every picked block's free is reported: what is freed leaves nothing outstanding, and the
+		// leak's outstanding estimate is its calls estimate.
+		if name != "leaky" && got.OutstandingCount != 0 {
+			t.Errorf("%s: %d blocks outstanding, want 0 (every block was freed)", name, got.OutstandingCount)
+		}
+		if name == "leaky" && got.OutstandingCount != got.Count {
+			t.Errorf("leaky: %d blocks outstanding of %d estimated calls, want all", got.OutstandingCount, got.Count)
 		}
 	}
 }

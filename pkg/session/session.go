@@ -33,7 +33,7 @@ type Options struct {
 	Follow      bool
 	Debug       bool
 	Mode        string               // "full" (default) or "count"
-	SampleBytes uint64               // count mode: stacks only for calls sampled every this many bytes on average (0: all)
+	SampleBytes uint64               // stacks (and, in full mode, tracking) only for calls sampled every this many bytes on average (0: all)
 	MinAge      time.Duration        // outstanding blocks older than this are reported as long-lived
 	MinSize     uint64               // allocations smaller than this are left out
 	Comm        string               // trace: only processes with this name
@@ -48,9 +48,6 @@ type Options struct {
 	Stderr      io.Writer
 	Log         *slog.Logger
 }
-
-// ErrSampleNeedsCount: sampling is a count-mode feature.
-var ErrSampleNeedsCount = errors.New("sampling works with count mode only")
 
 // ErrUnknownWorkload names a workload that does not exist.
 var ErrUnknownWorkload = errors.New("unknown workload")
@@ -90,9 +87,6 @@ func start(opts Options, filter bool) (*Session, error) {
 	}
 	if opts.Mode != "" && opts.Mode != "full" && opts.Mode != "count" {
 		return nil, fmt.Errorf("choosing mode: %q is not full or count", opts.Mode)
-	}
-	if opts.SampleBytes > 0 && opts.Mode != "count" {
-		return nil, fmt.Errorf("choosing mode: %w", ErrSampleNeedsCount)
 	}
 	cgroup, err := cgroupID(opts.Cgroup)
 	if err != nil {

@@ -1,0 +1,122 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Copyright (c) 2026 The udstrace Authors */
+/*
+ * Sampling (--sample-bytes N), for both modes: totals per process and
+ * function stay exact, but only calls picked by a Poisson process over the
+ * bytes asked (mean interval N bytes, as tcmalloc and Go's heap profiler do)
+ * pay for a stack and, in full mode, for tracking: the costly part of a call
+ * is paid about once per N bytes. User space weighs each picked call by the
+ * inverse of its chance of being picked, 1 - exp(-size/N).
+ */
+#pragma once
+
+#include "udstrace.h"
+
+struct count_val {
+	u64 count;
+	u64 bytes;
+};
+
+#define SAMPLE_DRAWS 4096
+
+const volatile u64 cfg_sample_bytes = 0; /* 0: every call gets its stack */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SAMPLE_DRAWS);
+	__type(key, u32);
+	__type(value, u64); /* exponential draws of mean cfg_sample_bytes, filled by user space */
+} sample_draws SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, s64); /* bytes until the thread's next sample; 0: not drawn yet */
+} sample_left SEC(".maps");
+
+struct total_key {
+	u32 tgid;
+	u32 kind;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct total_key);
+	__type(value, struct count_val);
+} totals SEC(".maps");
+
+static __always_inline s64 sample_draw(void)
+{
+	u32 i = bpf_get_prandom_u32() % SAMPLE_DRAWS;
+	u64 *d = bpf_map_lookup_elem(&sample_draws, &i);
+	return d && *d ? (s64)*d : (s64)cfg_sample_bytes;
+}
+
+/* count_total adds calls to a process's exact totals of one function, without sampling. */
+static __always_inline void count_total(u32 tgid, u8 kind, u64 size)
+{
+	struct total_key tk = { .tgid = tgid, .kind = kind };
+	struct count_val *v = bpf_map_lookup_elem(&totals, &tk);
+	if (!v) {
+		struct count_val zero = {};
+		bpf_map_update_elem(&totals, &tk, &zero, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&totals, &tk);
+	}
+	if (v) {
+		__sync_fetch_and_add(&v->count, 1);
+		__sync_fetch_and_add(&v->bytes, size);
+	} else {
+		count_lost(LOST_INFLIGHT);
+	}
+}
+
+/* sampled adds the call to its process's exact totals and reports whether it gets a stack. */
+static __always_inline bool sampled(u32 tgid, u8 kind, u64 size)
+{
+	count_total(tgid, kind, size);
+	s64 *left = bpf_task_storage_get(&sample_left, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!left) {
+		count_lost(LOST_INFLIGHT);
+		return false;
+	}
+	if (*left == 0)
+		*left = sample_draw();
+	*left -= (s64)size;
+	if (*left > 0)
+		return false;
+	*left = sample_draw(); /* memoryless: the next point is a fresh draw past this call */
+	return true;
+}
+
+/* sampled_key names a live block that was picked, so that its free is reported. */
+struct sampled_key {
+	u32 tgid;
+	u32 _pad;
+	u64 addr;
+};
+
+/* LRU: entries of processes that exited or exec'd age out instead of filling the table; at one
+ * picked block per N bytes, 262144 entries cover far more live memory than any process has. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct sampled_key);
+	__type(value, u8);
+} sampled_blocks SEC(".maps");
+
+/* forget_sampled reports whether addr was a picked block of tgid, and forgets it. */
+static __always_inline bool forget_sampled(u32 tgid, u64 addr)
+{
+	struct sampled_key k = { .tgid = tgid, .addr = addr };
+	return bpf_map_delete_elem(&sampled_blocks, &k) == 0;
+}
+
+static __always_inline void remember_sampled(u32 tgid, u64 addr)
+{
+	struct sampled_key k = { .tgid = tgid, .addr = addr };
+	u8 one = 1;
+	if (bpf_map_update_elem(&sampled_blocks, &k, &one, BPF_ANY))
+		count_lost(LOST_INFLIGHT);
+}
