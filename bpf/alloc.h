@@ -116,7 +116,7 @@ static __always_inline bool sample_return(u64 pid_tgid, struct call_state *st, u
 	bool failed = st->kind == K_POSIX_MEMALIGN ? (int)ret != 0 : (!ret && !frees);
 	bool pick = sampled(tgid, st->kind, st->size);
 	if (frees)
-		count_total(tgid, K_FREE, 0); /* realloc(p, 0) is a free, like the full mode's report says */
+		count_total(tgid, K_NONE, 0); /* realloc(p, 0): a free, but not a call of free (kind slot 0) */
 	/* The old block of a realloc that moved or freed it: if it was picked, user space must hear. */
 	if (realloc_kind && st->old_addr && !failed && ret != st->old_addr && forget_sampled(tgid, st->old_addr) && !pick)
 		emit_forgotten(pid_tgid, st->old_addr);

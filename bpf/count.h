@@ -28,7 +28,6 @@ struct count_key {
 	u8 _pad[7];
 };
 
-
 struct tail_state {
 	u64 sp;
 	u64 ret;

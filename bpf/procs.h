@@ -99,15 +99,19 @@ int on_exit(u64 *ctx)
 	bool was_traced = traced(tgid);
 	bpf_map_delete_elem(&targets, &tgid);
 	struct sock_stats *st = bpf_map_lookup_elem(&sockstats, &tgid);
+	struct proc_event *ev = 0;
 	if (was_traced) {
-		struct proc_event *ev = new_proc_event(EV_EXIT, tgid);
+		ev = new_proc_event(EV_EXIT, tgid);
 		if (ev) {
 			ev->exit_code = BPF_CORE_READ(p, exit_code);
 			if (st)
 				ev->sock = *st;
-			bpf_ringbuf_submit(ev, 0);
 		}
 	}
+	if (cfg_sample_bytes)
+		take_totals(tgid, ev);
+	if (ev)
+		bpf_ringbuf_submit(ev, 0);
 	if (st)
 		bpf_map_delete_elem(&sockstats, &tgid);
 	return 0;

@@ -12,11 +12,6 @@
 
 #include "udstrace.h"
 
-struct count_val {
-	u64 count;
-	u64 bytes;
-};
-
 #define SAMPLE_DRAWS 4096
 
 const volatile u64 cfg_sample_bytes = 0; /* 0: every call gets its stack */
@@ -119,4 +114,18 @@ static __always_inline void remember_sampled(u32 tgid, u64 addr)
 	u8 one = 1;
 	if (bpf_map_update_elem(&sampled_blocks, &k, &one, BPF_ANY))
 		count_lost(LOST_INFLIGHT);
+}
+
+/* take_totals moves an exiting process's totals into its exit event, so the table never fills. */
+static __always_inline void take_totals(u32 tgid, struct proc_event *ev)
+{
+	for (u32 k = K_NONE; k < HEAP_KINDS; k++) { /* K_NONE: frees by realloc(p, 0) */
+		struct total_key tk = { .tgid = tgid, .kind = k };
+		struct count_val *v = bpf_map_lookup_elem(&totals, &tk);
+		if (!v)
+			continue;
+		if (ev)
+			ev->totals[k] = *v;
+		bpf_map_delete_elem(&totals, &tk);
+	}
 }

@@ -75,6 +75,13 @@ struct sock_stats {
 };
 
 /* Process life-cycle and executable-mapping events: rare, so one roomy layout. */
+struct count_val {
+	u64 count;
+	u64 bytes;
+};
+
+#define HEAP_KINDS (K_PVALLOC + 1)
+
 struct proc_event {
 	u8 type;
 	u8 _pad[3];
@@ -89,6 +96,7 @@ struct proc_event {
 	u32 dev; /* kernel encoding: major << 20 | minor */
 	u32 _pad2;
 	struct sock_stats sock; /* EV_EXIT */
+	struct count_val totals[HEAP_KINDS]; /* EV_EXIT with sampling: exact calls and bytes by kind */
 	char comm[16];
 	char name[256]; /* EV_EXEC: path executed; EV_MAP: file name (last component) */
 };

@@ -58,7 +58,8 @@ type Mapping struct {
 type Handler interface {
 	Alloc(a *event.Alloc, stack *RawStack)
 	Exec(e *Exec)
-	Proc(p *event.Proc, sock *event.SocketStats)
+	// Proc: sock and totals (exact calls with sampling) come with exits only.
+	Proc(p *event.Proc, sock *event.SocketStats, totals []Total)
 	Map(m *Mapping)
 }
 
@@ -179,13 +180,24 @@ func decodeProc(raw []byte, h Handler) {
 		h.Exec(&Exec{Proc: p, StartCode: ev.Addr, InterpBase: ev.Len, Dev: ev.Dev, Ino: ev.Ino})
 	case evFork:
 		p.Kind = event.ProcFork
-		h.Proc(&p, nil)
+		h.Proc(&p, nil, nil)
 	case evExit:
 		p.Kind, p.ExitCode = event.ProcExit, int(ev.ExitCode)
-		h.Proc(&p, sockStats(ev.Pid, &ev.Sock))
+		h.Proc(&p, sockStats(ev.Pid, &ev.Sock), exitTotals(ev.Pid, ev.Totals[:]))
 	case evMap:
 		h.Map(&Mapping{PID: ev.Pid, Addr: ev.Addr, Len: ev.Len, Pgoff: ev.Pgoff, Dev: ev.Dev, Ino: ev.Ino, Name: cString(ev.Name[:])})
 	}
+}
+
+// exitTotals turns an exit event's per-kind totals into Totals; nil without sampling.
+func exitTotals(pid uint32, raw []udstraceCountVal) []Total {
+	var out []Total
+	for k, v := range raw {
+		if v.Count != 0 {
+			out = append(out, Total{PID: pid, Kind: event.Kind(k), Calls: v.Count, Bytes: v.Bytes})
+		}
+	}
+	return out
 }
 
 func sockStats(pid uint32, s *udstraceSockStats) *event.SocketStats {

@@ -76,6 +76,7 @@ type udstraceProcEvent struct {
 	Dev      uint32
 	Pad2     uint32
 	Sock     udstraceSockStats
+	Totals   [11]udstraceCountVal
 	Comm     [16]int8
 	Name     [256]int8
 }

@@ -26,11 +26,16 @@ func (b *Builder) Counted(pid uint32, comm string, kind event.Kind, stack []even
 
 // Totals records a process's exact calls and bytes of one allocator function without a site:
 // in sampled count mode the sites come from Estimated and only the totals are exact.
+// KindNone counts the frees made by realloc(p, 0), which are not calls of free.
 func (b *Builder) Totals(pid uint32, kind event.Kind, calls, bytes uint64) {
-	if int(kind) >= kindSlots || kind == event.KindNone || calls == 0 {
+	if int(kind) >= kindSlots || calls == 0 {
 		return
 	}
 	p := b.countedProc(pid)
+	if kind == event.KindNone {
+		p.frees += calls
+		return
+	}
 	c := &p.heap[kind]
 	c.Calls += calls
 	if kind == event.Free {

@@ -44,7 +44,7 @@ func (h *handler) Exec(e *loader.Exec) {
 	h.checkLibc(e.PID)
 }
 
-func (h *handler) Proc(p *event.Proc, sock *event.SocketStats) {
+func (h *handler) Proc(p *event.Proc, sock *event.SocketStats, totals []loader.Total) {
 	switch p.Kind {
 	case event.ProcFork:
 		h.s.maps.Fork(p.PPID, p.PID)
@@ -55,6 +55,9 @@ func (h *handler) Proc(p *event.Proc, sock *event.SocketStats) {
 	defer h.s.bmu.Unlock()
 	if sock != nil {
 		h.s.builder.Sockets(*sock)
+	}
+	for _, t := range totals { // before the exit: they belong to this incarnation
+		h.s.builder.Totals(t.PID, t.Kind, t.Calls, t.Bytes)
 	}
 	h.s.builder.Proc(p)
 }

@@ -109,3 +109,35 @@ func checkSampled(t *testing.T, bin, mode string, want map[string][2]uint64, sit
 		}
 	}
 }
+
+// TestSampledTotalsExact: sampling changes no per-process total: allocpattern (realloc(p, 0),
+// free(NULL), posix_memalign and the rest) run with and without it, in full mode.
+func TestSampledTotalsExact(t *testing.T) {
+	testenv.NeedRoot(t)
+	bins := testenv.Binaries(t)
+	var reps [2]*report.Report
+	for i, sample := range []uint64{0, 4096} {
+		o := testOptions(t)
+		o.Command, o.SampleBytes = []string{bins.AllocPattern, "3"}, sample
+		rep, err := Run(context.Background(), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rep.Processes) != 1 || rep.LostEvents != 0 {
+			t.Fatalf("sample %d: %d processes, %d lost; want 1 and 0", sample, len(rep.Processes), rep.LostEvents)
+		}
+		reps[i] = rep
+	}
+	a, b := reps[0].Processes[0], reps[1].Processes[0]
+	if a.Frees != b.Frees || a.Allocations != b.Allocations || a.AllocatedBytes != b.AllocatedBytes {
+		t.Errorf("frees/allocations/bytes: unsampled %d/%d/%d, sampled %d/%d/%d", a.Frees, a.Allocations, a.AllocatedBytes, b.Frees, b.Allocations, b.AllocatedBytes)
+	}
+	if len(a.HeapByKind) != len(b.HeapByKind) {
+		t.Errorf("functions: unsampled %v, sampled %v", a.HeapByKind, b.HeapByKind)
+	}
+	for k, c := range a.HeapByKind {
+		if b.HeapByKind[k] != c {
+			t.Errorf("%s: unsampled %+v, sampled %+v", k, c, b.HeapByKind[k])
+		}
+	}
+}
