@@ -68,6 +68,9 @@ func TestBadInput(t *testing.T) {
 		{[]string{"attach", "--pid", "2"}, exitFailure, "kernel thread"},
 		{[]string{"attach"}, exitUsage, "--pid"},
 		{[]string{"run", "--user", "no-such-user-here", "--workload", "echo"}, exitFailure, "no-such-user-here"},
+		{[]string{"run", "--max-procs", "-1", "--", "true"}, exitUsage, "--max-procs"},
+		{[]string{"run", "--verify", "--sample-bytes", "4096", "--", "true"}, exitUsage, "--sample-bytes"},
+		{[]string{"run", "--ring-size", "8192", "--", "true"}, exitUsage, "--ring-size"},
 	}
 	for _, c := range cases {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {

@@ -101,6 +101,8 @@ func (o *options) validate(sub string, rest []string) string {
 		return "--messages must be at least 1"
 	case o.format == "ndjson" && o.interval <= 0:
 		return "--format ndjson needs --interval (e.g. --interval 1s)"
+	case o.verify && o.sample > 0:
+		return "--verify compares exact counts per call site: drop --sample-bytes"
 	case o.verify && (sub != "run" || o.mode != "full"):
 		return "--verify works with udstrace run in full mode"
 	case o.ringBytes < 4096 || o.ringBytes&(o.ringBytes-1) != 0:

@@ -25,7 +25,7 @@ func (b *Builder) Counted(pid uint32, comm string, kind event.Kind, stack []even
 }
 
 // Totals records a process's exact calls and bytes of one allocator function without a site:
-// in sampled count mode the sites come from Estimated and only the totals are exact.
+// with sampling the sites come from Estimated or weighted events, and only the totals are exact.
 // KindNone counts the frees made by realloc(p, 0), which are not calls of free.
 func (b *Builder) Totals(pid uint32, kind event.Kind, calls, bytes uint64) {
 	if int(kind) >= kindSlots || calls == 0 {

@@ -9,9 +9,10 @@ import (
 	"github.com/udstrace/udstrace/pkg/procmaps"
 )
 
-// Sampled count mode: the kernel keeps exact totals per process and function, and sends the calls
-// a Poisson process over the bytes picked. A call of size s is picked with chance
-// p = 1 - exp(-s/N), so it stands for 1/p calls and s/p bytes: unbiased estimates per site.
+// Sampling: the kernel keeps exact totals per process and function, and sends only the calls a
+// Poisson process over the bytes picked. A call of size s is picked with chance p = 1 - exp(-s/N),
+// so it stands for 1/p calls and s/p bytes: unbiased estimates per site. Count mode sums the
+// weights here; full mode hands each picked call to the builder with a whole-number weight.
 
 type sampleKey struct {
 	pid     uint32
