@@ -7,6 +7,7 @@ import (
 	"github.com/udstrace/udstrace/pkg/event"
 	"github.com/udstrace/udstrace/pkg/loader"
 	"github.com/udstrace/udstrace/pkg/procmaps"
+	"github.com/udstrace/udstrace/pkg/report"
 )
 
 // Sampling: the kernel keeps exact totals per process and function, and sends only the calls a
@@ -98,3 +99,38 @@ func (s *Session) sampledIfAny() ([]loader.Total, []estimate, error) {
 
 // tail drops the frame-pointer walk's first entry, the allocator itself, which the direct caller replaces.
 func tail(pcs []uint64) []uint64 { return pcs[min(1, len(pcs)):] }
+
+// addLiveTotals adds the kernel's totals of processes still running to a snapshot: with sampling
+// they reach the builder only when a process exits or the trace ends.
+func addLiveTotals(rep *report.Report, totals []loader.Total) {
+	running := map[uint32]*report.Process{}
+	for i := range rep.Processes {
+		if p := &rep.Processes[i]; !p.Exited && p.FoldedProcesses == 0 {
+			running[p.PID] = p
+		}
+	}
+	for _, t := range totals {
+		p := running[t.PID]
+		if p == nil {
+			continue
+		}
+		switch t.Kind {
+		case event.KindNone: // frees by realloc(p, 0)
+			p.Frees += t.Calls
+			continue
+		case event.Free:
+			p.Frees += t.Calls
+		default:
+			p.Allocations += t.Calls
+			p.AllocatedBytes += t.Bytes
+			p.HeapCalls += t.Calls
+			p.HeapBytes += t.Bytes
+		}
+		c := p.HeapByKind[t.Kind.String()]
+		c.Calls += t.Calls
+		if t.Kind != event.Free {
+			c.Bytes += t.Bytes
+		}
+		p.HeapByKind[t.Kind.String()] = c
+	}
+}

@@ -139,9 +139,15 @@ func (s *Session) snapshot() *report.Report {
 		meta.Lost = report.LostEvents{RingBuffer: lost.RingBuffer, Other: lost.Untracked + lost.Stale, StackTruncated: lost.NoStack}
 	}
 	s.mu.Unlock()
+	var live []loader.Total
+	if s.opts.SampleBytes > 0 {
+		live, _ = s.tracer.Totals() // running processes' exact totals are still in the kernel
+	}
 	s.bmu.Lock()
 	defer s.bmu.Unlock()
-	return s.builder.Finish(&symbolizer{maps: s.maps}, meta)
+	rep := s.builder.Finish(&symbolizer{maps: s.maps}, meta)
+	addLiveTotals(rep, live)
+	return rep
 }
 
 func modeName(m string) string {

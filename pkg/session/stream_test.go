@@ -91,3 +91,49 @@ func TestCgroupFilter(t *testing.T) {
 		t.Errorf("%d allocpattern processes traced, want only the one in the cgroup", n)
 	}
 }
+
+// busySrc allocates for about a second and a half, then exits.
+const busySrc = `#include <stdlib.h>
+#include <time.h>
+static void *volatile sink;
+int main(void) {
+	struct timespec a, b;
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	do {
+		for (int i = 0; i < 1000; i++) { void *p = malloc(256); sink = p; free(p); }
+		clock_gettime(CLOCK_MONOTONIC, &b);
+	} while ((b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000 < 1500);
+	return 0;
+}
+`
+
+// TestIntervalSnapshotsSampled: with sampling, a running process's exact totals live in the kernel
+// until it exits; snapshots must show them while it runs.
+func TestIntervalSnapshotsSampled(t *testing.T) {
+	testenv.NeedRoot(t)
+	bin := testenv.CompileC(t, "busy", busySrc)
+	o := testOptions(t)
+	o.Command, o.SampleBytes = []string{bin}, 65536
+	var mu sync.Mutex
+	var running []uint64 // allocations of the still-running process, per snapshot
+	o.Interval = 300 * time.Millisecond
+	o.OnInterval = func(r *report.Report) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, p := range r.Processes {
+			if p.Comm == "busy" && !p.Exited {
+				running = append(running, p.HeapByKind["malloc"].Calls)
+			}
+		}
+	}
+	rep, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	final := rep.Processes[0].HeapByKind["malloc"].Calls
+	if len(running) < 2 || running[len(running)-1] <= running[0] || running[len(running)-1] > final {
+		t.Errorf("malloc calls seen while running %v, final %d: want them growing and at most the final count", running, final)
+	}
+}
