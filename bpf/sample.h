@@ -92,10 +92,10 @@ struct sampled_key {
 	u64 addr;
 };
 
-/* LRU: entries of processes that exited or exec'd age out instead of filling the table; at one
- * picked block per N bytes, 262144 entries cover far more live memory than any process has. */
+/* Not LRU: a forgotten live block would silently stay outstanding; a full table is counted as
+ * lost instead, and user space deletes the entries of a process that exits or execs. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 262144);
 	__type(key, struct sampled_key);
 	__type(value, u8);

@@ -134,8 +134,8 @@ func (t *Tracer) Totals() ([]Total, error) {
 	return out, nil
 }
 
-// DeadThreadStates counts per-thread entries (a syscall or tail call in flight) left in the kernel's
-// tables by threads that no longer exist: each is state that a thread's exit failed to clear.
+// DeadThreadStates counts entries left in the kernel's tables by threads or processes that no longer
+// exist (a syscall or tail call in flight, a picked block): state that an exit failed to clear.
 func (t *Tracer) DeadThreadStates() (int, error) {
 	dead := 0
 	for _, m := range []*ebpf.Map{t.objs.Sysinflight, t.objs.Tails} {
@@ -153,5 +153,39 @@ func (t *Tracer) DeadThreadStates() (int, error) {
 			prev = tid
 		}
 	}
+	// Picked blocks (full mode with sampling) of processes that are gone.
+	var prev any
+	for n := 0; n < int(t.objs.SampledBlocks.MaxEntries()); n++ {
+		var k udstraceSampledKey
+		if err := t.objs.SampledBlocks.NextKey(prev, &k); errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		} else if err != nil {
+			return dead, fmt.Errorf("reading picked blocks: %w", err)
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", k.Tgid)); errors.Is(err, os.ErrNotExist) {
+			dead++
+		}
+		prev = k
+	}
 	return dead, nil
+}
+
+// ForgetSampled deletes a process's picked blocks from the kernel's table once the process exited
+// or exec'd, so the table holds only live blocks; addrs are the blocks user space still holds.
+func (t *Tracer) ForgetSampled(pid uint32, addrs []uint64) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	keys := make([]udstraceSampledKey, len(addrs))
+	for i, a := range addrs {
+		keys[i] = udstraceSampledKey{Tgid: pid, Addr: a}
+	}
+	// A batch stops at the first key not there (blocks a forked child inherited are its parent's):
+	// then delete one by one.
+	if _, err := t.objs.SampledBlocks.BatchDelete(keys, nil); err != nil {
+		for _, k := range keys {
+			_ = t.objs.SampledBlocks.Delete(k)
+		}
+	}
+	return nil
 }

@@ -245,6 +245,19 @@ func (b *Builder) Allocated(pid uint32, addr, t uint64) bool {
 	return ok
 }
 
+// LiveAddrs lists the heap blocks the latest incarnation of pid still holds.
+func (b *Builder) LiveAddrs(pid uint32) []uint64 {
+	p := b.cur[pid]
+	if p == nil {
+		return nil
+	}
+	out := make([]uint64, 0, len(p.live))
+	for a := range p.live {
+		out = append(out, a)
+	}
+	return out
+}
+
 // isShrink catches a negative brk growth passed as two's complement.
 func isShrink(size uint64) bool { return int64(size) < 0 }
 

@@ -39,6 +39,7 @@ func (h *handler) Alloc(a *event.Alloc, raw *loader.RawStack) {
 func (h *handler) Exec(e *loader.Exec) {
 	h.s.maps.Exec(e.PID, e.Exe, e.StartCode, e.InterpBase, procmaps.KernelDevKey(e.Dev, e.Ino))
 	h.s.bmu.Lock()
+	h.forgetPicked(e.PID)
 	h.s.builder.Proc(&e.Proc)
 	h.s.bmu.Unlock()
 	h.checkLibc(e.PID)
@@ -59,6 +60,9 @@ func (h *handler) Proc(p *event.Proc, sock *event.SocketStats, totals []loader.T
 	for _, t := range totals { // before the exit: they belong to this incarnation
 		h.s.builder.Totals(t.PID, t.Kind, t.Calls, t.Bytes)
 	}
+	if p.Kind == event.ProcExit {
+		h.forgetPicked(p.PID)
+	}
 	h.s.builder.Proc(p)
 }
 
@@ -67,6 +71,15 @@ func (h *handler) Map(m *loader.Mapping) {
 	if loader.IsLibcName(m.Name) {
 		h.checkLibc(m.PID)
 	}
+}
+
+// forgetPicked clears the kernel's table of picked blocks of a process whose image is gone
+// (full mode with sampling); the caller holds bmu.
+func (h *handler) forgetPicked(pid uint32) {
+	if h.s.opts.SampleBytes == 0 || h.s.opts.Mode == "count" {
+		return
+	}
+	_ = h.s.tracer.ForgetSampled(pid, h.s.builder.LiveAddrs(pid))
 }
 
 // checkLibc attaches to a libc the process maps that was not resolved up front, and says so.

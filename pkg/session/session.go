@@ -201,7 +201,7 @@ func (s *Session) finish() (*report.Report, error) {
 	s.cancel()
 	readErr := <-s.done
 	if n, err := s.tracer.DeadThreadStates(); err == nil && n > 0 {
-		s.warn("%d per-thread states of exited threads were left in the kernel's tables (stale state)", n)
+		s.warn("%d entries of exited threads or processes were left in the kernel's tables (stale state)", n)
 	}
 	counts, kerr := s.countsIfAny()
 	totals, samples, terr := s.sampledIfAny()
