@@ -51,7 +51,7 @@ struct {
 /* emit_sample sends a sampled call (kind, size, stack id, direct caller) to user space. */
 static __always_inline void emit_sample(u64 pid_tgid, u8 kind, u64 size, s64 stackid, u64 ret)
 {
-	struct alloc_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	struct alloc_event *ev = ring_has_room(sizeof(*ev)) ? bpf_ringbuf_reserve(&events, sizeof(*ev), 0) : 0;
 	if (!ev) {
 		count_lost(LOST_RINGBUF);
 		return;

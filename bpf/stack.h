@@ -24,7 +24,7 @@ static __always_inline struct scratch *new_event(u8 kind, u64 pid_tgid, bool wit
 	u64 size = sizeof(struct alloc_event);
 	if (with_stack)
 		size += stack_room();
-	struct scratch *s = bpf_ringbuf_reserve(&events, size, 0);
+	struct scratch *s = ring_has_room(size) ? bpf_ringbuf_reserve(&events, size, 0) : 0;
 	if (!s) {
 		count_lost(LOST_RINGBUF);
 		return 0;

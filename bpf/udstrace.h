@@ -108,6 +108,7 @@ const volatile u32 cfg_self_tgid = 0;   /* never trace the tracer */
 const volatile u32 cfg_stack_mode = STACK_COPY;
 const volatile u32 cfg_stack_bytes = 8192; /* power of two, <= MAX_STACK_BYTES */
 const volatile u64 cfg_wakeup_bytes = 1 << 16; /* wake the reader once this much is queued */
+const volatile u64 cfg_ring_reserve = 1 << 16; /* ring room only process events may use */
 const volatile u64 cfg_cgroup_id = 0;      /* trace only this cgroup (v2 id), 0: any */
 const volatile char cfg_comm[16] = {};     /* trace only processes of this name, "": any */
 
@@ -144,6 +145,14 @@ static __always_inline void count_lost(u32 reason)
 	u64 *n = bpf_map_lookup_elem(&lost, &reason);
 	if (n)
 		*n += 1;
+}
+
+/* ring_has_room says whether a data event of size bytes fits while leaving cfg_ring_reserve for
+ * process events (exec, fork, exit, mappings): a flood may drop data, never a process's life. */
+static __always_inline bool ring_has_room(u64 size)
+{
+	u64 used = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	return used + size + cfg_ring_reserve <= bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
 }
 
 /* traced reports whether tgid is in scope: every process but ours, or only targets. */

@@ -140,6 +140,10 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 	if err := spec.Variables["cfg_wakeup_bytes"].Set(uint64(min(ring/4, 1<<20))); err != nil {
 		return fmt.Errorf("setting cfg_wakeup_bytes: %w", err)
 	}
+	// An eighth of the ring (at most 256 KiB) stays free for process events when data floods it.
+	if err := spec.Variables["cfg_ring_reserve"].Set(uint64(min(ring/8, 256<<10))); err != nil {
+		return fmt.Errorf("setting cfg_ring_reserve: %w", err)
+	}
 	if cfg.MaxThreads != 0 {
 		for _, m := range []string{"sysinflight"} { // inflight is task storage: no capacity
 			spec.Maps[m].MaxEntries = cfg.MaxThreads

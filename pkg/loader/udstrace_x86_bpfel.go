@@ -167,6 +167,7 @@ const (
 	udstraceVarCfgComm          = "cfg_comm"
 	udstraceVarCfgFilter        = "cfg_filter"
 	udstraceVarCfgFollow        = "cfg_follow"
+	udstraceVarCfgRingReserve   = "cfg_ring_reserve"
 	udstraceVarCfgSampleBytes   = "cfg_sample_bytes"
 	udstraceVarCfgSelfTgid      = "cfg_self_tgid"
 	udstraceVarCfgStackBytes    = "cfg_stack_bytes"
@@ -277,6 +278,7 @@ type udstraceVariableSpecs struct {
 	CfgComm          *ebpf.VariableSpec `ebpf:"cfg_comm"`
 	CfgFilter        *ebpf.VariableSpec `ebpf:"cfg_filter"`
 	CfgFollow        *ebpf.VariableSpec `ebpf:"cfg_follow"`
+	CfgRingReserve   *ebpf.VariableSpec `ebpf:"cfg_ring_reserve"`
 	CfgSampleBytes   *ebpf.VariableSpec `ebpf:"cfg_sample_bytes"`
 	CfgSelfTgid      *ebpf.VariableSpec `ebpf:"cfg_self_tgid"`
 	CfgStackBytes    *ebpf.VariableSpec `ebpf:"cfg_stack_bytes"`
@@ -348,6 +350,7 @@ type udstraceVariables struct {
 	CfgComm          *ebpf.Variable `ebpf:"cfg_comm"`
 	CfgFilter        *ebpf.Variable `ebpf:"cfg_filter"`
 	CfgFollow        *ebpf.Variable `ebpf:"cfg_follow"`
+	CfgRingReserve   *ebpf.Variable `ebpf:"cfg_ring_reserve"`
 	CfgSampleBytes   *ebpf.Variable `ebpf:"cfg_sample_bytes"`
 	CfgSelfTgid      *ebpf.Variable `ebpf:"cfg_self_tgid"`
 	CfgStackBytes    *ebpf.Variable `ebpf:"cfg_stack_bytes"`
