@@ -198,8 +198,8 @@ func (b *Builder) Alloc(ev *event.Alloc) {
 		p.heap[k].Calls++
 		if ev.Addr != 0 {
 			p.frees++
-			if !p.release(p.live, ev.Addr, true) && len(ev.Stack) > 0 {
-				b.site(p, k, ev.Stack).count++ // unmatched frees by caller
+			if !p.release(p.live, ev.Addr, true) {
+				b.unmatchedFree(p, ev)
 			}
 		}
 	case event.Mmap:
@@ -232,17 +232,16 @@ func (b *Builder) Alloc(ev *event.Alloc) {
 	}
 }
 
-// Allocated reports whether the process pid (at time t) holds a block at addr that the trace saw allocated.
-func (b *Builder) Allocated(pid uint32, addr, t uint64) bool {
-	p := b.last
-	if p == nil || p.pid != pid {
-		p = b.cur[pid]
+// unmatchedFree counts a free of a block never seen allocated at its caller's site; the caller's
+// frame is resolved only now, for the rare free that needs it.
+func (b *Builder) unmatchedFree(p *proc, ev *event.Alloc) {
+	stack := ev.Stack
+	if len(stack) == 0 && ev.Caller != 0 && b.opts.CallerFrame != nil {
+		stack = b.opts.CallerFrame(ev.PID, ev.Caller)
 	}
-	if p == nil || (p.exited && t > p.exitTime) {
-		return false
+	if len(stack) > 0 {
+		b.site(p, event.Free, stack).count++
 	}
-	_, ok := p.live[addr]
-	return ok
 }
 
 // LiveAddrs lists the heap blocks the latest incarnation of pid still holds.

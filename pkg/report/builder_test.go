@@ -252,3 +252,43 @@ func equal[T comparable](a, b []T) bool {
 	}
 	return true
 }
+
+// TestUnmatchedFreesByCaller: a free of a block never seen allocated is counted at its caller,
+// resolved through Options.CallerFrame only for such frees; matched frees never ask.
+func TestUnmatchedFreesByCaller(t *testing.T) {
+	asked := 0
+	b := NewBuilder(Options{CallerFrame: func(pid uint32, ret uint64) []event.Frame {
+		asked++
+		return stk(fr(libcPath, ret))
+	}})
+	free := func(tm uint64, addr, caller uint64) *event.Alloc {
+		a := al(tm, 1, event.Free, 0, addr, nil)
+		a.Caller = caller
+		return a
+	}
+	feed(t, b,
+		al(1, 1, event.Malloc, 10, 0x10, stMain),
+		free(2, 0x10, 0x400), // matched
+		free(3, 0x20, 0x300), free(4, 0x30, 0x300), // two unmatched from one caller
+		free(5, 0x40, 0x320), // and one from another
+		free(6, 0x50, 0), // no caller known: counted, not listed
+	)
+	r := b.Finish(&fakeSym{}, Meta{})
+	if asked != 3 {
+		t.Errorf("CallerFrame asked %d times, want 3 (the unmatched frees with a caller)", asked)
+	}
+	p := procOf(t, r, 1)
+	if p.Frees != 5 || p.UnmatchedFrees != 4 {
+		t.Errorf("frees %d, unmatched %d; want 5 and 4", p.Frees, p.UnmatchedFrees)
+	}
+	got := map[string]uint64{}
+	for _, f := range r.UnmatchedFreeSites {
+		got[f.Caller[len(f.Caller)-1].Function] = f.Count
+	}
+	if len(got) != 2 || got["_IO_file_doallocate"] != 2 || got["_IO_new_file_underflow"] != 1 {
+		t.Errorf("unmatched free sites %v, want 2 at _IO_file_doallocate and 1 at _IO_new_file_underflow", got)
+	}
+	if len(r.Sites) != 1 {
+		t.Errorf("%d allocation sites, want 1: free sites are listed apart", len(r.Sites))
+	}
+}

@@ -7,21 +7,11 @@ import "github.com/udstrace/udstrace/pkg/event"
 // calls have no outstanding figures and take no part in the verdict's "after the first
 // socket call" count.
 func (b *Builder) Counted(pid uint32, comm string, kind event.Kind, stack []event.Frame, count, bytes uint64) {
-	if int(kind) >= kindSlots || kind == event.KindNone || count == 0 {
-		return
+	if kind == event.KindNone || kind == event.Free {
+		return // not calls of an allocation function
 	}
-	p := b.countedProc(pid)
-	if comm != "" && p.comm == "" {
-		p.comm = comm
-	}
-	c := &p.heap[kind]
-	c.Calls += count
-	c.Bytes += bytes
-	s := b.site(p, kind, stack)
-	s.count += count
-	s.bytes += bytes
-	p.allocs += count
-	p.allocBytes += bytes
+	b.Totals(pid, kind, count, bytes)
+	b.Estimated(pid, comm, kind, stack, count, bytes)
 }
 
 // Totals records a process's exact calls and bytes of one allocator function without a site:

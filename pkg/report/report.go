@@ -27,6 +27,9 @@ type Options struct {
 	MaxProcs int
 	// FoldAtEnd defers folding to Settle: in count mode the calls arrive after the processes exit.
 	FoldAtEnd bool
+	// CallerFrame turns the return address a free was called from into file-relative frames, for
+	// the frees of blocks never seen allocated (nil: they are counted without a caller).
+	CallerFrame func(pid uint32, ret uint64) []event.Frame
 }
 
 // Role is what a process does in udstrace's built-in workload.

@@ -29,9 +29,6 @@ func (h *handler) Alloc(a *event.Alloc, raw *loader.RawStack) {
 		a.Stack = h.s.maps.Frames(a.PID, a.Kind, &procmaps.Stack{IP: raw.IP, SP: raw.SP, BP: raw.BP, PCs: raw.PCs, Copy: raw.Copy})
 	}
 	h.s.bmu.Lock()
-	if a.Kind == event.Free && a.Caller != 0 && !h.s.builder.Allocated(a.PID, a.Addr, a.Time) {
-		a.Stack = h.s.maps.Frames(a.PID, a.Kind, &procmaps.Stack{PCs: []uint64{a.Caller}})
-	}
 	h.s.builder.Alloc(a)
 	h.s.bmu.Unlock()
 }

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/udstrace/udstrace/pkg/event"
 	"github.com/udstrace/udstrace/pkg/loader"
 	"github.com/udstrace/udstrace/pkg/procmaps"
 	"github.com/udstrace/udstrace/pkg/report"
@@ -101,9 +102,11 @@ func start(opts Options, filter bool) (*Session, error) {
 		return nil, err
 	}
 	s := &Session{
-		opts: opts, tracer: tr, maps: newTable(opts.Mode == "count"), builder: report.NewBuilder(report.Options{TopSites: opts.TopSites, MinAge: opts.MinAge, MaxProcs: opts.MaxProcs, FoldAtEnd: opts.Mode == "count"}),
+		opts: opts, tracer: tr, maps: newTable(opts.Mode == "count"),
 		done: make(chan error, 1),
 	}
+	s.builder = report.NewBuilder(report.Options{TopSites: opts.TopSites, MinAge: opts.MinAge, MaxProcs: opts.MaxProcs,
+		FoldAtEnd: opts.Mode == "count", CallerFrame: s.callerFrame})
 	s.meta = report.Meta{Mode: modeName(opts.Mode), SampleBytes: opts.SampleBytes, StackMode: stackName(opts.Stack), Start: time.Now(), Roles: map[uint32]report.Role{}}
 	if !tr.UsesUprobeMulti() {
 		s.meta.Warnings = append(s.meta.Warnings, "kernel lacks uprobe_multi (needs ≥ 6.6): using one uprobe link per function")
@@ -162,6 +165,11 @@ func stackName(s string) string {
 		return "auto"
 	}
 	return s
+}
+
+// callerFrame resolves the caller of an unmatched free; the builder calls it with bmu held.
+func (s *Session) callerFrame(pid uint32, ret uint64) []event.Frame {
+	return s.maps.Frames(pid, event.Free, &procmaps.Stack{PCs: []uint64{ret}})
 }
 
 // attachLibc probes the libc a program will use.
