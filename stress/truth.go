@@ -124,31 +124,11 @@ func (p *proc) reported() counts {
 
 // ---- ground truth: the LD_PRELOAD counting interposer ----
 
-// truth is allocount's count for one process: function -> calls, bytes, NULL results (NULL args for free).
-type truth map[string][3]uint64
+// truth is allocount's count for one process, by function.
+type truth map[string]workload.Count
 
-// expected turns allocount's counts into what udstrace reports: aligned_alloc is memalign in glibc
-// 2.36 (one address, one probe), and free(NULL) does nothing, so it is not reported.
-func (t truth) expected() counts {
-	out := counts{}
-	for name, n := range t {
-		kind, calls, bytes := name, n[0], n[1]
-		if name == "aligned_alloc" {
-			kind = "memalign"
-		}
-		if name == "free" {
-			calls, bytes = n[0]-n[2], 0
-		}
-		if calls == 0 {
-			continue
-		}
-		c := out[kind]
-		c[0] += calls
-		c[1] += bytes
-		out[kind] = c
-	}
-	return out
-}
+// expected is what udstrace should report for this process (workload.Traced).
+func (t truth) expected() counts { return counts(workload.Traced(t)) }
 
 // interpose runs argv under allocount.so and returns the counts per PID and the program's stdout.
 func (e *env) interpose(argv []string, extraEnv ...string) (map[int]truth, string, error) {
@@ -170,11 +150,7 @@ func (e *env) interpose(argv []string, extraEnv ...string) (map[int]truth, strin
 	}
 	res := map[int]truth{}
 	for _, c := range all {
-		t := truth{}
-		for name, n := range c.Funcs {
-			t[name] = [3]uint64{n.Calls, n.Bytes, n.Null}
-		}
-		res[c.PID] = t
+		res[c.PID] = c.Funcs
 	}
 	return res, string(out), nil
 }

@@ -62,6 +62,28 @@ func ReadCounts(dir string) ([]Counted, error) {
 	return out, nil
 }
 
+// Traced folds one process's counts into what udstrace's uprobes report, by function: calls and
+// bytes. aligned_alloc is memalign in glibc 2.36 (one address, one probe, reported under the first
+// name), and free(NULL) does nothing, so it is not traced; free has no bytes.
+func Traced(funcs map[string]Count) map[string][2]uint64 {
+	out := map[string][2]uint64{}
+	for name, n := range funcs {
+		kind, calls, bytes := name, n.Calls, n.Bytes
+		if name == "aligned_alloc" {
+			kind = "memalign"
+		}
+		if name == "free" {
+			calls, bytes = n.Calls-n.Null, 0
+		}
+		if calls == 0 {
+			continue
+		}
+		c := out[kind]
+		out[kind] = [2]uint64{c[0] + calls, c[1] + bytes}
+	}
+	return out
+}
+
 func cmpOr(a, b string) string {
 	if a != "" {
 		return a

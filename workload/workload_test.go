@@ -318,3 +318,14 @@ func TestAllocountAcrossExecAndExit(t *testing.T) {
 		}
 	}
 }
+
+func TestTraced(t *testing.T) {
+	got := Traced(map[string]Count{
+		"malloc": {Calls: 3, Bytes: 30}, "aligned_alloc": {Calls: 1, Bytes: 64}, "memalign": {Calls: 2, Bytes: 20},
+		"free": {Calls: 5, Bytes: 0, Null: 2}, "calloc": {Calls: 0},
+	})
+	want := map[string][2]uint64{"malloc": {3, 30}, "memalign": {3, 84}, "free": {3, 0}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("Traced = %v, want %v", got, want)
+	}
+}

@@ -268,10 +268,10 @@ func TestUnmatchedFreesByCaller(t *testing.T) {
 	}
 	feed(t, b,
 		al(1, 1, event.Malloc, 10, 0x10, stMain),
-		free(2, 0x10, 0x400), // matched
+		free(2, 0x10, 0x400),                       // matched
 		free(3, 0x20, 0x300), free(4, 0x30, 0x300), // two unmatched from one caller
 		free(5, 0x40, 0x320), // and one from another
-		free(6, 0x50, 0), // no caller known: counted, not listed
+		free(6, 0x50, 0),     // no caller known: counted, not listed
 	)
 	r := b.Finish(&fakeSym{}, Meta{})
 	if asked != 3 {

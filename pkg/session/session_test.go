@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"github.com/udstrace/udstrace/pkg/report"
+	"github.com/udstrace/udstrace/workload"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -19,28 +20,8 @@ func testOptions(t *testing.T) Options {
 	return Options{Stack: "auto", Follow: true, Messages: 3, Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 }
 
-// heapKinds lists what the interposer counts, folding names that share one address in glibc.
-func expected(c testenv.Counts) map[string][2]uint64 {
-	out := map[string][2]uint64{}
-	for name, n := range c {
-		kind := name
-		if name == "aligned_alloc" {
-			kind = "memalign" // one function in glibc 2.36: one uprobe, reported under its first name
-		}
-		calls, bytes := n.Calls, n.Bytes
-		if name == "free" {
-			calls, bytes = n.Calls-n.Null, 0 // free(NULL) does nothing; the tracer does not report it
-		}
-		if calls == 0 {
-			continue
-		}
-		e := out[kind]
-		e[0] += calls
-		e[1] += bytes
-		out[kind] = e
-	}
-	return out
-}
+// expected is what the uprobes should report for the interposer's counts of one process.
+func expected(c testenv.Counts) map[string][2]uint64 { return workload.Traced(c) }
 
 func heapOnly(m map[string][2]uint64) map[string][2]uint64 {
 	out := map[string][2]uint64{}

@@ -76,15 +76,8 @@ func readCounts(dir string) ([]counted, error) {
 	var out []counted
 	for _, a := range all {
 		c := counted{pid: a.PID, comm: a.Comm, calls: map[string]uint64{}}
-		for name, n := range a.Funcs {
-			calls := n.Calls
-			switch name {
-			case "aligned_alloc":
-				name = "memalign" // one function in glibc, one uprobe
-			case "free":
-				calls -= n.Null // free(NULL) is not traced
-			}
-			c.calls[name] += calls
+		for kind, n := range workload.Traced(a.Funcs) {
+			c.calls[kind] = n[0]
 		}
 		out = append(out, c)
 	}
