@@ -137,32 +137,31 @@ func (t *Tracer) Totals() ([]Total, error) {
 // DeadThreadStates counts entries left in the kernel's tables by threads or processes that no longer
 // exist (a syscall or tail call in flight, a picked block): state that an exit failed to clear.
 func (t *Tracer) DeadThreadStates() (int, error) {
-	dead := 0
-	for _, m := range []*ebpf.Map{t.objs.Sysinflight, t.objs.Tails} {
-		var prev any // nil: start from the first key
-		for n := 0; n < int(m.MaxEntries()); n++ {
-			var tid uint32
-			if err := m.NextKey(prev, &tid); errors.Is(err, ebpf.ErrKeyNotExist) {
-				break
-			} else if err != nil {
-				return dead, fmt.Errorf("reading per-thread state: %w", err)
-			}
-			if _, err := os.Stat(fmt.Sprintf("/proc/%d", tid)); errors.Is(err, os.ErrNotExist) {
-				dead++
-			}
-			prev = tid
-		}
+	tid := func(k uint32) uint32 { return k }
+	a, err := deadKeys(t.objs.Sysinflight, tid)
+	if err != nil {
+		return a, err
 	}
-	// Picked blocks (full mode with sampling) of processes that are gone.
-	var prev any
-	for n := 0; n < int(t.objs.SampledBlocks.MaxEntries()); n++ {
-		var k udstraceSampledKey
-		if err := t.objs.SampledBlocks.NextKey(prev, &k); errors.Is(err, ebpf.ErrKeyNotExist) {
+	b, err := deadKeys(t.objs.Tails, tid)
+	if err != nil {
+		return a + b, err
+	}
+	c, err := deadKeys(t.objs.SampledBlocks, func(k udstraceSampledKey) uint32 { return k.Tgid })
+	return a + b + c, err
+}
+
+// deadKeys counts the keys of m whose thread or process (named by id) is gone from /proc.
+func deadKeys[K any](m *ebpf.Map, id func(K) uint32) (int, error) {
+	dead := 0
+	var prev any // nil: start from the first key
+	for n := 0; n < int(m.MaxEntries()); n++ {
+		var k K
+		if err := m.NextKey(prev, &k); errors.Is(err, ebpf.ErrKeyNotExist) {
 			break
 		} else if err != nil {
-			return dead, fmt.Errorf("reading picked blocks: %w", err)
+			return dead, fmt.Errorf("reading %s: %w", m, err)
 		}
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", k.Tgid)); errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", id(k))); errors.Is(err, os.ErrNotExist) {
 			dead++
 		}
 		prev = k
