@@ -137,18 +137,14 @@ func TestAttachKnownPattern(t *testing.T) {
 func TestSystemWideSeesNewProcess(t *testing.T) {
 	testenv.NeedRoot(t)
 	bins := testenv.Binaries(t)
-	_, truth := testenv.Interpose(t, bins.Allocount, []string{bins.AllocPattern, "2"})
-	var want testenv.Counts
-	for _, c := range truth {
-		want = c
-	}
+	want := truthOf(t, bins.Allocount, bins.AllocPattern, "2")
 	o := testOptions(t)
 	o.Comm = "allocpattern"
 	v := traceWhile(t, o, []string{bins.AllocPattern, "2"})
 	if len(v.Processes) != 1 {
 		t.Fatalf("--comm allocpattern: %d processes in the report, want 1", len(v.Processes))
 	}
-	compareCounts(t, "system-wide allocpattern", heapOnly(v.perKind(v.Processes[0].PID)), expected(want))
+	compareCounts(t, "system-wide allocpattern", heapOnly(v.perKind(v.Processes[0].PID)), want)
 }
 
 // traceWhile traces system-wide with o while the commands run one after another, started once

@@ -29,14 +29,7 @@ func TestSampled(t *testing.T) {
 	testenv.NeedRoot(t)
 	bin := testenv.CompileC(t, "sites", sitesSrc, "-O2", "-fno-inline")
 	bins := testenv.Binaries(t)
-	_, truth := testenv.Interpose(t, bins.Allocount, []string{bin})
-	if len(truth) != 1 {
-		t.Fatalf("interposer saw %d processes, want 1", len(truth))
-	}
-	var want map[string][2]uint64
-	for _, c := range truth {
-		want = expected(c)
-	}
+	want := truthOf(t, bins.Allocount, bin)
 	sites := map[string]siteTruth{
 		"small": {100000, 64}, "medium": {20000, 4096}, "large": {200, 1 << 20}, "viarealloc": {1000, 100},
 		"leaky": {5000, 1000},

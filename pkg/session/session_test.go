@@ -6,6 +6,7 @@ import (
 	"github.com/udstrace/udstrace/pkg/report"
 	"github.com/udstrace/udstrace/workload"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +23,19 @@ func testOptions(t *testing.T) Options {
 
 // expected is what the uprobes should report for the interposer's counts of one process.
 func expected(c testenv.Counts) map[string][2]uint64 { return workload.Traced(c) }
+
+// truthOf runs argv, which must be one process, under the interposer: what the uprobes should report.
+func truthOf(t *testing.T, allocount string, argv ...string) map[string][2]uint64 {
+	t.Helper()
+	_, truth := testenv.Interpose(t, allocount, argv)
+	if len(truth) != 1 {
+		t.Fatalf("interposer wrote %d count files for %v, want 1", len(truth), argv)
+	}
+	for _, c := range truth {
+		return expected(c)
+	}
+	return nil
+}
 
 func heapOnly(m map[string][2]uint64) map[string][2]uint64 {
 	out := map[string][2]uint64{}
@@ -55,14 +69,7 @@ func compareCounts(t *testing.T, what string, got, want map[string][2]uint64) {
 func TestAllocPatternMatchesInterposer(t *testing.T) {
 	testenv.NeedRoot(t)
 	bins := testenv.Binaries(t)
-	_, truth := testenv.Interpose(t, bins.Allocount, []string{bins.AllocPattern, "3"})
-	if len(truth) != 1 {
-		t.Fatalf("interposer wrote %d count files, want 1", len(truth))
-	}
-	var want testenv.Counts
-	for _, c := range truth {
-		want = c
-	}
+	want := truthOf(t, bins.Allocount, bins.AllocPattern, "3")
 	for _, mode := range []string{"fp", "auto", "count"} {
 		t.Run(mode, func(t *testing.T) {
 			o := testOptions(t)
@@ -80,14 +87,14 @@ func TestAllocPatternMatchesInterposer(t *testing.T) {
 				t.Fatalf("report has %d processes, want 1", len(v.Processes))
 			}
 			pid := v.Processes[0].PID
-			wantHeap := expected(want)
+			wantHeap := maps.Clone(want)
 			if mode == "count" {
 				delete(wantHeap, "free") // count mode does not trace frees
 			}
 			compareCounts(t, "allocpattern", heapOnly(v.perKind(pid)), wantHeap)
 			sites := heapOnly(v.siteTotals(pid))
 			delete(sites, "free")
-			wantSites := expected(want)
+			wantSites := maps.Clone(want)
 			delete(wantSites, "free")
 			compareCounts(t, "allocpattern sites", sites, wantSites)
 			if *v.LostEvents != 0 {
@@ -215,14 +222,7 @@ func assertNoLeftovers(t *testing.T) {
 func TestFoldedProcessesKeepTotals(t *testing.T) {
 	testenv.NeedRoot(t)
 	bins := testenv.Binaries(t)
-	_, truth := testenv.Interpose(t, bins.Allocount, []string{bins.AllocPattern, "1"})
-	if len(truth) != 1 {
-		t.Fatalf("interposer wrote %d count files, want 1", len(truth))
-	}
-	var one map[string][2]uint64
-	for _, c := range truth {
-		one = expected(c)
-	}
+	one := truthOf(t, bins.Allocount, bins.AllocPattern, "1")
 	const runs, keep = 12, 3
 	o := testOptions(t)
 	o.MaxProcs = keep
