@@ -108,7 +108,7 @@ static __always_inline void emit_forgotten(u64 pid_tgid, u64 addr)
 
 /* sample_return counts the call in the exact totals and reports whether it was picked; picked
  * blocks are remembered so that their frees are reported, and the rest cost nothing more. */
-static __always_inline bool sample_return(u64 pid_tgid, struct call_state *st, u64 ret)
+static __always_inline bool sample_return(u64 pid_tgid, struct call_state *st, u64 ret, bool *untracked)
 {
 	u32 tgid = pid_tgid >> 32;
 	bool realloc_kind = st->kind == K_REALLOC || st->kind == K_REALLOCARRAY;
@@ -125,8 +125,8 @@ static __always_inline bool sample_return(u64 pid_tgid, struct call_state *st, u
 	u64 addr = ret;
 	if (st->kind == K_POSIX_MEMALIGN)
 		bpf_probe_read_user(&addr, sizeof(addr), (void *)st->memptr);
-	if (addr)
-		remember_sampled(tgid, addr);
+	if (addr && !remember_sampled(tgid, addr))
+		*untracked = true; /* its free could not be reported: user space must not track it */
 	return true;
 }
 
@@ -146,10 +146,11 @@ int alloc_return(struct pt_regs *ctx)
 
 	u64 ret = ctx->ax;
 	u8 flags = 0;
-	if (cfg_sample_bytes && !sample_return(pid_tgid, &st, ret))
+	bool untracked = false;
+	if (cfg_sample_bytes && !sample_return(pid_tgid, &st, ret, &untracked))
 		return 0;
 	if (cfg_sample_bytes)
-		flags = F_WEIGHTED;
+		flags = untracked ? F_WEIGHTED | F_UNTRACKED : F_WEIGHTED;
 	struct scratch *s = new_event(st.kind, pid_tgid, true);
 	if (!s)
 		return 0;

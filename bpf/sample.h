@@ -108,12 +108,16 @@ static __always_inline bool forget_sampled(u32 tgid, u64 addr)
 	return bpf_map_delete_elem(&sampled_blocks, &k) == 0;
 }
 
-static __always_inline void remember_sampled(u32 tgid, u64 addr)
+/* remember_sampled reports whether the table took the block; a full table is counted as lost. */
+static __always_inline bool remember_sampled(u32 tgid, u64 addr)
 {
 	struct sampled_key k = { .tgid = tgid, .addr = addr };
 	u8 one = 1;
-	if (bpf_map_update_elem(&sampled_blocks, &k, &one, BPF_ANY))
+	if (bpf_map_update_elem(&sampled_blocks, &k, &one, BPF_ANY)) {
 		count_lost(LOST_INFLIGHT);
+		return false;
+	}
+	return true;
 }
 
 /* take_totals moves an exiting process's totals into its exit event, so the table never fills. */

@@ -26,7 +26,8 @@ enum event_flag {
 	F_STACK_COPY = 4, /* payload: raw user stack bytes from sp */
 	F_STACK_SHORT = 8, /* the copy had to be shortened to stay inside the stack */
 	F_SAMPLED = 16,    /* count mode, sampled call: aux is the stack id, ip the direct caller */
-	F_WEIGHTED = 32    /* full mode with sampling: a picked call (or the free of a picked block) */
+	F_WEIGHTED = 32,   /* full mode with sampling: a picked call (or the free of a picked block) */
+	F_UNTRACKED = 64   /* a picked block the full table could not hold: counted, not tracked */
 };
 
 /* Why an event could not be delivered; indexes of the per-CPU lost counter. */

@@ -71,6 +71,7 @@ func TestBadInput(t *testing.T) {
 		{[]string{"run", "--max-procs", "-1", "--", "true"}, exitUsage, "--max-procs"},
 		{[]string{"run", "--verify", "--sample-bytes", "4096", "--", "true"}, exitUsage, "--sample-bytes"},
 		{[]string{"run", "--ring-size", "8192", "--", "true"}, exitUsage, "--ring-size"},
+		{[]string{"run", "--table-size", "10", "--", "true"}, exitUsage, "--table-size"},
 	}
 	for _, c := range cases {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {

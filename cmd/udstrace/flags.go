@@ -21,6 +21,7 @@ type options struct {
 	stack      string
 	stackBytes uint
 	ringBytes  uint
+	tableSize  uint
 	follow     bool
 	debug      bool
 	verify     bool
@@ -50,6 +51,7 @@ func newFlags(o *options) *flag.FlagSet {
 	fs.StringVar(&o.stack, "stack", "auto", "user stacks: fp (frame pointers, cheapest), cfi (stack copy + .eh_frame unwinding) or auto (cfi)")
 	fs.UintVar(&o.stackBytes, "stack-bytes", 8192, "bytes of user stack copied per event for CFI unwinding (power of two, 512..16384)")
 	fs.UintVar(&o.ringBytes, "ring-size", 16<<20, "ring buffer bytes (power of two, ≥ 4096)")
+	fs.UintVar(&o.tableSize, "table-size", 65536, "entries of the kernel's per-thread, per-process and per-site tables (picked blocks: 4×); a full table is counted as lost")
 	fs.BoolVar(&o.follow, "follow", true, "trace children of traced processes")
 	fs.BoolVar(&o.debug, "debug", false, "verbose logs, the workload's output, and the BPF verifier log on load errors")
 	fs.BoolVar(&o.verify, "verify", false, "run: also run the command under udstrace's LD_PRELOAD counter and compare counts per process")
@@ -95,6 +97,8 @@ func (o *options) validate(sub string, rest []string) string {
 		return fmt.Sprintf("unknown stack mode %q: use --stack fp, cfi or auto", o.stack)
 	case o.mode != "full" && o.mode != "count":
 		return fmt.Sprintf("unknown mode %q: use --mode full or --mode count", o.mode)
+	case o.tableSize < 1024 || o.tableSize > 1<<24:
+		return fmt.Sprintf("--table-size %d: use 1024 to 16777216 entries", o.tableSize)
 	case o.maxProcs < 0:
 		return "--max-procs must be 0 (no bound) or more"
 	case o.messages < 1:

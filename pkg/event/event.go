@@ -86,7 +86,10 @@ type Alloc struct {
 	// picked block; such events update sites and blocks, and the process totals come from the kernel.
 	Weighted bool
 	Weight   uint64
-	Stack    []Frame // free: the caller's frame alone, given only for frees of blocks never seen allocated
+	// Untracked: a picked block the kernel's table had no room for (counted lost): its free will
+	// not be reported, so it must not be held as outstanding.
+	Untracked bool
+	Stack     []Frame // free: the caller's frame alone, given only for frees of blocks never seen allocated
 }
 
 // ProcKind says what happened to a process.

@@ -28,7 +28,7 @@ type Config struct {
 	StackMode  StackMode //
 	StackBytes uint32    // bytes of stack copied per event (StackCopy); a power of two ≤ 16384
 	RingBytes  uint32    // ring buffer size; a power of two, multiple of the page size
-	MaxThreads uint32    // per-thread call tables' capacity
+	TableSize  uint32    // entries of the per-thread, per-process and per-site tables (0: the object's 65536)
 	Debug      bool      // keep the verifier's log in errors
 	Count      bool      // count mode: entry probes only, calls aggregated in the kernel by stack
 	Comm       string    // only processes with this name ("" any)
@@ -144,10 +144,12 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 	if err := spec.Variables["cfg_ring_reserve"].Set(uint64(min(ring/8, 256<<10))); err != nil {
 		return fmt.Errorf("setting cfg_ring_reserve: %w", err)
 	}
-	if cfg.MaxThreads != 0 {
-		for _, m := range []string{"sysinflight"} { // inflight is task storage: no capacity
-			spec.Maps[m].MaxEntries = cfg.MaxThreads
+	if n := cfg.TableSize; n != 0 {
+		for _, m := range []string{"sysinflight", "tails", "targets", "sockstats", "counts", "totals"} {
+			spec.Maps[m].MaxEntries = n
 		}
+		spec.Maps["sampled_blocks"].MaxEntries = 4 * n // live picked blocks outnumber processes
+		spec.Maps["stacks"].MaxEntries = max(n/4, 1024)
 	}
 	return nil
 }

@@ -26,6 +26,7 @@ const (
 	flagStackShort = 8
 	flagSampled    = 16
 	flagWeighted   = 32
+	flagUntracked  = 64
 )
 
 // RawStack is a user stack as captured in the kernel, before unwinding.
@@ -144,7 +145,7 @@ func decodeAlloc(raw []byte, h Handler) {
 	if n := int(ev.StackLen); n < len(payload) {
 		payload = payload[:n]
 	}
-	a.Weighted = ev.Flags&flagWeighted != 0
+	a.Weighted, a.Untracked = ev.Flags&flagWeighted != 0, ev.Flags&flagUntracked != 0
 	if a.Kind == event.Free {
 		a.Caller = ev.Ip
 		h.Alloc(a, &RawStack{})

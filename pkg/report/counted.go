@@ -63,7 +63,7 @@ func (b *Builder) weighted(p *proc, ev *event.Alloc) {
 	if ev.OldAddr != 0 {
 		p.release(p.live, ev.OldAddr, false) // moved, resized or freed by realloc
 	}
-	if ev.Addr != 0 {
+	if ev.Addr != 0 && !ev.Untracked {
 		p.addBlocks(&p.live, s, ev.Addr, ev.Size, ev.Time, w)
 	}
 }

@@ -31,6 +31,7 @@ type Options struct {
 	Stack       string   // "fp", "cfi" or "auto"
 	StackBytes  uint32   // bytes of user stack copied per event
 	RingBytes   uint32
+	TableSize   uint32 // kernel tables' entries (0: 65536)
 	Follow      bool
 	Debug       bool
 	Mode        string               // "full" (default) or "count"
@@ -95,7 +96,7 @@ func start(opts Options, filter bool) (*Session, error) {
 	}
 	tr, err := loader.Load(loader.Config{
 		Filter: filter, Follow: opts.Follow, StackMode: mode, StackBytes: opts.StackBytes,
-		RingBytes: opts.RingBytes, Debug: opts.Debug, Count: opts.Mode == "count",
+		RingBytes: opts.RingBytes, TableSize: opts.TableSize, Debug: opts.Debug, Count: opts.Mode == "count",
 		Comm: opts.Comm, CgroupID: cgroup, SampleBytes: opts.SampleBytes,
 	})
 	if err != nil {
