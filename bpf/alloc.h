@@ -12,38 +12,6 @@
 #include "stack.h"
 #include "sample.h"
 
-struct call_state {
-	u64 size;
-	u64 old_addr;
-	u64 memptr; /* posix_memalign's result pointer */
-	u64 sp;     /* stack pointer at entry: nested calls run below it */
-	u8 kind;
-	u8 depth;
-};
-
-/* Per-thread call state in task storage: no hashing on the hot path, freed with the thread. */
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct call_state);
-} inflight SEC(".maps");
-
-static __always_inline struct call_state *call_state(bool create)
-{
-	return bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0,
-				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
-}
-
-/* in_allocator returns the kind of the allocator call the thread is inside, K_NONE if none. */
-static __always_inline u8 in_allocator(u64 sp)
-{
-	struct call_state *st = call_state(false);
-	if (st && st->depth && (sp == 0 || sp <= st->sp))
-		return st->kind;
-	return K_NONE;
-}
-
 SEC("uprobe")
 int alloc_enter(struct pt_regs *ctx)
 {
@@ -51,7 +19,8 @@ int alloc_enter(struct pt_regs *ctx)
 	if (!traced(pid_tgid >> 32))
 		return 0;
 	u64 sp = ctx->sp;
-	struct call_state *cur = call_state(true);
+	struct thread_state *ts = thread_state(true);
+	struct call_state *cur = ts ? &ts->call : 0;
 	if (!cur) {
 		count_lost(LOST_INFLIGHT);
 		return 0;
@@ -67,7 +36,7 @@ int alloc_enter(struct pt_regs *ctx)
 
 	u8 kind = bpf_get_attach_cookie(ctx);
 	u64 a = ctx->di, b = ctx->si, c = ctx->dx;
-	struct call_state st = { .sp = sp, .kind = kind, .depth = 1 };
+	struct call_state st = { .sp = sp, .kind = kind, .depth = 1, .entry_ip = ctx->ip };
 	switch (kind) {
 	case K_CALLOC:
 		st.size = a * b;
@@ -95,20 +64,34 @@ int alloc_enter(struct pt_regs *ctx)
 	return 0;
 }
 
+/* emit_free sends a free: the block, and the caller of free (its return address). */
+static __always_inline void emit_free(u64 pid_tgid, u64 addr, u8 flags, u64 caller)
+{
+	struct free_event *ev = reserve(sizeof(*ev));
+	if (!ev)
+		return;
+	ev->type = EV_FREE;
+	ev->kind = K_FREE;
+	ev->inside = K_NONE;
+	ev->flags = flags;
+	ev->pid = pid_tgid >> 32;
+	ev->tid = (u32)pid_tgid;
+	ev->_pad = 0;
+	ev->ts = bpf_ktime_get_ns();
+	ev->addr = addr;
+	ev->caller = caller;
+	submit(ev, sizeof(*ev));
+}
+
 /* emit_forgotten tells user space a picked block is gone (an unpicked realloc moved or freed it). */
 static __always_inline void emit_forgotten(u64 pid_tgid, u64 addr)
 {
-	struct scratch *s = new_event(K_FREE, pid_tgid, false);
-	if (!s)
-		return;
-	s->ev.addr = addr;
-	s->ev.flags = F_WEIGHTED;
-	submit(s);
+	emit_free(pid_tgid, addr, F_WEIGHTED, 0);
 }
 
 /* sample_return counts the call in the exact totals and reports whether it was picked; picked
  * blocks are remembered so that their frees are reported, and the rest cost nothing more. */
-static __always_inline bool sample_return(u64 pid_tgid, struct call_state *st, u64 ret, bool *untracked)
+static __noinline bool sample_return(u64 pid_tgid, struct call_state *st, u64 ret, bool *untracked)
 {
 	u32 tgid = pid_tgid >> 32;
 	bool realloc_kind = st->kind == K_REALLOC || st->kind == K_REALLOCARRAY;
@@ -134,9 +117,10 @@ SEC("uretprobe")
 int alloc_return(struct pt_regs *ctx)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct call_state *cur = call_state(false);
-	if (!cur || !cur->depth)
+	struct thread_state *ts = thread_state(false);
+	if (!ts || !ts->call.depth)
 		return 0;
+	struct call_state *cur = &ts->call;
 	if (cur->depth > 1) {
 		cur->depth--;
 		return 0;
@@ -151,26 +135,33 @@ int alloc_return(struct pt_regs *ctx)
 		return 0;
 	if (cfg_sample_bytes)
 		flags = untracked ? F_WEIGHTED | F_UNTRACKED : F_WEIGHTED;
-	struct scratch *s = new_event(st.kind, pid_tgid, true);
-	if (!s)
-		return 0;
-	s->ev.flags = flags;
-	s->ev.size = st.size;
-	s->ev.old_addr = st.old_addr;
+	struct sys_event *hdr = &ts->hdr;
+	fill_header(&hdr->a, EV_ALLOC, st.kind, pid_tgid);
+	hdr->old_size = 0;
+	hdr->aux = 0;
+	hdr->fd = -1;
+	hdr->a.flags = flags;
+	hdr->a.size = st.size;
+	hdr->a.old_addr = st.old_addr;
 	if (st.kind == K_POSIX_MEMALIGN) {
 		if ((int)ret == 0)
-			bpf_probe_read_user(&s->ev.addr, sizeof(s->ev.addr), (void *)st.memptr);
+			bpf_probe_read_user(&hdr->a.addr, sizeof(hdr->a.addr), (void *)st.memptr);
 		else
-			s->ev.flags |= F_FAILED;
+			hdr->a.flags |= F_FAILED;
 	} else {
-		s->ev.addr = ret;
+		hdr->a.addr = ret;
 		bool frees = (st.kind == K_REALLOC || st.kind == K_REALLOCARRAY) && st.old_addr && st.size == 0;
 		if (!ret && !frees)
-			s->ev.flags |= F_FAILED;
+			hdr->a.flags |= F_FAILED;
 	}
-	/* At a return probe ip is already the caller's return address: the direct caller is frame 0. */
-	capture_stack(ctx, s, ctx->ip, ctx->sp, ctx->bp);
-	submit(s);
+	/* At a return probe ip is the caller's return address; the allocator's own frame comes first. */
+	struct start *from = &ts->from;
+	from->pc = ctx->ip;
+	from->sp = ctx->sp;
+	from->fp = ctx->bp;
+	from->alloc_ip = st.entry_ip;
+	from->exact = false;
+	stack_and_emit(ctx, hdr, from, 0);
 	return 0;
 }
 
@@ -188,15 +179,10 @@ int free_enter(struct pt_regs *ctx)
 		if (!forget_sampled(pid_tgid >> 32, ptr))
 			return 0; /* not a picked block: counted, nothing to pair */
 	}
-	struct scratch *s = new_event(K_FREE, pid_tgid, false);
-	if (!s)
-		return 0;
-	s->ev.addr = ptr;
-	if (cfg_sample_bytes)
-		s->ev.flags = F_WEIGHTED;
 	/* The probe never moves past an instruction that writes sp, so [sp] is the return address:
 	 * user space names the caller of a free whose block it never saw allocated. */
-	bpf_probe_read_user(&s->ev.ip, sizeof(s->ev.ip), (void *)ctx->sp);
-	submit(s);
+	u64 caller = 0;
+	bpf_probe_read_user(&caller, sizeof(caller), (void *)ctx->sp);
+	emit_free(pid_tgid, ptr, cfg_sample_bytes ? F_WEIGHTED : 0, caller);
 	return 0;
 }

@@ -2,7 +2,7 @@
 /* Copyright (c) 2026 The udstrace Authors */
 /*
  * Count mode: one entry probe per call, aggregated in the kernel by
- * (process, kind, frame-pointer stack, return address). No return probe and
+ * (process, kind, stack id). No return probe and
  * no free probe, so it costs one emulated trap per allocation; calls are
  * counted with the bytes asked, like an LD_PRELOAD counter, and frees are
  * not traced.
@@ -13,19 +13,20 @@
  * address: an entry with the same two as the thread's previous realloc or
  * reallocarray entry is that tail call, not a new allocation.
  *
- * With sampling (sample.h), only the picked calls get a stack, sent to user
- * space one by one.
+ * The stack is unwound from the entry, where frame 0 is the allocator's own
+ * pc: the same frames full mode takes at the return. With sampling
+ * (sample.h), only the picked calls get a stack, sent to user space one by
+ * one; a call whose stack needs the copy fallback is sent alone too.
  */
 #pragma once
 
-#include "sample.h"
+#include "memsys.h"
 
 struct count_key {
 	u32 tgid;
-	s32 stackid; /* frame-pointer walk from the entry; < 0: none */
-	u64 ret;     /* return address at [rsp]: the direct caller, which that walk skips */
 	u8 kind;
-	u8 _pad[7];
+	u8 _pad[3];
+	u64 stack; /* stack id; 0: none */
 };
 
 struct tail_state {
@@ -40,37 +41,6 @@ struct {
 	__type(key, struct count_key);
 	__type(value, struct count_val);
 } counts SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(max_entries, 16384);
-	__type(key, u32);
-	__uint(value_size, MAX_FP_FRAMES * 8);
-} stacks SEC(".maps");
-
-/* emit_sample sends a sampled call (kind, size, stack id, direct caller) to user space. */
-static __always_inline void emit_sample(u64 pid_tgid, u8 kind, u64 size, s64 stackid, u64 ret)
-{
-	struct alloc_event *ev = ring_has_room(sizeof(*ev)) ? bpf_ringbuf_reserve(&events, sizeof(*ev), 0) : 0;
-	if (!ev) {
-		count_lost(LOST_RINGBUF);
-		return;
-	}
-	__builtin_memset(ev, 0, sizeof(*ev));
-	ev->type = EV_ALLOC;
-	ev->kind = kind;
-	ev->inside = K_NONE;
-	ev->flags = F_SAMPLED;
-	ev->pid = pid_tgid >> 32;
-	ev->tid = (u32)pid_tgid;
-	ev->ts = bpf_ktime_get_ns();
-	ev->size = size;
-	ev->aux = (u64)stackid;
-	ev->ip = ret;
-	ev->fd = -1;
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	bpf_ringbuf_submit(ev, 0);
-}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -103,6 +73,47 @@ static __always_inline bool tail_call_of(u32 tid, u8 kind, u64 sp, u64 *ret, boo
 		return true;
 	}
 	return false;
+}
+
+/* count_stack_of unwinds from the entry; a call that needs the copy fallback is sent alone
+ * (false): user space counts it. */
+static __always_inline bool count_stack_of(struct pt_regs *ctx, u64 pid_tgid, u8 kind, u64 size, u64 *id)
+{
+	struct thread_state *ts = thread_state(true);
+	if (!ts) {
+		count_lost(LOST_STACK);
+		*id = 0;
+		return true;
+	}
+	struct sys_event *hdr = &ts->hdr;
+	fill_header(&hdr->a, EV_ALLOC, kind, pid_tgid);
+	hdr->old_size = 0;
+	hdr->aux = 0;
+	hdr->fd = -1;
+	hdr->a.flags = F_SAMPLED;
+	hdr->a.size = size;
+	struct start *from = &ts->from;
+	from->pc = ctx->ip;
+	from->sp = ctx->sp;
+	from->fp = ctx->bp;
+	from->alloc_ip = ctx->ip;
+	from->exact = true;
+	int copied = stack_and_emit(ctx, hdr, from, SO_NO_EMIT);
+	*id = hdr->a.stack;
+	return !copied;
+}
+
+/* emit_sample sends a sampled call (kind, size, stack id) to user space. */
+static __always_inline void emit_sample(u64 pid_tgid, u8 kind, u64 size, u64 stack)
+{
+	struct alloc_event *ev = reserve(sizeof(*ev));
+	if (!ev)
+		return;
+	fill_header(ev, EV_ALLOC, kind, pid_tgid);
+	ev->flags = F_SAMPLED;
+	ev->size = size;
+	ev->stack = stack;
+	submit(ev, sizeof(*ev));
 }
 
 SEC("uprobe")
@@ -140,19 +151,15 @@ int alloc_count(struct pt_regs *ctx)
 	default:
 		size = a;
 	}
+	u64 id;
 	if (cfg_sample_bytes) {
-		if (sampled(pid_tgid >> 32, kind, size)) {
-			s64 id = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
-			if (id < 0)
-				count_lost(LOST_STACK);
-			emit_sample(pid_tgid, kind, size, id, read_ret(sp, &ret, &have));
-		}
+		if (sampled(pid_tgid >> 32, kind, size) && count_stack_of(ctx, pid_tgid, kind, size, &id))
+			emit_sample(pid_tgid, kind, size, id);
 		return 0;
 	}
-	struct count_key key = { .tgid = pid_tgid >> 32, .kind = kind, .ret = read_ret(sp, &ret, &have) };
-	key.stackid = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
-	if (key.stackid < 0)
-		count_lost(LOST_STACK);
+	if (!count_stack_of(ctx, pid_tgid, kind, size, &id))
+		return 0; /* sent alone, with its copy */
+	struct count_key key = { .tgid = pid_tgid >> 32, .kind = kind, .stack = id };
 	struct count_val *v = bpf_map_lookup_elem(&counts, &key);
 	if (!v) {
 		struct count_val zero = {};
@@ -165,5 +172,35 @@ int alloc_count(struct pt_regs *ctx)
 	}
 	__sync_fetch_and_add(&v->count, 1);
 	__sync_fetch_and_add(&v->bytes, size);
+	return 0;
+}
+
+/* Count mode traces no memory syscalls, but the threads' mapping caches must still hear of
+ * mappings going away. */
+SEC("tracepoint/syscalls/sys_enter_munmap")
+int munmap_watch(struct trace_event_raw_sys_enter *ctx)
+{
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	u64 args[4] = { ctx->args[0], ctx->args[1] };
+	if (traced(tgid) && may_replace_code(K_MUNMAP, args))
+		invalidate_maps(tgid);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_mremap")
+int mremap_watch(struct trace_event_raw_sys_enter *ctx)
+{
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (traced(tgid))
+		invalidate_maps(tgid);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_mmap")
+int mmap_watch(struct trace_event_raw_sys_enter *ctx)
+{
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (traced(tgid) && (ctx->args[3] & MAP_FIXED))
+		invalidate_maps(tgid);
 	return 0;
 }

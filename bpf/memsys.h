@@ -26,6 +26,33 @@ struct {
 	__type(value, struct sys_state);
 } sysinflight SEC(".maps");
 
+#define MAP_FIXED 0x10
+
+static long vma_covers(struct task_struct *task, struct vm_area_struct *vma, u64 *end)
+{
+	/* an anonymous data mapping that holds the whole range: nothing executable goes away */
+	if (!BPF_CORE_READ(vma, vm_file) && !(BPF_CORE_READ(vma, vm_flags) & VM_EXEC) && BPF_CORE_READ(vma, vm_end) >= *end)
+		*end = 0;
+	return 0;
+}
+
+/* may_replace_code says whether a syscall may unmap or replace an executable mapping, which makes
+ * the threads' mapping caches stale. An munmap inside one anonymous data mapping (free of a large
+ * malloc block) cannot; an mremap or a MAP_FIXED mmap is assumed to. */
+static __always_inline bool may_replace_code(u8 kind, u64 *args)
+{
+	if (kind == K_MREMAP)
+		return true;
+	if (kind == K_MMAP)
+		return args[3] & MAP_FIXED;
+	if (kind != K_MUNMAP)
+		return false;
+	u64 end = args[0] + args[1];
+	if (bpf_find_vma(bpf_get_current_task_btf(), args[0], vma_covers, &end, 0))
+		return true;
+	return end != 0;
+}
+
 static __always_inline int sys_enter(struct trace_event_raw_sys_enter *ctx, u8 kind)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -49,6 +76,8 @@ static __always_inline int sys_enter(struct trace_event_raw_sys_enter *ctx, u8 k
 	if (kind == K_MMAP)
 		st.args[5] = ctx->args[5];
 	st.inside = in_allocator(0);
+	if (may_replace_code(kind, st.args))
+		invalidate_maps(pid_tgid >> 32);
 	if (kind == K_BRK) {
 		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 		st.brk_before = BPF_CORE_READ(task, mm, brk);
@@ -87,7 +116,7 @@ static __always_inline void emit_map(u32 pid, u64 addr, u64 len, u64 pgoff, s32 
 	const unsigned char *name = BPF_CORE_READ(f, f_path.dentry, d_name.name);
 	bpf_probe_read_kernel_str(ev->name, sizeof(ev->name), name);
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	bpf_ringbuf_submit(ev, 0);
+	bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP); /* the file is opened while the process lives */
 }
 
 static __always_inline int sys_exit(struct trace_event_raw_sys_exit *ctx)
@@ -102,44 +131,50 @@ static __always_inline int sys_exit(struct trace_event_raw_sys_exit *ctx)
 
 	long ret = ctx->ret;
 	bool failed = ret < 0 && ret > -4096;
-	struct scratch *s = new_event(st.kind, pid_tgid, true);
-	if (!s)
+	struct thread_state *ts = thread_state(true);
+	if (!ts) {
+		count_lost(LOST_INFLIGHT);
 		return 0;
-	s->ev.inside = st.inside;
+	}
+	struct sys_event *hdr = &ts->hdr;
+	fill_header(&hdr->a, EV_SYS, st.kind, pid_tgid);
+	hdr->old_size = 0;
+	hdr->aux = 0;
+	hdr->fd = -1;
+	hdr->a.inside = st.inside;
 	switch (st.kind) {
 	case K_MMAP:
-		s->ev.size = st.args[1];
-		s->ev.addr = failed ? 0 : ret;
-		s->ev.aux = st.args[2] << 32 | (u32)st.args[3];
-		s->ev.fd = (s32)st.args[4];
+		hdr->a.size = st.args[1];
+		hdr->a.addr = failed ? 0 : ret;
+		hdr->aux = st.args[2] << 32 | (u32)st.args[3];
+		hdr->fd = (s32)st.args[4];
 		break;
 	case K_MUNMAP:
-		s->ev.addr = st.args[0];
-		s->ev.size = st.args[1];
+		hdr->a.addr = st.args[0];
+		hdr->a.size = st.args[1];
 		failed = ret != 0;
 		break;
 	case K_MREMAP:
-		s->ev.old_addr = st.args[0];
-		s->ev.old_size = st.args[1];
-		s->ev.size = st.args[2];
-		s->ev.addr = failed ? 0 : ret;
+		hdr->a.old_addr = st.args[0];
+		hdr->old_size = st.args[1];
+		hdr->a.size = st.args[2];
+		hdr->a.addr = failed ? 0 : ret;
 		break;
 	case K_BRK:
 		/* brk returns the new break; the old one was read at entry. size is the signed growth. */
-		s->ev.old_addr = st.brk_before;
-		s->ev.addr = ret;
-		s->ev.size = (u64)ret - st.brk_before;
+		hdr->a.old_addr = st.brk_before;
+		hdr->a.addr = ret;
+		hdr->a.size = (u64)ret - st.brk_before;
 		failed = st.args[0] && (u64)ret != st.args[0];
 		break;
 	}
 	if (failed)
-		s->ev.flags |= F_FAILED;
-	if (st.inside == K_NONE) {
-		u64 ip, sp, bp;
-		user_regs(&ip, &sp, &bp);
-		capture_stack(ctx, s, ip, sp, bp);
-	}
-	submit(s);
+		hdr->a.flags |= F_FAILED;
+	struct start *from = &ts->from;
+	__builtin_memset(from, 0, sizeof(*from));
+	if (st.inside == K_NONE)
+		user_regs(&from->pc, &from->sp, &from->fp);
+	stack_and_emit(ctx, hdr, from, SO_SYS | (st.inside == K_NONE ? 0 : SO_NO_STACK));
 	if (st.kind == K_MMAP && !failed && (st.args[2] & PROT_EXEC))
 		emit_map(pid_tgid >> 32, ret, st.args[1], st.args[5], (s32)st.args[4]);
 	return 0;

@@ -59,7 +59,7 @@ int on_exec(u64 *ctx)
 	ev->ino = BPF_CORE_READ(bprm, file, f_inode, i_ino);
 	ev->dev = BPF_CORE_READ(bprm, file, f_inode, i_sb, s_dev);
 	bpf_probe_read_kernel_str(ev->name, sizeof(ev->name), BPF_CORE_READ(bprm, filename));
-	bpf_ringbuf_submit(ev, 0);
+	bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP); /* its tables start loading at once */
 	return 0;
 }
 
@@ -98,6 +98,7 @@ int on_exit(u64 *ctx)
 		return 0; /* other threads live on */
 	bool was_traced = traced(tgid);
 	bpf_map_delete_elem(&targets, &tgid);
+	bpf_map_delete_elem(&map_gens, &tgid);
 	struct sock_stats *st = bpf_map_lookup_elem(&sockstats, &tgid);
 	struct proc_event *ev = 0;
 	if (was_traced) {

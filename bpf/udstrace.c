@@ -8,7 +8,10 @@
  *   memsys.h   mmap/munmap/mremap/brk syscall tracepoints
  *   sockets.h  AF_UNIX socket syscall counters
  *   procs.h    exec/fork/exit: scope, mappings, cleanup
- *   stack.h    user stacks and event output
+ *   thread.h   per-thread state: the call in flight, mapping cache, scratch frames
+ *   modules.h  mapped files by id, the threads' mapping caches, module requests
+ *   unwind.h   the in-kernel CFI unwinder over tables user space compiles
+ *   stack.h    user stacks, stack ids, the copy fallback and event output
  */
 #include "procs.h"
 #include "sockets.h"
@@ -18,5 +21,12 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Referenced so their layouts reach BTF, from which bpf2go generates the Go types. */
 const struct alloc_event *unused_alloc_event __attribute__((unused));
+const struct free_event *unused_free_event __attribute__((unused));
+const struct sys_event *unused_sys_event __attribute__((unused));
+const struct copy_event *unused_copy_event __attribute__((unused));
+const struct stack_event *unused_stack_event __attribute__((unused));
 const struct proc_event *unused_proc_event __attribute__((unused));
 const struct count_key *unused_count_key __attribute__((unused));
+const struct module_key *unused_module_key __attribute__((unused));
+const struct module_info *unused_module_info __attribute__((unused));
+const struct unwind_rule *unused_unwind_rule __attribute__((unused));

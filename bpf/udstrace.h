@@ -8,8 +8,11 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 
+/* Argument tags for global functions (libbpf's bpf_helpers.h has them from 1.4). */
+#define __arg_ctx __attribute__((btf_decl_tag("arg:ctx")))
+#define __arg_nonnull __attribute__((btf_decl_tag("arg:nonnull")))
+
 #define MAX_STACK_BYTES 16384 /* largest user-stack copy; a power of two */
-#define MAX_FP_FRAMES 127
 
 /* Kinds, numbered as pkg/event.Kind. */
 enum kind {
@@ -18,14 +21,13 @@ enum kind {
 	K_MMAP, K_MUNMAP, K_MREMAP, K_BRK,
 };
 
-enum event_type { EV_ALLOC = 1, EV_EXEC, EV_FORK, EV_EXIT, EV_MAP };
+enum event_type { EV_ALLOC = 1, EV_EXEC, EV_FORK, EV_EXIT, EV_MAP, EV_FREE, EV_SYS, EV_COPY, EV_STACK, EV_MODULE, EV_PAGE };
 
 enum event_flag {
-	F_FAILED = 1,     /* NULL / error returned: nothing allocated */
-	F_STACK_FP = 2,   /* payload: frame-pointer walk, u64 PCs */
-	F_STACK_COPY = 4, /* payload: raw user stack bytes from sp */
+	F_FAILED = 1,      /* NULL / error returned: nothing allocated */
+	F_STACK_TRUNC = 2, /* the stack stops early: a module's unwind table was still loading */
 	F_STACK_SHORT = 8, /* the copy had to be shortened to stay inside the stack */
-	F_SAMPLED = 16,    /* count mode, sampled call: aux is the stack id, ip the direct caller */
+	F_SAMPLED = 16,    /* count mode, sampled call: stack is its stack id */
 	F_WEIGHTED = 32,   /* full mode with sampling: a picked call (or the free of a picked block) */
 	F_UNTRACKED = 64   /* a picked block the full table could not hold: counted, not tracked */
 };
@@ -39,7 +41,20 @@ enum lost_reason {
 	LOST_REASONS
 };
 
-enum stack_mode { STACK_FP, STACK_COPY };
+/* How stacks came out; indexes of the per-CPU stack counter (none of these is a lost event). */
+enum stack_stat {
+	STK_EVENTS,     /* events that carry a stack */
+	STK_NEW,        /* distinct stacks sent to user space */
+	STK_FALLBACK,   /* events whose stack (from some frame on) is a copy unwound in user space */
+	STK_TRUNC,      /* stacks cut short: a module's table was loading and no copy could be sent */
+	STK_COLLISION,  /* two stacks with the same id: the second was sent inline, never merged */
+	STK_BUSY,       /* a frame's mapping could not be read (mmap lock held): copied, or cut */
+	STK_DEPTH,      /* stacks that hit the frame limit */
+	STK_REQ_LOST,   /* module requests the ring had no room for (the module is asked for again later) */
+	STK_STATS
+};
+
+enum stack_mode { STACK_FP, STACK_COPY, STACK_TABLE };
 
 /* Socket-path syscalls, numbered as pkg/event.SocketCall. */
 enum sock_call {
@@ -48,7 +63,11 @@ enum sock_call {
 	S_COUNT
 };
 
-/* One allocator call, free or memory syscall; a user stack follows it in the record. */
+/*
+ * One allocator call (EV_ALLOC) or memory syscall (EV_SYS, with sys_event's
+ * extra fields): 56 bytes. Its stack travels as an id; the frames of an id
+ * come once, in an EV_STACK record, the first time the kernel sees them.
+ */
 struct alloc_event {
 	u8 type;
 	u8 kind;
@@ -56,18 +75,78 @@ struct alloc_event {
 	u8 flags;
 	u32 pid;
 	u32 tid;
-	u32 stack_len; /* payload bytes after this header */
+	u32 _pad;
 	u64 ts;
 	u64 size;
 	u64 addr;
 	u64 old_addr;
-	u64 old_size;
-	u64 aux; /* mmap: prot << 32 | flags */
-	s64 fd;
-	u64 ip; /* user registers where the stack payload starts; free: the return address in its caller */
-	u64 sp;
-	u64 bp;
-	char comm[16];
+	u64 stack; /* stack id; 0: none */
+};
+
+/* A free (EV_FREE): 40 bytes. caller is free's return address as an encoded frame. */
+struct free_event {
+	u8 type;
+	u8 kind;
+	u8 inside;
+	u8 flags;
+	u32 pid;
+	u32 tid;
+	u32 _pad;
+	u64 ts;
+	u64 addr;
+	u64 caller;
+};
+
+/* A memory syscall: the alloc event and what only syscalls have. */
+struct sys_event {
+	struct alloc_event a;
+	u64 old_size; /* mremap */
+	u64 aux;      /* mmap: prot << 32 | flags */
+	s64 fd;       /* mmap */
+};
+
+/* One entry of a thread's mapping cache: an executable mapping and the module it maps. */
+struct map_entry {
+	u64 start;
+	u64 end;
+	u64 pgoff; /* file offset of start, in bytes */
+	u32 mod;   /* module id; 0: anonymous executable memory */
+	u32 _pad;
+};
+
+#define MAP_CACHE 16
+
+/*
+ * EV_COPY: an event whose stack, from some frame on, could not be unwound in
+ * the kernel (a module's table was still loading, or --stack cfi): the frames
+ * before it are the stack id (0: none), then the registers at that frame, the
+ * thread's mapping cache (to resolve the copy after the process is gone) and
+ * len bytes of stack from sp.
+ */
+struct copy_event {
+	struct sys_event e;
+	u64 ip, sp, bp;
+	u32 len;
+	u8 exact; /* ip is where execution is, not a return address */
+	u8 nmaps;
+	u8 _pad[2];
+	struct map_entry maps[MAP_CACHE];
+};
+
+#define MAX_FRAMES 128 /* frames of one stack: the allocator and 127 below it */
+
+/*
+ * EV_STACK: the frames of a new stack id, innermost first, each encoded as
+ * module id << 48 | file offset (module 0: a raw address outside any file).
+ * Variable length: 16 + 8 * n bytes.
+ */
+struct stack_event {
+	u8 type;
+	u8 flags; /* F_STACK_TRUNC: a prefix, cut at a module whose table was loading */
+	u16 n;
+	u32 _pad;
+	u64 id;
+	u64 frames[MAX_FRAMES];
 };
 
 struct sock_stats {
@@ -75,7 +154,7 @@ struct sock_stats {
 	u64 counts[S_COUNT];
 };
 
-/* Process life-cycle and executable-mapping events: rare, so one roomy layout. */
+/* Process life-cycle, mapping and module-request events: rare, so one roomy layout. */
 struct count_val {
 	u64 count;
 	u64 bytes;
@@ -90,23 +169,23 @@ struct proc_event {
 	u32 ppid;
 	s32 exit_code;
 	u64 ts;
-	u64 addr;  /* EV_EXEC: mm->start_code; EV_MAP: mapping start */
-	u64 len;   /* EV_EXEC: AT_BASE (the interpreter's load address); EV_MAP: length */
-	u64 pgoff; /* EV_MAP: file offset of the mapping */
+	u64 addr;  /* EV_EXEC: mm->start_code; EV_MAP, EV_MODULE: mapping start */
+	u64 len;   /* EV_EXEC: AT_BASE (the interpreter's load address); EV_MAP, EV_MODULE: length */
+	u64 pgoff; /* EV_MAP, EV_MODULE: file offset of the mapping */
 	u64 ino;
 	u32 dev; /* kernel encoding: major << 20 | minor */
-	u32 _pad2;
+	u32 mod; /* EV_MODULE: the id the kernel gave the module; EV_PAGE: the module (pgoff: the page) */
 	struct sock_stats sock; /* EV_EXIT */
 	struct count_val totals[HEAP_KINDS]; /* EV_EXIT with sampling: exact calls and bytes by kind */
 	char comm[16];
-	char name[256]; /* EV_EXEC: path executed; EV_MAP: file name (last component) */
+	char name[256]; /* EV_EXEC: path executed; EV_MAP, EV_MODULE: file name (last component) */
 };
 
 /* Configuration, set from Go before load. */
 const volatile bool cfg_filter = false; /* trace only tgids in the targets map */
 const volatile bool cfg_follow = true;  /* children of a traced process are traced */
 const volatile u32 cfg_self_tgid = 0;   /* never trace the tracer */
-const volatile u32 cfg_stack_mode = STACK_COPY;
+const volatile u32 cfg_stack_mode = STACK_TABLE;
 const volatile u32 cfg_stack_bytes = 8192; /* power of two, <= MAX_STACK_BYTES */
 const volatile u64 cfg_wakeup_bytes = 1 << 16; /* wake the reader once this much is queued */
 const volatile u64 cfg_ring_reserve = 1 << 16; /* ring room only process events may use */
@@ -119,6 +198,13 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 16 << 20);
 } events SEC(".maps");
+
+/* Requests for unwind tables (EV_MODULE, EV_PAGE) have a ring of their own: stacks wait for them,
+ * so they must not queue behind megabytes of events. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 << 10);
+} requests SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -141,9 +227,23 @@ struct {
 	__type(value, struct sock_stats);
 } sockstats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STK_STATS);
+	__type(key, u32);
+	__type(value, u64);
+} stack_stats SEC(".maps");
+
 static __always_inline void count_lost(u32 reason)
 {
 	u64 *n = bpf_map_lookup_elem(&lost, &reason);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline void count_stack(u32 what)
+{
+	u64 *n = bpf_map_lookup_elem(&stack_stats, &what);
 	if (n)
 		*n += 1;
 }

@@ -22,6 +22,7 @@ type options struct {
 	stackBytes uint
 	ringBytes  uint
 	tableSize  uint
+	unwindRows uint
 	follow     bool
 	debug      bool
 	verify     bool
@@ -48,8 +49,9 @@ func newFlags(o *options) *flag.FlagSet {
 	fs.StringVar(&o.format, "format", "text", "report format: "+strings.Join(formats, ", "))
 	fs.StringVar(&o.output, "o", "", "write the report to `FILE` instead of stdout")
 	fs.StringVar(&o.mode, "mode", "full", "full (every call paired with its free, stacks, outstanding) or count (calls and bytes per stack, aggregated in the kernel, frees not traced; cheapest)")
-	fs.StringVar(&o.stack, "stack", "auto", "user stacks: fp (frame pointers, cheapest), cfi (stack copy + .eh_frame unwinding) or auto (cfi)")
-	fs.UintVar(&o.stackBytes, "stack-bytes", 8192, "bytes of user stack copied per event for CFI unwinding (power of two, 512..16384)")
+	fs.StringVar(&o.stack, "stack", "auto", "user stacks: auto or table (unwound in the kernel with the binaries' .eh_frame), cfi (each event copies the stack, unwound here) or fp (the kernel's frame-pointer walk: wrong in code without frame pointers)")
+	fs.UintVar(&o.stackBytes, "stack-bytes", 8192, "bytes of user stack copied per event with --stack cfi, and while a module's unwind table loads (power of two, 512..16384)")
+	fs.UintVar(&o.unwindRows, "unwind-rows", 1<<21, "rows of the kernel's unwind table, shared by every module (8 bytes each; gcc's cc1 needs 480,000, libc 28,000)")
 	fs.UintVar(&o.ringBytes, "ring-size", 16<<20, "ring buffer bytes (power of two, ≥ 4096)")
 	fs.UintVar(&o.tableSize, "table-size", 65536, "entries of the kernel's per-thread, per-process and per-site tables (picked blocks: 4×); a full table is counted as lost")
 	fs.BoolVar(&o.follow, "follow", true, "trace children of traced processes")
@@ -93,8 +95,12 @@ func (o *options) validate(sub string, rest []string) string {
 		return "nothing to trace: give --workload echo or -- COMMAND [ARG...]"
 	case o.workload != "" && len(rest) > 0:
 		return "give either --workload or a command, not both"
-	case o.stack != "fp" && o.stack != "cfi" && o.stack != "auto":
-		return fmt.Sprintf("unknown stack mode %q: use --stack fp, cfi or auto", o.stack)
+	case o.stack != "fp" && o.stack != "cfi" && o.stack != "auto" && o.stack != "table":
+		return fmt.Sprintf("unknown stack mode %q: use --stack auto, table, cfi or fp", o.stack)
+	case o.mode == "count" && o.stack == "cfi":
+		return "--mode count aggregates stacks in the kernel, which copied stacks cannot be: use --stack auto or fp"
+	case o.unwindRows < 1<<16 || o.unwindRows > 1<<27:
+		return fmt.Sprintf("--unwind-rows %d: use 65536 to 134217728 rows", o.unwindRows)
 	case o.mode != "full" && o.mode != "count":
 		return fmt.Sprintf("unknown mode %q: use --mode full or --mode count", o.mode)
 	case o.tableSize < 1024 || o.tableSize > 1<<24:
@@ -111,8 +117,10 @@ func (o *options) validate(sub string, rest []string) string {
 		return "--verify works with udstrace run in full mode"
 	case o.ringBytes < 4096 || o.ringBytes&(o.ringBytes-1) != 0:
 		return fmt.Sprintf("--ring-size %d: use a power of two of at least 4096", o.ringBytes)
-	case o.mode == "full" && o.stack != "fp" && o.ringBytes < 4*o.stackBytes:
-		return fmt.Sprintf("--ring-size %d holds too few %d-byte stack copies: use at least %d, or a smaller --stack-bytes", o.ringBytes, o.stackBytes, 4*o.stackBytes)
+	case o.stack != "fp" && o.ringBytes < 16*o.stackBytes:
+		// Stacks are copied while unwind tables load (and always with cfi); copies may fill only
+		// half the ring.
+		return fmt.Sprintf("--ring-size %d holds too few %d-byte stack copies: use at least %d, or a smaller --stack-bytes", o.ringBytes, o.stackBytes, 16*o.stackBytes)
 	}
 	return ""
 }

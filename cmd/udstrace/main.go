@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	rtrace "runtime/trace"
+	"strings"
 	"syscall"
 
 	"github.com/udstrace/udstrace/pkg/launch"
@@ -36,6 +38,13 @@ func startCPUProfile(path string) (stop func()) {
 	f, err := os.Create(path)
 	if err != nil {
 		return func() {}
+	}
+	if strings.HasSuffix(path, ".trace") { // an execution trace: where goroutines wait
+		if err := rtrace.Start(f); err != nil {
+			f.Close()
+			return func() {}
+		}
+		return func() { rtrace.Stop(); f.Close() }
 	}
 	if err := pprof.StartCPUProfile(f); err != nil {
 		f.Close()

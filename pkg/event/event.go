@@ -79,9 +79,12 @@ type Alloc struct {
 	Inside  Kind   // not KindNone: made inside this allocator call (e.g. malloc's own mmap), not by the program itself
 	Flags   uint64 // mmap: prot<<32 | flags
 	FD      int32  // mmap: file descriptor (-1 for anonymous)
-	Caller  uint64 // free, sampled calls: the return address in the caller (0 if unknown)
-	Sampled bool   // count mode with sampling: this call was picked; StackID names its stack in the kernel
-	StackID int32
+	Caller  uint64 // free: the return address in its caller (0 if unknown)
+	Sampled bool   // count mode: a call sent on its own (picked by sampling, or needing a copied stack)
+	// StackID names the user stack (pkg/kstack): a hash of its frames, the same in every process;
+	// 0: none. Truncated: the stack stops early (a module's unwind table was still loading).
+	StackID   uint64
+	Truncated bool
 	// Weighted (full mode with sampling): a picked call standing for Weight calls, or the free of a
 	// picked block; such events update sites and blocks, and the process totals come from the kernel.
 	Weighted bool
@@ -89,7 +92,6 @@ type Alloc struct {
 	// Untracked: a picked block the kernel's table had no room for (counted lost): its free will
 	// not be reported, so it must not be held as outstanding.
 	Untracked bool
-	Stack     []Frame // free: the caller's frame alone, given only for frees of blocks never seen allocated
 }
 
 // ProcKind says what happened to a process.

@@ -27,10 +27,15 @@ func (t *Tracer) attachKernel() error {
 		{"sys_enter_recvfrom", o.RecvfromEnter}, {"sys_enter_sendmsg", o.SendmsgEnter},
 		{"sys_enter_recvmsg", o.RecvmsgEnter}, {"sys_enter_close", o.CloseEnter},
 	}
-	for i, tp := range tps {
-		if t.count && i < 8 {
-			continue // count mode has no per-call depth, so it cannot tell malloc's own mmaps from the program's
-		}
+	if t.count {
+		// Count mode has no per-call depth, so it cannot tell malloc's own mmaps from the program's:
+		// it only watches for mappings going away, for the threads' mapping caches.
+		tps = append(tps[8:], []struct {
+			name string
+			prog *ebpf.Program
+		}{{"sys_enter_munmap", o.MunmapWatch}, {"sys_enter_mremap", o.MremapWatch}, {"sys_enter_mmap", o.MmapWatch}}...)
+	}
+	for _, tp := range tps {
 		l, err := link.Tracepoint("syscalls", tp.name, tp.prog, nil)
 		if err != nil {
 			return fmt.Errorf("attaching tracepoint syscalls/%s: %w", tp.name, err)

@@ -17,8 +17,9 @@ import (
 type StackMode uint32
 
 const (
-	StackFP   StackMode = 0 // the kernel's frame-pointer walk: cheap, loses frames in code without frame pointers
-	StackCopy StackMode = 1 // a copy of the stack top, unwound in user space with CFI
+	StackFP    StackMode = 0 // the kernel's frame-pointer walk: cheap, loses frames in code without frame pointers
+	StackCopy  StackMode = 1 // a copy of the stack top, unwound in user space with CFI
+	StackTable StackMode = 2 // unwound in the kernel with CFI tables user space loads (the default)
 )
 
 // Config is fixed at load time (const volatile in the BPF programs).
@@ -29,6 +30,7 @@ type Config struct {
 	StackBytes uint32    // bytes of stack copied per event (StackCopy); a power of two ≤ 16384
 	RingBytes  uint32    // ring buffer size; a power of two, multiple of the page size
 	TableSize  uint32    // entries of the per-thread, per-process and per-site tables (0: the object's 65536)
+	UnwindRows uint32    // rows of the kernel's unwind table, shared by every module (0: 1<<22)
 	Debug      bool      // keep the verifier's log in errors
 	Count      bool      // count mode: entry probes only, calls aggregated in the kernel by stack
 	Comm       string    // only processes with this name ("" any)
@@ -47,6 +49,7 @@ type Tracer struct {
 	attached   map[string][]Probe // libc identity (dev:ino) -> probes placed in it
 	libcPaths  map[string]string
 	tracefsNew bool
+	tables     tables
 }
 
 // ErrVerifier wraps a program the kernel refused; the log is attached only in debug mode.
@@ -91,6 +94,10 @@ func Load(cfg Config) (*Tracer, error) {
 			return nil, fmt.Errorf("loading BPF programs: %w (run with --debug for the verifier log)", ErrVerifier)
 		}
 		return nil, fmt.Errorf("loading BPF programs: %w", err)
+	}
+	if err := t.tables.init(&t.objs); err != nil {
+		t.Close()
+		return nil, err
 	}
 	if err := t.fillSampleDraws(cfg.SampleBytes); err != nil {
 		t.Close()
@@ -145,11 +152,14 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		return fmt.Errorf("setting cfg_ring_reserve: %w", err)
 	}
 	if n := cfg.TableSize; n != 0 {
-		for _, m := range []string{"sysinflight", "tails", "targets", "sockstats", "counts", "totals"} {
+		for _, m := range []string{"sysinflight", "tails", "targets", "sockstats", "counts", "totals", "map_gens"} {
 			spec.Maps[m].MaxEntries = n
 		}
 		spec.Maps["sampled_blocks"].MaxEntries = 4 * n // live picked blocks outnumber processes
-		spec.Maps["stacks"].MaxEntries = max(n/4, 1024)
+		spec.Maps["stack_seen"].MaxEntries = 2 * n     // an evicted stack id is only sent again
+	}
+	if cfg.UnwindRows != 0 {
+		spec.Maps["unwind_rows"].MaxEntries = cfg.UnwindRows
 	}
 	return nil
 }
@@ -204,6 +214,7 @@ func (t *Tracer) Close() error {
 		errs = append(errs, t.links[i].Close())
 	}
 	t.links = nil
+	t.tables.close()
 	errs = append(errs, t.objs.Close())
 	return errors.Join(errs...)
 }

@@ -5,36 +5,57 @@ import (
 	"errors"
 	"fmt"
 	"time"
-	"unsafe"
 
 	"github.com/cilium/ebpf/ringbuf"
+
 	"github.com/udstrace/udstrace/pkg/event"
+	"github.com/udstrace/udstrace/pkg/kstack"
 )
 
+// Record types and flags, numbered as bpf/udstrace.h.
 const (
 	evAlloc = 1 + iota
 	evExec
 	evFork
 	evExit
 	evMap
+	evFree
+	evSys
+	evCopy
+	evStack
+	evModule
+	evPage
 )
 
 const (
 	flagFailed     = 1
-	flagStackFP    = 2
-	flagStackCopy  = 4
+	flagStackTrunc = 2
 	flagStackShort = 8
 	flagSampled    = 16
 	flagWeighted   = 32
 	flagUntracked  = 64
 )
 
-// RawStack is a user stack as captured in the kernel, before unwinding.
-type RawStack struct {
+// MapEntry is one executable mapping the kernel had cached for the thread: where a module is.
+type MapEntry struct {
+	Start, End, Pgoff uint64
+	Mod               uint32
+}
+
+// CopiedStack is a stack, from some frame on, that the kernel could not unwind: the frames before
+// it (a stack id, 0 for none), the registers at that frame, the thread's cached mappings and a
+// copy of the stack from sp upward. It is only valid during Handler.Copied.
+type CopiedStack struct {
+	Prefix     uint64
 	IP, SP, BP uint64
-	PCs        []uint64 // frame-pointer mode: the kernel's walk, innermost first
-	Copy       []byte   // copy mode: stack bytes from SP upward
-	Short      bool     // the copy was shortened to stay inside the stack
+	Exact      bool // IP is where execution was (not a return address)
+	Short      bool // the copy was shortened to stay inside the stack
+	Maps       []MapEntry
+	Bytes      []byte
+	buf        []byte // the record buffer Bytes lies in, recycled with the record
+	// Ticket is the handler's: set by Early.EarlyCopy (work started on the copy as soon as it
+	// was drained), read back by Handler.Copied.
+	Ticket any
 }
 
 // Exec is a process's new image and where the kernel loaded it.
@@ -55,19 +76,61 @@ type Mapping struct {
 	Name             string // last path component
 }
 
-// Handler receives events in ring-buffer order; it runs on the reading goroutine.
+// ModuleRequest is a file the kernel met in a stack before user space knew it: it gave it
+// module id Mod and needs its unwind table (and user space its symbols).
+type ModuleRequest struct {
+	Mapping
+	Mod  uint32
+	Comm string
+}
+
+// PageRequest is a page of a ready module's rows the kernel needs: a stack passed through it.
+type PageRequest struct {
+	Time uint64 // CLOCK_MONOTONIC ns the kernel asked
+	PID  uint32
+	Mod  uint32
+	Page uint32 // file offset >> ktable.PageShift
+}
+
+// Handler receives events in ring-buffer order, on one goroutine that is not the one draining the
+// ring, so a slow event never stalls the kernel.
 type Handler interface {
-	Alloc(a *event.Alloc, stack *RawStack)
+	// Alloc: allocator calls, frees, memory syscalls and sampled calls, their stacks by id.
+	Alloc(a *event.Alloc)
+	// Copied: an event whose stack must be finished in user space; c is reused after the call.
+	Copied(a *event.Alloc, c *CopiedStack)
+	// Stack: the frames of a new stack id (the kernel sends each once; an event may name an id
+	// just before its frames arrive, when another CPU sent them).
+	Stack(id uint64, frames []kstack.Frame, truncated bool)
 	Exec(e *Exec)
 	// Proc: sock and totals (exact calls with sampling) come with exits only.
 	Proc(p *event.Proc, sock *event.SocketStats, totals []Total)
 	Map(m *Mapping)
 }
 
+// Early is what a Handler may also implement to hear at once of work that cannot wait for the
+// events queued ahead (loading unwind tables): requests come on a ring of their own, read on a
+// goroutine of their own; exec and mapping events are also shown here as soon as they are drained.
+type Early interface {
+	EarlyPage(p PageRequest)
+	EarlyModule(m *ModuleRequest)
+	EarlyExec(e *Exec)
+	EarlyMap(m *Mapping)
+	// EarlyCopy sees a copied stack as soon as it is drained, to start unwinding it (and loading
+	// the pages of rows it passes through) before the events ahead of it are handled.
+	EarlyCopy(pid uint32, c *CopiedStack)
+}
+
 // DrainEvery bounds how long an event waits in the ring buffer for a batch to fill.
 const DrainEvery = 100 * time.Millisecond
 
-// Read delivers events until ctx is done, then delivers what is left in the ring buffer and returns.
+const (
+	batchLen   = 256
+	maxBatches = 512 // queued between the drain and the handler; past that the ring itself waits
+)
+
+// Read delivers events until ctx is done, then delivers what is left in the ring buffer and
+// returns once the handler has seen everything.
 func (t *Tracer) Read(ctx context.Context, h Handler) error {
 	rd, err := ringbuf.NewReader(t.objs.Events)
 	if err != nil {
@@ -89,132 +152,144 @@ func (t *Tracer) Read(ctx context.Context, h Handler) error {
 			}
 		}
 	}()
+	if early, ok := h.(Early); ok {
+		req, err := ringbuf.NewReader(t.objs.Requests)
+		if err != nil {
+			return fmt.Errorf("opening request ring: %w", err)
+		}
+		defer req.Close()
+		stopReq := context.AfterFunc(ctx, func() { _ = req.Flush() })
+		defer stopReq()
+		reqDone := make(chan struct{})
+		go func() { defer close(reqDone); readRequests(ctx, req, early) }()
+		defer func() { <-reqDone }()
+	}
+	q := newQueue()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for b := range q.full {
+			for i := range b.recs[:b.n] {
+				b.recs[i].deliver(h)
+			}
+			q.recycle(b)
+		}
+	}()
+	err = t.drain(ctx, rd, q, h)
+	close(q.full)
+	<-done
+	return err
+}
+
+// drain copies records out of the ring into batches as fast as it can; nothing else runs here.
+func (t *Tracer) drain(ctx context.Context, rd *ringbuf.Reader, q *queue, h Handler) error {
+	early, _ := h.(Early)
 	var rec ringbuf.Record
+	b := q.get()
 	final := false
 	for {
 		err := rd.ReadInto(&rec)
 		switch {
 		case err == nil:
-			decode(rec.RawSample, h)
+			r := &b.recs[b.n]
+			if r.decodeRecord(&rec) {
+				if early != nil {
+					r.early(early)
+				}
+				b.n++
+			}
+			if b.n == len(b.recs) || rec.Remaining == 0 {
+				q.put(b)
+				b = q.get()
+			}
 		case errors.Is(err, ringbuf.ErrFlushed):
+			if b.n > 0 {
+				q.put(b)
+				b = q.get()
+			}
 			if ctx.Err() != nil {
 				if !final { // this may be a periodic flush from before the end: drain once more
 					final = true
 					_ = rd.Flush()
 					continue
 				}
+				q.recycle(b)
 				return nil // everything written before the end has been delivered
 			}
 		case errors.Is(err, ringbuf.ErrClosed):
+			q.put(b)
 			return nil
 		default:
+			q.put(b)
 			return fmt.Errorf("reading ring buffer: %w", err)
 		}
 	}
 }
 
-func decode(raw []byte, h Handler) {
-	if len(raw) == 0 {
-		return
-	}
-	switch raw[0] {
-	case evAlloc:
-		decodeAlloc(raw, h)
-	case evExec, evFork, evExit, evMap:
-		decodeProc(raw, h)
-	}
-}
-
-func decodeAlloc(raw []byte, h Handler) {
-	const hdr = int(unsafe.Sizeof(udstraceAllocEvent{}))
-	if len(raw) < hdr {
-		return
-	}
-	ev := *(*udstraceAllocEvent)(unsafe.Pointer(&raw[0]))
-	a := &event.Alloc{
-		Time: ev.Ts, PID: ev.Pid, TID: ev.Tid, Comm: cString(ev.Comm[:]),
-		Kind: event.Kind(ev.Kind), Size: ev.Size, Addr: ev.Addr, OldAddr: ev.OldAddr,
-		OldSize: ev.OldSize, Failed: ev.Flags&flagFailed != 0, Inside: event.Kind(ev.Inside),
-		Flags: ev.Aux, FD: int32(ev.Fd),
-	}
-	if a.Kind == event.Brk && int64(a.Size) < 0 {
-		a.Shrink = true
-		a.Size = -a.Size
-	}
-	payload := raw[hdr:]
-	if n := int(ev.StackLen); n < len(payload) {
-		payload = payload[:n]
-	}
-	a.Weighted, a.Untracked = ev.Flags&flagWeighted != 0, ev.Flags&flagUntracked != 0
-	if a.Kind == event.Free {
-		a.Caller = ev.Ip
-		h.Alloc(a, &RawStack{})
-		return
-	}
-	if ev.Flags&flagSampled != 0 {
-		a.Sampled, a.StackID, a.Caller, a.Flags = true, int32(ev.Aux), ev.Ip, 0
-		h.Alloc(a, &RawStack{})
-		return
-	}
-	st := &RawStack{IP: ev.Ip, SP: ev.Sp, BP: ev.Bp, Short: ev.Flags&flagStackShort != 0}
-	switch {
-	case ev.Flags&flagStackFP != 0:
-		st.PCs = make([]uint64, len(payload)/8)
-		for i := range st.PCs {
-			st.PCs[i] = *(*uint64)(unsafe.Pointer(&payload[i*8]))
-		}
-	case ev.Flags&flagStackCopy != 0:
-		st.Copy = payload
-	}
-	h.Alloc(a, st)
-}
-
-func decodeProc(raw []byte, h Handler) {
-	if len(raw) < int(unsafe.Sizeof(udstraceProcEvent{})) {
-		return
-	}
-	ev := (*udstraceProcEvent)(unsafe.Pointer(&raw[0]))
-	p := event.Proc{Time: ev.Ts, PID: ev.Pid, PPID: ev.Ppid, Comm: cString(ev.Comm[:])}
-	switch ev.Type {
-	case evExec:
-		p.Kind, p.Exe = event.ProcExec, cString(ev.Name[:])
-		h.Exec(&Exec{Proc: p, StartCode: ev.Addr, InterpBase: ev.Len, Dev: ev.Dev, Ino: ev.Ino})
-	case evFork:
-		p.Kind = event.ProcFork
-		h.Proc(&p, nil, nil)
-	case evExit:
-		p.Kind, p.ExitCode = event.ProcExit, int(ev.ExitCode)
-		h.Proc(&p, sockStats(ev.Pid, &ev.Sock), exitTotals(ev.Pid, ev.Totals[:]))
-	case evMap:
-		h.Map(&Mapping{PID: ev.Pid, Addr: ev.Addr, Len: ev.Len, Pgoff: ev.Pgoff, Dev: ev.Dev, Ino: ev.Ino, Name: cString(ev.Name[:])})
-	}
-}
-
-// exitTotals turns an exit event's per-kind totals into Totals; nil without sampling.
-func exitTotals(pid uint32, raw []udstraceCountVal) []Total {
-	var out []Total
-	for k, v := range raw {
-		if v.Count != 0 {
-			out = append(out, Total{PID: pid, Kind: event.Kind(k), Calls: v.Count, Bytes: v.Bytes})
+// readRequests hands each table request to early as soon as the kernel makes it.
+func readRequests(ctx context.Context, rd *ringbuf.Reader, early Early) {
+	var rec ringbuf.Record
+	var r record
+	for {
+		err := rd.ReadInto(&rec)
+		switch {
+		case err == nil:
+			if r.decode(rec.RawSample) {
+				r.early(early)
+			}
+		case errors.Is(err, ringbuf.ErrFlushed):
+			if ctx.Err() != nil {
+				return
+			}
+		default:
+			return
 		}
 	}
-	return out
 }
 
-func sockStats(pid uint32, s *udstraceSockStats) *event.SocketStats {
-	out := &event.SocketStats{PID: pid, FirstTime: s.FirstNs}
-	copy(out.Counts[:], s.Counts[:])
-	return out
+// queue hands batches from the drain to the handler and back, allocating at most maxBatches.
+type queue struct {
+	full, free chan *batch
+	made       int
 }
 
-func cString(b []int8) string {
-	n := 0
-	for n < len(b) && b[n] != 0 {
-		n++
+type batch struct {
+	recs [batchLen]record
+	n    int
+}
+
+func newQueue() *queue {
+	return &queue{full: make(chan *batch, maxBatches), free: make(chan *batch, maxBatches)}
+}
+
+func (q *queue) get() *batch {
+	select {
+	case b := <-q.free:
+		return b
+	default:
 	}
-	out := make([]byte, n)
-	for i := range out {
-		out[i] = byte(b[i])
+	if q.made < maxBatches {
+		q.made++
+		return &batch{}
 	}
-	return string(out)
+	return <-q.free // the handler is behind: wait for it (the ring buffer absorbs the wait)
+}
+
+func (q *queue) put(b *batch) { q.full <- b }
+
+func (q *queue) recycle(b *batch) {
+	for i := range b.recs[:b.n] {
+		b.recs[i].reset()
+	}
+	b.n = 0
+	q.free <- b
+}
+
+// chkStack confirms the kernel and kstack hash stacks alike: a stack's frames must give its id.
+func chkStack(id uint64, frames []kstack.Frame, truncated bool) bool {
+	var flags uint8
+	if truncated {
+		flags = kstack.Truncated
+	}
+	return kstack.ID(frames, flags) == id || id&(1<<63) != 0 // a collision's id is its check hash
 }

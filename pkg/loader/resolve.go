@@ -76,20 +76,7 @@ func ResolveLibc(program string) (string, error) {
 	if libc == "" {
 		return "", fmt.Errorf("inspecting %s: %w", program, ErrNoLibc)
 	}
-	var dirs []string
-	origin := filepath.Dir(program)
-	for _, tag := range []elf.DynTag{elf.DT_RPATH, elf.DT_RUNPATH} {
-		vals, _ := f.DynString(tag)
-		for _, v := range vals {
-			for _, d := range strings.Split(v, ":") {
-				dirs = append(dirs, strings.ReplaceAll(strings.ReplaceAll(d, "${ORIGIN}", origin), "$ORIGIN", origin))
-			}
-		}
-	}
-	if lp := os.Getenv("LD_LIBRARY_PATH"); lp != "" {
-		dirs = append(dirs, strings.Split(lp, ":")...)
-	}
-	dirs = append(dirs, libDirs...)
+	dirs := searchDirs(f, program)
 	for _, d := range dirs {
 		cand := filepath.Join(d, libc)
 		if sameClass(cand, f.Class, f.Machine) {
@@ -141,4 +128,78 @@ func IsLibcName(name string) bool {
 		return rest != "" && rest[0] >= '0' && rest[0] <= '9'
 	}
 	return strings.HasPrefix(base, "libc.so") || strings.HasPrefix(base, "libc.musl")
+}
+
+// ResolveImage lists the files a program maps when it starts, the way the dynamic loader finds
+// them: the program (a script's interpreter, followed), its PT_INTERP, and its DT_NEEDED
+// libraries breadth first (RPATH/RUNPATH of each object, LD_LIBRARY_PATH, the system
+// directories). Libraries that cannot be found are left out: the loader may still find them.
+func ResolveImage(program string) []string {
+	for depth := 0; depth < 4; depth++ {
+		interp, err := shebang(program)
+		if err != nil || interp == "" {
+			break
+		}
+		program = interp
+	}
+	out := []string{program}
+	seen := map[string]bool{}
+	queue := []string{program}
+	for len(queue) > 0 && len(out) < 256 {
+		obj := queue[0]
+		queue = queue[1:]
+		f, err := elf.Open(obj)
+		if err != nil {
+			continue
+		}
+		if obj == program {
+			for _, p := range f.Progs {
+				if p.Type != elf.PT_INTERP {
+					continue
+				}
+				b := make([]byte, min(p.Filesz, 4096))
+				if _, err := p.ReadAt(b, 0); err == nil {
+					out = append(out, strings.TrimRight(string(b), "\x00"))
+				}
+			}
+		}
+		needed, _ := f.ImportedLibraries()
+		dirs := searchDirs(f, obj)
+		for _, n := range needed {
+			if seen[n] {
+				continue
+			}
+			seen[n] = true
+			for _, d := range dirs {
+				cand := filepath.Join(d, n)
+				if sameClass(cand, f.Class, f.Machine) {
+					if real, err := filepath.EvalSymlinks(cand); err == nil {
+						out = append(out, real)
+						queue = append(queue, real)
+					}
+					break
+				}
+			}
+		}
+		f.Close()
+	}
+	return out
+}
+
+// searchDirs are where the loader looks for obj's DT_NEEDED libraries.
+func searchDirs(f *elf.File, obj string) []string {
+	var dirs []string
+	origin := filepath.Dir(obj)
+	for _, tag := range []elf.DynTag{elf.DT_RPATH, elf.DT_RUNPATH} {
+		vals, _ := f.DynString(tag)
+		for _, v := range vals {
+			for _, d := range strings.Split(v, ":") {
+				dirs = append(dirs, strings.ReplaceAll(strings.ReplaceAll(d, "${ORIGIN}", origin), "$ORIGIN", origin))
+			}
+		}
+	}
+	if lp := os.Getenv("LD_LIBRARY_PATH"); lp != "" {
+		dirs = append(dirs, strings.Split(lp, ":")...)
+	}
+	return append(dirs, libDirs...)
 }

@@ -51,12 +51,11 @@ func (t *Tracer) SocketStats() ([]event.SocketStats, error) {
 
 // Count is one aggregated count-mode entry: calls of one kind from one stack of one process.
 type Count struct {
-	PID   uint32
-	Kind  event.Kind
-	Ret   uint64   // the direct caller's return address
-	PCs   []uint64 // frame-pointer walk from the allocator's entry: PCs[0] is the allocator itself
-	Calls uint64
-	Bytes uint64
+	PID     uint32
+	Kind    event.Kind
+	StackID uint64 // frames came as a stack record; 0: no stack
+	Calls   uint64
+	Bytes   uint64
 }
 
 // Counts reads count mode's in-kernel aggregation.
@@ -64,12 +63,9 @@ func (t *Tracer) Counts() ([]Count, error) {
 	var out []Count
 	var key udstraceCountKey
 	var val udstraceCountVal
-	stacks := map[int32][]uint64{}
 	it := t.objs.Counts.Iterate()
 	for it.Next(&key, &val) {
-		c := Count{PID: key.Tgid, Kind: event.Kind(key.Kind), Ret: key.Ret, Calls: val.Count, Bytes: val.Bytes}
-		c.PCs = t.stackPCs(key.Stackid, stacks)
-		out = append(out, c)
+		out = append(out, Count{PID: key.Tgid, Kind: event.Kind(key.Kind), StackID: key.Stack, Calls: val.Count, Bytes: val.Bytes})
 	}
 	if err := it.Err(); err != nil {
 		return out, fmt.Errorf("reading count-mode counters: %w", err)
@@ -77,39 +73,33 @@ func (t *Tracer) Counts() ([]Count, error) {
 	return out, nil
 }
 
-// stackPCs reads a frame-pointer stack from count mode's stack map, caching by id; nil if id < 0 or gone.
-func (t *Tracer) stackPCs(id int32, cache map[int32][]uint64) []uint64 {
-	if id < 0 {
-		return nil
-	}
-	if pcs, ok := cache[id]; ok {
-		return pcs
-	}
-	var raw [127]uint64
-	var pcs []uint64
-	if err := t.objs.Stacks.Lookup(uint32(id), &raw); err == nil {
-		for _, pc := range raw {
-			if pc == 0 {
-				break
-			}
-			pcs = append(pcs, pc)
+// StackStats is how the stacks came out (none of it is a lost event).
+type StackStats struct {
+	Events     uint64 // events that carried a stack
+	Distinct   uint64 // stack records sent (distinct stacks, and repeats after eviction)
+	Fallback   uint64 // stacks finished in user space from a copy (a module's table was loading)
+	Truncated  uint64 // stacks cut at a module whose table was loading, with no room for a copy
+	Collisions uint64 // stack ids shared by two stacks (sent apart, never merged)
+	Busy       uint64 // stacks the kernel could not follow: a mapping could not be read (mmap lock held); copied or cut
+	Depth      uint64 // stacks that hit the frame limit
+	ReqLost    uint64 // module requests with no ring room (asked again later)
+}
+
+// StackStats sums the per-CPU stack counters.
+func (t *Tracer) StackStats() (StackStats, error) {
+	var out StackStats
+	dst := []*uint64{&out.Events, &out.Distinct, &out.Fallback, &out.Truncated, &out.Collisions, &out.Busy, &out.Depth, &out.ReqLost}
+	for i, p := range dst {
+		var perCPU []uint64
+		if err := t.objs.StackStats.Lookup(uint32(i), &perCPU); err != nil {
+			return out, fmt.Errorf("reading stack counters: %w", err)
+		}
+		for _, n := range perCPU {
+			*p += n
 		}
 	}
-	cache[id] = pcs
-	return pcs
+	return out, nil
 }
-
-// StackReader reads count mode's stack map, each stack once.
-type StackReader struct {
-	t     *Tracer
-	cache map[int32][]uint64
-}
-
-// Stacks returns a reader of the stacks sampled calls name; read them before Close.
-func (t *Tracer) Stacks() *StackReader { return &StackReader{t: t, cache: map[int32][]uint64{}} }
-
-// PCs returns the frame-pointer walk of stack id: PCs[0] is the allocator itself.
-func (r *StackReader) PCs(id int32) []uint64 { return r.t.stackPCs(id, r.cache) }
 
 // Total is one process's exact calls and bytes of one allocator function (sampled count mode).
 type Total struct {

@@ -14,51 +14,86 @@ import (
 )
 
 type udstraceAllocEvent struct {
-	_        structs.HostLayout
-	Type     uint8
-	Kind     uint8
-	Inside   uint8
-	Flags    uint8
-	Pid      uint32
-	Tid      uint32
-	StackLen uint32
-	Ts       uint64
-	Size     uint64
-	Addr     uint64
-	OldAddr  uint64
-	OldSize  uint64
-	Aux      uint64
-	Fd       int64
-	Ip       uint64
-	Sp       uint64
-	Bp       uint64
-	Comm     [16]int8
+	_       structs.HostLayout
+	Type    uint8
+	Kind    uint8
+	Inside  uint8
+	Flags   uint8
+	Pid     uint32
+	Tid     uint32
+	Pad     uint32
+	Ts      uint64
+	Size    uint64
+	Addr    uint64
+	OldAddr uint64
+	Stack   uint64
 }
 
-type udstraceCallState struct {
-	_       structs.HostLayout
-	Size    uint64
-	OldAddr uint64
-	Memptr  uint64
-	Sp      uint64
-	Kind    uint8
-	Depth   uint8
-	_       [6]byte
+type udstraceCopyEvent struct {
+	_     structs.HostLayout
+	E     udstraceSysEvent
+	Ip    uint64
+	Sp    uint64
+	Bp    uint64
+	Len   uint32
+	Exact uint8
+	Nmaps uint8
+	Pad   [2]uint8
+	Maps  [16]udstraceMapEntry
 }
 
 type udstraceCountKey struct {
-	_       structs.HostLayout
-	Tgid    uint32
-	Stackid int32
-	Ret     uint64
-	Kind    uint8
-	Pad     [7]uint8
+	_     structs.HostLayout
+	Tgid  uint32
+	Kind  uint8
+	Pad   [3]uint8
+	Stack uint64
 }
 
 type udstraceCountVal struct {
 	_     structs.HostLayout
 	Count uint64
 	Bytes uint64
+}
+
+type udstraceFreeEvent struct {
+	_      structs.HostLayout
+	Type   uint8
+	Kind   uint8
+	Inside uint8
+	Flags  uint8
+	Pid    uint32
+	Tid    uint32
+	Pad    uint32
+	Ts     uint64
+	Addr   uint64
+	Caller uint64
+}
+
+type udstraceMapEntry struct {
+	_     structs.HostLayout
+	Start uint64
+	End   uint64
+	Pgoff uint64
+	Mod   uint32
+	Pad   uint32
+}
+
+type udstraceModuleInfo struct {
+	_         structs.HostLayout
+	PageFirst uint32
+	Npages    uint32
+	PageBase  uint32
+	Fallbacks uint32
+	State     uint8
+	Pad       [7]uint8
+}
+
+type udstraceModuleKey struct {
+	_   structs.HostLayout
+	Ino uint64
+	Dev uint32
+	Pad uint32
 }
 
 type udstraceProcEvent struct {
@@ -74,7 +109,7 @@ type udstraceProcEvent struct {
 	Pgoff    uint64
 	Ino      uint64
 	Dev      uint32
-	Pad2     uint32
+	Mod      uint32
 	Sock     udstraceSockStats
 	Totals   [11]udstraceCountVal
 	Comm     [16]int8
@@ -94,6 +129,24 @@ type udstraceSockStats struct {
 	Counts  [14]uint64
 }
 
+type udstraceStackEvent struct {
+	_      structs.HostLayout
+	Type   uint8
+	Flags  uint8
+	N      uint16
+	Pad    uint32
+	Id     uint64
+	Frames [128]uint64
+}
+
+type udstraceSysEvent struct {
+	_       structs.HostLayout
+	A       udstraceAllocEvent
+	OldSize uint64
+	Aux     uint64
+	Fd      int64
+}
+
 type udstraceSysState struct {
 	_         structs.HostLayout
 	Args      [6]uint64
@@ -111,10 +164,56 @@ type udstraceTailState struct {
 	_    [7]byte
 }
 
+type udstraceThreadState struct {
+	_    structs.HostLayout
+	Call struct {
+		_       structs.HostLayout
+		Size    uint64
+		OldAddr uint64
+		Memptr  uint64
+		Sp      uint64
+		EntryIp uint64
+		Kind    uint8
+		Depth   uint8
+		_       [6]byte
+	}
+	Hdr  udstraceSysEvent
+	From struct {
+		_       structs.HostLayout
+		Pc      uint64
+		Sp      uint64
+		Fp      uint64
+		AllocIp uint64
+		Exact   bool
+		_       [7]byte
+	}
+	Mm     uint64
+	Gen    uint64
+	Nmaps  uint32
+	Victim uint32
+	Maps   [16]udstraceMapEntry
+	St     udstraceStackEvent
+}
+
 type udstraceTotalKey struct {
 	_    structs.HostLayout
 	Tgid uint32
 	Kind uint32
+}
+
+type udstraceUnwindRule struct {
+	_       structs.HostLayout
+	CfaKind uint8
+	CfaReg  uint8
+	RaKind  uint8
+	RaReg   uint8
+	FpKind  uint8
+	FpReg   uint8
+	Aux     uint8
+	Flags   uint8
+	CfaOff  int32
+	RaOff   int16
+	FpOff   int16
 }
 
 // Names of all BPF objects in the ELF.
@@ -123,17 +222,25 @@ type udstraceTotalKey struct {
 const (
 	udstraceMapCounts           = "counts"
 	udstraceMapEvents           = "events"
-	udstraceMapInflight         = "inflight"
 	udstraceMapLost             = "lost"
+	udstraceMapMapGens          = "map_gens"
+	udstraceMapModInfo          = "mod_info"
+	udstraceMapModules          = "modules"
+	udstraceMapRequests         = "requests"
 	udstraceMapSampleDraws      = "sample_draws"
 	udstraceMapSampleLeft       = "sample_left"
 	udstraceMapSampledBlocks    = "sampled_blocks"
 	udstraceMapSockstats        = "sockstats"
-	udstraceMapStacks           = "stacks"
+	udstraceMapStackSeen        = "stack_seen"
+	udstraceMapStackStats       = "stack_stats"
 	udstraceMapSysinflight      = "sysinflight"
 	udstraceMapTails            = "tails"
 	udstraceMapTargets          = "targets"
+	udstraceMapThreads          = "threads"
 	udstraceMapTotals           = "totals"
+	udstraceMapUnwindPages      = "unwind_pages"
+	udstraceMapUnwindRows       = "unwind_rows"
+	udstraceMapUnwindRules      = "unwind_rules"
 	udstraceProgAccept4Enter    = "accept4_enter"
 	udstraceProgAcceptEnter     = "accept_enter"
 	udstraceProgAllocCount      = "alloc_count"
@@ -148,10 +255,13 @@ const (
 	udstraceProgListenEnter     = "listen_enter"
 	udstraceProgMmapEnter       = "mmap_enter"
 	udstraceProgMmapExit        = "mmap_exit"
+	udstraceProgMmapWatch       = "mmap_watch"
 	udstraceProgMremapEnter     = "mremap_enter"
 	udstraceProgMremapExit      = "mremap_exit"
+	udstraceProgMremapWatch     = "mremap_watch"
 	udstraceProgMunmapEnter     = "munmap_enter"
 	udstraceProgMunmapExit      = "munmap_exit"
+	udstraceProgMunmapWatch     = "munmap_watch"
 	udstraceProgOnExec          = "on_exec"
 	udstraceProgOnExit          = "on_exit"
 	udstraceProgOnFork          = "on_fork"
@@ -165,6 +275,7 @@ const (
 	udstraceProgWriteEnter      = "write_enter"
 	udstraceVarCfgCgroupId      = "cfg_cgroup_id"
 	udstraceVarCfgComm          = "cfg_comm"
+	udstraceVarCfgFallbackMax   = "cfg_fallback_max"
 	udstraceVarCfgFilter        = "cfg_filter"
 	udstraceVarCfgFollow        = "cfg_follow"
 	udstraceVarCfgRingReserve   = "cfg_ring_reserve"
@@ -173,9 +284,18 @@ const (
 	udstraceVarCfgStackBytes    = "cfg_stack_bytes"
 	udstraceVarCfgStackMode     = "cfg_stack_mode"
 	udstraceVarCfgWakeupBytes   = "cfg_wakeup_bytes"
+	udstraceVarNextGen          = "next_gen"
+	udstraceVarNextModId        = "next_mod_id"
 	udstraceVarUnusedAllocEvent = "unused_alloc_event"
+	udstraceVarUnusedCopyEvent  = "unused_copy_event"
 	udstraceVarUnusedCountKey   = "unused_count_key"
+	udstraceVarUnusedFreeEvent  = "unused_free_event"
+	udstraceVarUnusedModuleInfo = "unused_module_info"
+	udstraceVarUnusedModuleKey  = "unused_module_key"
 	udstraceVarUnusedProcEvent  = "unused_proc_event"
+	udstraceVarUnusedStackEvent = "unused_stack_event"
+	udstraceVarUnusedSysEvent   = "unused_sys_event"
+	udstraceVarUnusedUnwindRule = "unused_unwind_rule"
 )
 
 // loadUdstrace returns the embedded CollectionSpec for udstrace.
@@ -234,10 +354,13 @@ type udstraceProgramSpecs struct {
 	ListenEnter     *ebpf.ProgramSpec `ebpf:"listen_enter"`
 	MmapEnter       *ebpf.ProgramSpec `ebpf:"mmap_enter"`
 	MmapExit        *ebpf.ProgramSpec `ebpf:"mmap_exit"`
+	MmapWatch       *ebpf.ProgramSpec `ebpf:"mmap_watch"`
 	MremapEnter     *ebpf.ProgramSpec `ebpf:"mremap_enter"`
 	MremapExit      *ebpf.ProgramSpec `ebpf:"mremap_exit"`
+	MremapWatch     *ebpf.ProgramSpec `ebpf:"mremap_watch"`
 	MunmapEnter     *ebpf.ProgramSpec `ebpf:"munmap_enter"`
 	MunmapExit      *ebpf.ProgramSpec `ebpf:"munmap_exit"`
+	MunmapWatch     *ebpf.ProgramSpec `ebpf:"munmap_watch"`
 	OnExec          *ebpf.ProgramSpec `ebpf:"on_exec"`
 	OnExit          *ebpf.ProgramSpec `ebpf:"on_exit"`
 	OnFork          *ebpf.ProgramSpec `ebpf:"on_fork"`
@@ -257,17 +380,25 @@ type udstraceProgramSpecs struct {
 type udstraceMapSpecs struct {
 	Counts        *ebpf.MapSpec `ebpf:"counts"`
 	Events        *ebpf.MapSpec `ebpf:"events"`
-	Inflight      *ebpf.MapSpec `ebpf:"inflight"`
 	Lost          *ebpf.MapSpec `ebpf:"lost"`
+	MapGens       *ebpf.MapSpec `ebpf:"map_gens"`
+	ModInfo       *ebpf.MapSpec `ebpf:"mod_info"`
+	Modules       *ebpf.MapSpec `ebpf:"modules"`
+	Requests      *ebpf.MapSpec `ebpf:"requests"`
 	SampleDraws   *ebpf.MapSpec `ebpf:"sample_draws"`
 	SampleLeft    *ebpf.MapSpec `ebpf:"sample_left"`
 	SampledBlocks *ebpf.MapSpec `ebpf:"sampled_blocks"`
 	Sockstats     *ebpf.MapSpec `ebpf:"sockstats"`
-	Stacks        *ebpf.MapSpec `ebpf:"stacks"`
+	StackSeen     *ebpf.MapSpec `ebpf:"stack_seen"`
+	StackStats    *ebpf.MapSpec `ebpf:"stack_stats"`
 	Sysinflight   *ebpf.MapSpec `ebpf:"sysinflight"`
 	Tails         *ebpf.MapSpec `ebpf:"tails"`
 	Targets       *ebpf.MapSpec `ebpf:"targets"`
+	Threads       *ebpf.MapSpec `ebpf:"threads"`
 	Totals        *ebpf.MapSpec `ebpf:"totals"`
+	UnwindPages   *ebpf.MapSpec `ebpf:"unwind_pages"`
+	UnwindRows    *ebpf.MapSpec `ebpf:"unwind_rows"`
+	UnwindRules   *ebpf.MapSpec `ebpf:"unwind_rules"`
 }
 
 // udstraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -276,6 +407,7 @@ type udstraceMapSpecs struct {
 type udstraceVariableSpecs struct {
 	CfgCgroupId      *ebpf.VariableSpec `ebpf:"cfg_cgroup_id"`
 	CfgComm          *ebpf.VariableSpec `ebpf:"cfg_comm"`
+	CfgFallbackMax   *ebpf.VariableSpec `ebpf:"cfg_fallback_max"`
 	CfgFilter        *ebpf.VariableSpec `ebpf:"cfg_filter"`
 	CfgFollow        *ebpf.VariableSpec `ebpf:"cfg_follow"`
 	CfgRingReserve   *ebpf.VariableSpec `ebpf:"cfg_ring_reserve"`
@@ -284,9 +416,18 @@ type udstraceVariableSpecs struct {
 	CfgStackBytes    *ebpf.VariableSpec `ebpf:"cfg_stack_bytes"`
 	CfgStackMode     *ebpf.VariableSpec `ebpf:"cfg_stack_mode"`
 	CfgWakeupBytes   *ebpf.VariableSpec `ebpf:"cfg_wakeup_bytes"`
+	NextGen          *ebpf.VariableSpec `ebpf:"next_gen"`
+	NextModId        *ebpf.VariableSpec `ebpf:"next_mod_id"`
 	UnusedAllocEvent *ebpf.VariableSpec `ebpf:"unused_alloc_event"`
+	UnusedCopyEvent  *ebpf.VariableSpec `ebpf:"unused_copy_event"`
 	UnusedCountKey   *ebpf.VariableSpec `ebpf:"unused_count_key"`
+	UnusedFreeEvent  *ebpf.VariableSpec `ebpf:"unused_free_event"`
+	UnusedModuleInfo *ebpf.VariableSpec `ebpf:"unused_module_info"`
+	UnusedModuleKey  *ebpf.VariableSpec `ebpf:"unused_module_key"`
 	UnusedProcEvent  *ebpf.VariableSpec `ebpf:"unused_proc_event"`
+	UnusedStackEvent *ebpf.VariableSpec `ebpf:"unused_stack_event"`
+	UnusedSysEvent   *ebpf.VariableSpec `ebpf:"unused_sys_event"`
+	UnusedUnwindRule *ebpf.VariableSpec `ebpf:"unused_unwind_rule"`
 }
 
 // udstraceObjects contains all objects after they have been loaded into the kernel.
@@ -311,34 +452,50 @@ func (o *udstraceObjects) Close() error {
 type udstraceMaps struct {
 	Counts        *ebpf.Map `ebpf:"counts"`
 	Events        *ebpf.Map `ebpf:"events"`
-	Inflight      *ebpf.Map `ebpf:"inflight"`
 	Lost          *ebpf.Map `ebpf:"lost"`
+	MapGens       *ebpf.Map `ebpf:"map_gens"`
+	ModInfo       *ebpf.Map `ebpf:"mod_info"`
+	Modules       *ebpf.Map `ebpf:"modules"`
+	Requests      *ebpf.Map `ebpf:"requests"`
 	SampleDraws   *ebpf.Map `ebpf:"sample_draws"`
 	SampleLeft    *ebpf.Map `ebpf:"sample_left"`
 	SampledBlocks *ebpf.Map `ebpf:"sampled_blocks"`
 	Sockstats     *ebpf.Map `ebpf:"sockstats"`
-	Stacks        *ebpf.Map `ebpf:"stacks"`
+	StackSeen     *ebpf.Map `ebpf:"stack_seen"`
+	StackStats    *ebpf.Map `ebpf:"stack_stats"`
 	Sysinflight   *ebpf.Map `ebpf:"sysinflight"`
 	Tails         *ebpf.Map `ebpf:"tails"`
 	Targets       *ebpf.Map `ebpf:"targets"`
+	Threads       *ebpf.Map `ebpf:"threads"`
 	Totals        *ebpf.Map `ebpf:"totals"`
+	UnwindPages   *ebpf.Map `ebpf:"unwind_pages"`
+	UnwindRows    *ebpf.Map `ebpf:"unwind_rows"`
+	UnwindRules   *ebpf.Map `ebpf:"unwind_rules"`
 }
 
 func (m *udstraceMaps) Close() error {
 	return _UdstraceClose(
 		m.Counts,
 		m.Events,
-		m.Inflight,
 		m.Lost,
+		m.MapGens,
+		m.ModInfo,
+		m.Modules,
+		m.Requests,
 		m.SampleDraws,
 		m.SampleLeft,
 		m.SampledBlocks,
 		m.Sockstats,
-		m.Stacks,
+		m.StackSeen,
+		m.StackStats,
 		m.Sysinflight,
 		m.Tails,
 		m.Targets,
+		m.Threads,
 		m.Totals,
+		m.UnwindPages,
+		m.UnwindRows,
+		m.UnwindRules,
 	)
 }
 
@@ -348,6 +505,7 @@ func (m *udstraceMaps) Close() error {
 type udstraceVariables struct {
 	CfgCgroupId      *ebpf.Variable `ebpf:"cfg_cgroup_id"`
 	CfgComm          *ebpf.Variable `ebpf:"cfg_comm"`
+	CfgFallbackMax   *ebpf.Variable `ebpf:"cfg_fallback_max"`
 	CfgFilter        *ebpf.Variable `ebpf:"cfg_filter"`
 	CfgFollow        *ebpf.Variable `ebpf:"cfg_follow"`
 	CfgRingReserve   *ebpf.Variable `ebpf:"cfg_ring_reserve"`
@@ -356,9 +514,18 @@ type udstraceVariables struct {
 	CfgStackBytes    *ebpf.Variable `ebpf:"cfg_stack_bytes"`
 	CfgStackMode     *ebpf.Variable `ebpf:"cfg_stack_mode"`
 	CfgWakeupBytes   *ebpf.Variable `ebpf:"cfg_wakeup_bytes"`
+	NextGen          *ebpf.Variable `ebpf:"next_gen"`
+	NextModId        *ebpf.Variable `ebpf:"next_mod_id"`
 	UnusedAllocEvent *ebpf.Variable `ebpf:"unused_alloc_event"`
+	UnusedCopyEvent  *ebpf.Variable `ebpf:"unused_copy_event"`
 	UnusedCountKey   *ebpf.Variable `ebpf:"unused_count_key"`
+	UnusedFreeEvent  *ebpf.Variable `ebpf:"unused_free_event"`
+	UnusedModuleInfo *ebpf.Variable `ebpf:"unused_module_info"`
+	UnusedModuleKey  *ebpf.Variable `ebpf:"unused_module_key"`
 	UnusedProcEvent  *ebpf.Variable `ebpf:"unused_proc_event"`
+	UnusedStackEvent *ebpf.Variable `ebpf:"unused_stack_event"`
+	UnusedSysEvent   *ebpf.Variable `ebpf:"unused_sys_event"`
+	UnusedUnwindRule *ebpf.Variable `ebpf:"unused_unwind_rule"`
 }
 
 // udstracePrograms contains all programs after they have been loaded into the kernel.
@@ -379,10 +546,13 @@ type udstracePrograms struct {
 	ListenEnter     *ebpf.Program `ebpf:"listen_enter"`
 	MmapEnter       *ebpf.Program `ebpf:"mmap_enter"`
 	MmapExit        *ebpf.Program `ebpf:"mmap_exit"`
+	MmapWatch       *ebpf.Program `ebpf:"mmap_watch"`
 	MremapEnter     *ebpf.Program `ebpf:"mremap_enter"`
 	MremapExit      *ebpf.Program `ebpf:"mremap_exit"`
+	MremapWatch     *ebpf.Program `ebpf:"mremap_watch"`
 	MunmapEnter     *ebpf.Program `ebpf:"munmap_enter"`
 	MunmapExit      *ebpf.Program `ebpf:"munmap_exit"`
+	MunmapWatch     *ebpf.Program `ebpf:"munmap_watch"`
 	OnExec          *ebpf.Program `ebpf:"on_exec"`
 	OnExit          *ebpf.Program `ebpf:"on_exit"`
 	OnFork          *ebpf.Program `ebpf:"on_fork"`
@@ -412,10 +582,13 @@ func (p *udstracePrograms) Close() error {
 		p.ListenEnter,
 		p.MmapEnter,
 		p.MmapExit,
+		p.MmapWatch,
 		p.MremapEnter,
 		p.MremapExit,
+		p.MremapWatch,
 		p.MunmapEnter,
 		p.MunmapExit,
+		p.MunmapWatch,
 		p.OnExec,
 		p.OnExit,
 		p.OnFork,

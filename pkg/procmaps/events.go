@@ -43,7 +43,7 @@ func (t *Table) Exec(pid uint32, exe string, startCode, interpBase uint64, exeKe
 		if m == nil {
 			f.Close()
 		} else {
-			t.mods[exeKey] = m
+			t.addModule(exeKey, m)
 		}
 	}
 	if m == nil {
@@ -74,7 +74,7 @@ func (t *Table) Exec(pid uint32, exe string, startCode, interpBase uint64, exeKe
 				f.Close()
 				return
 			}
-			t.mods[key] = ld
+			t.addModule(key, ld)
 		} else {
 			f.Close()
 		}
@@ -139,28 +139,40 @@ func (t *Table) Fork(parent, child uint32) {
 func (t *Table) Map(pid uint32, addr, length, pgoff uint64, dev uint32, ino uint64, name string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	key := KernelDevKey(dev, ino)
-	m := t.mods[key]
-	if m == nil {
-		end := (addr + length + 0xfff) &^ 0xfff
-		path := t.pathOf(pid, addr, end, name)
-		m = t.open(pid, key, path, addr, end)
-		if m == nil {
-			// Reading all the mappings also finds it when the range was merged with a neighbour.
-			_ = t.load(pid)
-			m = t.mods[key]
-		}
-		if m == nil {
-			// Gone (the process exited or unmapped it, e.g. dlclose): find the file by name, checked by identity.
-			m = t.search(key, name)
-		}
-		if m != nil {
-			delete(t.Failures, path) // an earlier way failed, a later one worked
-		}
-	}
-	if m != nil {
+	if m := t.openMapped(pid, addr, length, dev, ino, name); m != nil {
 		t.proc(pid).add(mapping{start: addr, end: addr + length, pgoff: pgoff, mod: m})
 	}
+}
+
+// Open opens the file a process mapped at [addr, addr+length) without recording the mapping:
+// for the drain goroutine, which must not reorder a process's mappings.
+func (t *Table) Open(pid uint32, addr, length uint64, dev uint32, ino uint64, name string) *Module {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.openMapped(pid, addr, length, dev, ino, name)
+}
+
+func (t *Table) openMapped(pid uint32, addr, length uint64, dev uint32, ino uint64, name string) *Module {
+	key := KernelDevKey(dev, ino)
+	if m := t.mods[key]; m != nil {
+		return m
+	}
+	end := (addr + length + 0xfff) &^ 0xfff
+	path := t.pathOf(pid, addr, end, name)
+	m := t.open(pid, key, path, addr, end)
+	if m == nil {
+		// Reading all the mappings also finds it when the range was merged with a neighbour.
+		_ = t.load(pid)
+		m = t.mods[key]
+	}
+	if m == nil {
+		// Gone (the process exited or unmapped it, e.g. dlclose): find the file by name, checked by identity.
+		m = t.search(key, name)
+	}
+	if m != nil {
+		delete(t.failures, path) // an earlier way failed, a later one worked
+	}
+	return m
 }
 
 // pathOf returns the path of the file mapped at addr, or its bare name when the process is gone.
@@ -218,6 +230,6 @@ func (t *Table) addFile(path string) *Module {
 		f.Close()
 		return nil
 	}
-	t.mods[key] = m
+	t.addModule(key, m)
 	return m
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 
+	"github.com/udstrace/udstrace/pkg/ktable"
 	"github.com/udstrace/udstrace/pkg/symbolize"
 	"github.com/udstrace/udstrace/pkg/unwind"
 )
@@ -18,16 +19,19 @@ type Module struct {
 	Path    string // as the first process that mapped it saw it
 	BuildID string
 	Root    string // the mapping process's /proc/PID/root, for finding debug files in its mount namespace
+	ID      uint32 // module id in kernel stacks (pkg/kstack); 0 until registered
 
 	file  *os.File
 	size  int64
 	elf   *elf.File
 	loads []elf.ProgHeader
 
-	once  sync.Once
-	cfi   *unwind.Table
-	sym   *symbolize.Binary
-	symMu sync.Mutex
+	srcOnce sync.Once
+	src     *unwind.Source
+	pagesMu sync.Mutex
+	pages   map[uint32]*page // CFI by file page, compiled on first use
+	sym     *symbolize.Binary
+	symMu   sync.Mutex
 }
 
 func openModule(key, path, root string, f *os.File) (*Module, error) {
@@ -62,14 +66,99 @@ func (m *Module) vaddr(off uint64) (uint64, bool) {
 	return 0, false
 }
 
-// CFI returns the module's unwind table, parsed on first use; nil when it has none.
-func (m *Module) CFI() *unwind.Table {
-	m.once.Do(func() {
-		if t, err := unwind.ParseELF(m.elf); err == nil {
-			m.cfi = t
+// Segments are the module's executable PT_LOADs, for the kernel's unwind rows.
+func (m *Module) Segments() []ktable.Segment {
+	var out []ktable.Segment
+	for _, p := range m.loads {
+		if p.Flags&elf.PF_X != 0 {
+			out = append(out, ktable.Segment{Vaddr: p.Vaddr, Off: p.Off, Filesz: p.Filesz})
+		}
+	}
+	return out
+}
+
+// DevIno is the module's identity as the kernel encodes it (major << 20 | minor, inode).
+func (m *Module) DevIno() (dev uint32, ino uint64, ok bool) {
+	var maj, mnr uint32
+	if _, err := fmt.Sscanf(m.Key, "%d:%d:%d", &maj, &mnr, &ino); err != nil {
+		return 0, 0, false
+	}
+	return maj<<20 | mnr, ino, true
+}
+
+// HasCFI reports whether the file has call-frame information (.eh_frame, .debug_frame, or a
+// PT_GNU_EH_FRAME segment), from its headers alone.
+func (m *Module) HasCFI() bool {
+	if m.elf == nil {
+		return false
+	}
+	for _, name := range []string{".eh_frame", ".debug_frame"} {
+		if s := m.elf.Section(name); s != nil && s.Type != elf.SHT_NOBITS && s.Size > 0 {
+			return true
+		}
+	}
+	for _, p := range m.elf.Progs {
+		if p.Type == elf.PT_GNU_EH_FRAME {
+			return true
+		}
+	}
+	return false
+}
+
+// Source indexes the module's CFI on first use; nil when it has none.
+func (m *Module) Source() *unwind.Source {
+	m.srcOnce.Do(func() {
+		if m.elf == nil {
+			return
+		}
+		if s, err := unwind.NewSourceELF(m.elf); err == nil && s.FDEs() > 0 {
+			m.src = s
 		}
 	})
-	return m.cfi
+	return m.src
+}
+
+// PageTable is the CFI covering file page pg (offsets pg<<12 to (pg+1)<<12), compiled on first
+// use and kept: the kernel's rows and user-space unwinding of copied stacks both come from it.
+func (m *Module) PageTable(pg uint32) *unwind.Table {
+	src := m.Source()
+	if src == nil {
+		return nil
+	}
+	m.pagesMu.Lock()
+	p, ok := m.pages[pg]
+	if !ok {
+		if m.pages == nil {
+			m.pages = map[uint32]*page{}
+		}
+		p = &page{}
+		m.pages[pg] = p
+	}
+	m.pagesMu.Unlock()
+	p.once.Do(func() { p.t = m.compilePage(src, pg) })
+	return p.t
+}
+
+// page is one page's CFI, compiled once whoever asks first.
+type page struct {
+	once sync.Once
+	t    *unwind.Table
+}
+
+func (m *Module) compilePage(src *unwind.Source, pg uint32) *unwind.Table {
+	lo, hi := uint64(pg)<<ktable.PageShift, uint64(pg+1)<<ktable.PageShift
+	vlo, vhi := ^uint64(0), uint64(0)
+	for _, p := range m.loads {
+		if p.Flags&elf.PF_X == 0 || p.Off >= hi || p.Off+p.Filesz <= lo {
+			continue
+		}
+		a, b := max(lo, p.Off), min(hi, p.Off+p.Filesz)
+		vlo, vhi = min(vlo, a-p.Off+p.Vaddr), max(vhi, b-p.Off+p.Vaddr)
+	}
+	if vlo >= vhi {
+		return nil
+	}
+	return src.Range(vlo, vhi)
 }
 
 // Symbolize resolves a file offset of this module to source frames, inlined first.
@@ -89,4 +178,11 @@ func (m *Module) Symbolize(off uint64) []symbolize.Frame {
 // HasSymbols reports whether any function names are known for this module.
 func (m *Module) HasSymbols() bool { return m.sym != nil && m.sym.HasSymbols() }
 
-func (m *Module) close() { m.file.Close() }
+// Opened reports whether the module's file could be opened (a stub names a file that could not).
+func (m *Module) Opened() bool { return m.elf != nil }
+
+func (m *Module) close() {
+	if m.file != nil {
+		m.file.Close()
+	}
+}

@@ -1,93 +1,151 @@
 package procmaps
 
 import (
+	"fmt"
+
 	"github.com/udstrace/udstrace/pkg/event"
+	"github.com/udstrace/udstrace/pkg/kstack"
+	"github.com/udstrace/udstrace/pkg/ktable"
 	"github.com/udstrace/udstrace/pkg/unwind"
 )
 
-// MaxFrames is the deepest stack udstrace reports.
-const MaxFrames = 127
-
-// Stack is a user stack as the kernel captured it.
-type Stack struct {
-	IP, SP, BP uint64
-	PCs        []uint64 // frame-pointer walk, innermost first (fp mode)
-	Copy       []byte   // stack bytes from SP upward (copy mode)
+// Placed is an executable mapping as the kernel's mapping cache had it: where module Mod is.
+type Placed struct {
+	Start, End, Pgoff uint64
+	Mod               uint32
 }
 
-// Frames turns a captured stack into file-relative frames. For heap calls, frame 0 is the
-// allocator function itself (the stack was taken at its return, in the caller).
-func (t *Table) Frames(pid uint32, kind event.Kind, st *Stack) []event.Frame {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	p := t.procs[pid]
-	if p == nil || !p.loaded {
-		_ = t.load(pid) // first sight of a process already running (attach, system-wide)
-		p = t.procs[pid]
-	}
-	if p == nil {
-		p = t.proc(pid)
-	}
-	var pcs []uint64
-	switch {
-	case st.Copy != nil:
-		resolve := func(pc uint64) (*unwind.Table, uint64, bool) {
-			m := t.mapping(pid, p, pc)
-			if m == nil {
-				return nil, 0, false
+// Copied is a stack the kernel could not finish: registers at one frame and the bytes above sp.
+type Copied struct {
+	IP, SP, BP uint64
+	Exact      bool     // IP is where execution was, not a return address
+	Maps       []Placed // the thread's mappings as the kernel had cached them (may be empty)
+	Bytes      []byte
+}
+
+// region is one mapping an unwind may pass through, with its module.
+type region struct {
+	start, end, pgoff uint64
+	mod               *Module
+}
+
+// Unwind finishes a copied stack in user space with the modules' CFI, returning encoded frames,
+// innermost first. Mappings come from the kernel's snapshot first, then from what this table
+// knows of pid. It waits for a module's CFI while it is being parsed (Module.CFI), without the
+// table's lock. A frame outside any executable mapping ends the stack: it is never reported.
+func (t *Table) Unwind(pid uint32, c *Copied, max int) []kstack.Frame {
+	regions := t.regions(pid, c.Maps)
+	find := func(pc uint64) *region {
+		for i := range regions {
+			if pc >= regions[i].start && pc < regions[i].end {
+				return &regions[i]
 			}
-			va, ok := m.mod.vaddr(pc - m.start + m.pgoff)
-			cfi := m.mod.CFI()
-			if !ok || cfi == nil {
-				return nil, 0, false
-			}
-			return cfi, pc - va, true
 		}
-		pcs = unwind.Unwind(unwind.Regs{IP: st.IP, SP: st.SP, FP: st.BP}, st.Copy, resolve, MaxFrames)
-	case st.PCs != nil:
-		pcs = st.PCs
+		return nil
 	}
-	frames := make([]event.Frame, 0, len(pcs)+1)
-	if kind.IsHeap() && kind != event.Free {
-		if f, ok := t.allocatorFrame(p, kind); ok {
-			frames = append(frames, f)
+	resolve := func(pc uint64) (*unwind.Table, uint64, bool) {
+		r := find(pc)
+		if r == nil || r.mod == nil {
+			return nil, 0, false
 		}
+		off := pc - r.start + r.pgoff
+		va, ok := r.mod.vaddr(off)
+		pg := uint32(off >> ktable.PageShift)
+		cfi := r.mod.PageTable(pg)
+		if !ok || cfi == nil {
+			return nil, 0, false
+		}
+		if t.PageUsed != nil {
+			t.PageUsed(r.mod, pg)
+		}
+		return cfi, pc - va, true
 	}
+	pcs := unwind.Unwind(unwind.Regs{IP: c.IP, SP: c.SP, FP: c.BP, IPIsReturn: !c.Exact}, c.Bytes, resolve, max)
+	out := make([]kstack.Frame, 0, len(pcs))
 	for i, pc := range pcs {
-		if len(frames) >= MaxFrames+1 {
+		look := pc
+		if i > 0 || !c.Exact {
+			look = pc - 1
+		}
+		r := find(look)
+		if r == nil {
 			break
 		}
-		f := event.Frame{Addr: pc, Return: i > 0 || kind.IsHeap()}
-		if m := t.mapping(pid, p, pc); m != nil {
-			f.Module, f.ModuleKey, f.BuildID = m.mod.Path, m.mod.Key, m.mod.BuildID
-			f.FileOffset = pc - m.start + m.pgoff
-		}
-		frames = append(frames, f)
+		out = append(out, t.encode(r, pc))
 	}
-	return frames
+	return out
 }
 
-// mapping finds the mapping of pc, re-reading /proc once if the process mapped something new.
-func (t *Table) mapping(pid uint32, p *proc, pc uint64) *mapping {
-	if m := p.find(pc); m != nil {
-		return m
+// regions lists the mappings an unwind of pid may use: the snapshot's, then the table's.
+func (t *Table) regions(pid uint32, snap []Placed) []region {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]region, 0, len(snap)+16)
+	for _, p := range snap {
+		m := t.byID[p.Mod]
+		if p.Mod == 0 {
+			m = nil
+		}
+		out = append(out, region{start: p.Start, end: p.End, pgoff: p.Pgoff, mod: m})
 	}
-	return nil
+	p := t.procs[pid]
+	if p == nil || !p.loaded {
+		_ = t.load(pid) // first sight of a process (attach, system-wide, cfi mode)
+		p = t.procs[pid]
+	}
+	if p != nil {
+		for _, m := range p.maps {
+			out = append(out, region{start: m.start, end: m.end, pgoff: m.pgoff, mod: m.mod})
+		}
+	}
+	return out
 }
 
-func (t *Table) allocatorFrame(p *proc, kind event.Kind) (event.Frame, bool) {
-	for i := range p.maps {
-		m := &p.maps[i]
-		offs, ok := t.allocators[m.mod.Key]
-		if !ok {
-			continue
-		}
-		off, ok := offs[uint8(kind)]
-		if !ok {
-			continue
-		}
-		addr := m.start + off - m.pgoff
-		return event.Frame{Addr: addr, Module: m.mod.Path, ModuleKey: m.mod.Key, BuildID: m.mod.BuildID, FileOffset: off}, true
+// encode names pc in region r: module id and file offset, or the raw address without a module.
+func (t *Table) encode(r *region, pc uint64) kstack.Frame {
+	if r.mod == nil {
+		return kstack.Encode(0, pc)
 	}
-	return event.Frame{}, false
+	id := r.mod.ID
+	if id == 0 && t.Register != nil {
+		id = t.Register(r.mod)
+	}
+	if id == 0 {
+		return kstack.Encode(0, pc)
+	}
+	return kstack.Encode(id, pc-r.start+r.pgoff)
 }
+
+// Caller encodes the return address a free was called from, with what the table knows of pid.
+func (t *Table) Caller(pid uint32, pc uint64) kstack.Frame {
+	regions := t.regions(pid, nil)
+	for i := range regions {
+		if pc-1 >= regions[i].start && pc-1 < regions[i].end {
+			return t.encode(&regions[i], pc)
+		}
+	}
+	return kstack.Encode(0, pc)
+}
+
+// Frame decodes an encoded frame into the report's form; ret says it is a return address.
+func (t *Table) Frame(f kstack.Frame, ret bool) event.Frame {
+	id := f.Module()
+	if id == 0 {
+		return event.Frame{Addr: f.Offset(), Return: ret}
+	}
+	t.mu.Lock()
+	m := t.byID[id]
+	if m != nil && !m.Opened() {
+		if real := t.mods[m.Key]; real != nil && real.Opened() {
+			m = real // opened later, another way (the exec path of a process already gone)
+			t.byID[id] = m
+		}
+	}
+	t.mu.Unlock()
+	if m == nil {
+		return event.Frame{Module: "[unknown module]", ModuleKey: unknownKey(id), FileOffset: f.Offset(), Return: ret}
+	}
+	return event.Frame{Module: m.Path, ModuleKey: m.Key, BuildID: m.BuildID, FileOffset: f.Offset(), Return: ret}
+}
+
+func unknownKey(id uint32) string { return fmt.Sprintf("mod#%d", id) }

@@ -26,22 +26,29 @@ type proc struct {
 type Table struct {
 	mu    sync.Mutex // the reader goroutine and the attaching one both use the table
 	mods  map[string]*Module
+	byID  map[uint32]*Module // modules by kernel-stack id
 	procs map[uint32]*proc
-	// Allocators maps a libc's key to the file offset of each probed function, by kind name.
-	allocators map[string]map[uint8]uint64
 	// KeepExited keeps a process's mappings after it exits, for stacks read at the end (count mode).
 	KeepExited bool
-	// Failures records files that could not be opened, by path, for the report's warnings.
-	Failures map[string]string
+	// failures records files that could not be opened, by path, for the report's warnings.
+	failures map[string]failure
+	// Register gives a module found in user space (a copied stack, a free's caller) its id in
+	// kernel stacks; 0 when it cannot. Called without the table's lock.
+	Register func(m *Module) uint32
+	// PageUsed hears of each page of CFI a user-space unwind compiled (the kernel may want it
+	// too). Called without the table's lock.
+	PageUsed func(m *Module, pg uint32)
+	// Adopted hears of a module opened after the kernel had named it and it could not be opened.
+	Adopted func(m *Module)
 }
 
 // New returns an empty table.
 func New() *Table {
 	return &Table{
-		mods:       map[string]*Module{},
-		procs:      map[uint32]*proc{},
-		allocators: map[string]map[uint8]uint64{},
-		Failures:   map[string]string{},
+		mods:     map[string]*Module{},
+		byID:     map[uint32]*Module{},
+		procs:    map[uint32]*proc{},
+		failures: map[string]failure{},
 	}
 }
 
@@ -72,11 +79,81 @@ func (t *Table) Module(key string) *Module {
 	return t.mods[key]
 }
 
-// SetAllocator records where the probed allocator functions are in a libc, to name frame 0 of heap stacks.
-func (t *Table) SetAllocator(key string, offsets map[uint8]uint64) {
+// ModulesOf lists the modules a process's known mappings show.
+func (t *Table) ModulesOf(pid uint32) []*Module {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.allocators[key] = offsets
+	p := t.procs[pid]
+	if p == nil {
+		return nil
+	}
+	seen := map[*Module]bool{}
+	var out []*Module
+	for _, m := range p.maps {
+		if !seen[m.mod] {
+			seen[m.mod] = true
+			out = append(out, m.mod)
+		}
+	}
+	return out
+}
+
+type failure struct{ key, why string }
+
+// addModule records an opened module; one the kernel named before it could be opened (a stub)
+// gets its id, and Adopted hears of it. The caller holds t.mu.
+func (t *Table) addModule(key string, m *Module) {
+	t.mods[key] = m
+	for id, stub := range t.byID {
+		if stub.Key == key && !stub.Opened() && m.Opened() {
+			m.ID = id
+			t.byID[id] = m
+			if t.Adopted != nil {
+				go t.Adopted(m) // not under the lock
+			}
+		}
+	}
+}
+
+// Failures lists the files that could not be opened, by path, leaving out those opened later by
+// another way (a process's exec path once its mappings were gone, say).
+func (t *Table) Failures() map[string]string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := map[string]string{}
+	for path, f := range t.failures {
+		if m := t.mods[f.key]; m == nil || !m.Opened() {
+			out[path] = f.why
+		}
+	}
+	return out
+}
+
+// SetID records a module's id in kernel stacks.
+func (t *Table) SetID(m *Module, id uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	m.ID = id
+	t.byID[id] = m
+}
+
+// ByID returns the module with this id, or nil.
+func (t *Table) ByID(id uint32) *Module {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.byID[id]
+}
+
+// Stub records a module the kernel named that could not be opened, so its frames keep a name.
+func (t *Table) Stub(id uint32, key, name string) *Module {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if m := t.byID[id]; m != nil {
+		return m
+	}
+	m := &Module{Key: key, Path: name, ID: id}
+	t.byID[id] = m
+	return m
 }
 
 func (t *Table) proc(pid uint32) *proc {
@@ -181,11 +258,11 @@ func (t *Table) open(pid uint32, key, path string, start, end uint64) *Module {
 			lastErr = err
 			continue
 		}
-		t.mods[key] = m
+		t.addModule(key, m)
 		return m
 	}
 	if lastErr != nil {
-		t.Failures[path] = lastErr.Error()
+		t.failures[path] = failure{key: key, why: lastErr.Error()}
 	}
 	return nil
 }

@@ -79,7 +79,7 @@ func TestOutstandingAges(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			b := NewBuilder(Options{MinAge: c.minAge})
+			b := NewBuilder(testOpts(Options{MinAge: c.minAge}))
 			feed(t, b, agesEvents()...)
 			r := b.Finish(&fakeSym{}, Meta{Now: c.now})
 			if wantNow := cmp.Or(c.now, 9*sec+500); r.AgeReference != wantNow || r.MinAgeSeconds != c.minAge.Seconds() {
@@ -106,7 +106,7 @@ func TestOutstandingAges(t *testing.T) {
 }
 
 func TestAgesJSONAndText(t *testing.T) {
-	b := NewBuilder(Options{MinAge: 4 * time.Second})
+	b := NewBuilder(testOpts(Options{MinAge: 4 * time.Second}))
 	feed(t, b, agesEvents()...)
 	r := b.Finish(&fakeSym{}, Meta{Now: 10 * sec})
 	var buf bytes.Buffer
@@ -153,7 +153,7 @@ func TestAgesJSONAndText(t *testing.T) {
 		}
 	}
 
-	b = NewBuilder(Options{})
+	b = NewBuilder(testOpts(Options{}))
 	feed(t, b, agesEvents()...)
 	buf.Reset()
 	if err := b.Finish(&fakeSym{}, Meta{}).WriteText(&buf); err != nil || strings.Contains(buf.String(), "LONG-LIVED") {

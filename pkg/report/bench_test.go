@@ -19,8 +19,8 @@ func benchEvents(n int) []*event.Alloc {
 		}
 		addr := uint64(0x10000 + i*64)
 		evs = append(evs,
-			&event.Alloc{Time: uint64(2 * i), PID: 42, Comm: "bench", Kind: event.Malloc, Size: 48, Addr: addr, Stack: st},
-			&event.Alloc{Time: uint64(2*i + 1), PID: 42, Comm: "bench", Kind: event.Free, Addr: addr, Stack: st})
+			&event.Alloc{Time: uint64(2 * i), PID: 42, Comm: "bench", Kind: event.Malloc, Size: 48, Addr: addr, StackID: sid(st)},
+			&event.Alloc{Time: uint64(2*i + 1), PID: 42, Comm: "bench", Kind: event.Free, Addr: addr, StackID: sid(st)})
 	}
 	return evs
 }
@@ -28,7 +28,7 @@ func benchEvents(n int) []*event.Alloc {
 // BenchmarkAlloc measures one Alloc call (half mallocs, half frees) with 20-frame stacks over 64 sites.
 func BenchmarkAlloc(b *testing.B) {
 	evs := benchEvents(64)
-	bl := NewBuilder(Options{})
+	bl := NewBuilder(testOpts(Options{}))
 	bl.Sockets(event.SocketStats{PID: 42, FirstTime: 1}) // a settled process: no timeline growth across b.N
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -41,7 +41,7 @@ func BenchmarkAlloc(b *testing.B) {
 // BenchmarkAllocTimeline is the same while the process's socket counters are not known yet.
 func BenchmarkAllocTimeline(b *testing.B) {
 	evs := benchEvents(64)
-	bl := NewBuilder(Options{})
+	bl := NewBuilder(testOpts(Options{}))
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		bl.Alloc(evs[i%len(evs)])

@@ -83,14 +83,14 @@ type tlEntry struct {
 
 type agg struct{ count, bytes uint64 }
 
-// site is a (process, kind, stack) triple; stack is the first event's, retained.
+// site is a (process, kind, stack id) triple.
 type site struct {
 	id       int
 	p        *proc
 	kind     event.Kind
 	hash     uint64
-	next     *site // hash chain
-	stack    []event.Frame
+	next     *site  // hash chain
+	stack    uint64 // stack id (0: no stack)
 	count    uint64
 	failed   uint64
 	bytes    uint64
@@ -235,11 +235,11 @@ func (b *Builder) Alloc(ev *event.Alloc) {
 // unmatchedFree counts a free of a block never seen allocated at its caller's site; the caller's
 // frame is resolved only now, for the rare free that needs it.
 func (b *Builder) unmatchedFree(p *proc, ev *event.Alloc) {
-	stack := ev.Stack
-	if len(stack) == 0 && ev.Caller != 0 && b.opts.CallerFrame != nil {
-		stack = b.opts.CallerFrame(ev.PID, ev.Caller)
+	stack := ev.StackID
+	if stack == 0 && ev.Caller != 0 && b.opts.CallerStack != nil {
+		stack = b.opts.CallerStack(ev.PID, ev.Caller)
 	}
-	if len(stack) > 0 {
+	if stack != 0 {
 		b.site(p, event.Free, stack).count++
 	}
 }
@@ -271,7 +271,7 @@ func (p *proc) countHeap(ev *event.Alloc) {
 
 // call counts one user allocation call at its site and returns the site.
 func (b *Builder) call(p *proc, ev *event.Alloc) *site {
-	s := b.site(p, ev.Kind, ev.Stack)
+	s := b.site(p, ev.Kind, ev.StackID)
 	s.count++
 	s.bytes += ev.Size
 	if ev.Failed {

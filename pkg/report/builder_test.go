@@ -203,7 +203,7 @@ func TestAggregation(t *testing.T) {
 }
 
 func TestSitesSortedAndSymbolizedOnce(t *testing.T) {
-	b := NewBuilder(Options{})
+	b := NewBuilder(testOpts(Options{}))
 	for i := range uint64(50) {
 		feed(t, b, al(i, 1, event.Malloc, 8, 0x1000+i*16, stMain), al(i, 1, event.Malloc, 100, 0x9000+i*128, stHelper))
 	}
@@ -227,7 +227,7 @@ func TestSitesSortedAndSymbolizedOnce(t *testing.T) {
 }
 
 func TestSymbolTextFallbacks(t *testing.T) {
-	b := NewBuilder(Options{})
+	b := NewBuilder(testOpts(Options{}))
 	unknown := fr(exePath, 0x4242)
 	feed(t, b, al(1, 1, event.Malloc, 1, 0x10, stk(fMalloc, unknown, fAnon)))
 	r := b.Finish(&fakeSym{}, Meta{})
@@ -254,13 +254,13 @@ func equal[T comparable](a, b []T) bool {
 }
 
 // TestUnmatchedFreesByCaller: a free of a block never seen allocated is counted at its caller,
-// resolved through Options.CallerFrame only for such frees; matched frees never ask.
+// resolved through Options.CallerStack only for such frees; matched frees never ask.
 func TestUnmatchedFreesByCaller(t *testing.T) {
 	asked := 0
-	b := NewBuilder(Options{CallerFrame: func(pid uint32, ret uint64) []event.Frame {
+	b := NewBuilder(testOpts(Options{CallerStack: func(pid uint32, ret uint64) uint64 {
 		asked++
-		return stk(fr(libcPath, ret))
-	}})
+		return sid(stk(fr(libcPath, ret)))
+	}}))
 	free := func(tm uint64, addr, caller uint64) *event.Alloc {
 		a := al(tm, 1, event.Free, 0, addr, nil)
 		a.Caller = caller
@@ -275,7 +275,7 @@ func TestUnmatchedFreesByCaller(t *testing.T) {
 	)
 	r := b.Finish(&fakeSym{}, Meta{})
 	if asked != 3 {
-		t.Errorf("CallerFrame asked %d times, want 3 (the unmatched frees with a caller)", asked)
+		t.Errorf("CallerStack asked %d times, want 3 (the unmatched frees with a caller)", asked)
 	}
 	p := procOf(t, r, 1)
 	if p.Frees != 5 || p.UnmatchedFrees != 4 {

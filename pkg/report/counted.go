@@ -6,7 +6,7 @@ import "github.com/udstrace/udstrace/pkg/event"
 // stack, asking for bytes in all. No blocks are tracked and no times are known, so such
 // calls have no outstanding figures and take no part in the verdict's "after the first
 // socket call" count.
-func (b *Builder) Counted(pid uint32, comm string, kind event.Kind, stack []event.Frame, count, bytes uint64) {
+func (b *Builder) Counted(pid uint32, comm string, kind event.Kind, stack uint64, count, bytes uint64) {
 	if kind == event.KindNone || kind == event.Free {
 		return // not calls of an allocation function
 	}
@@ -53,7 +53,7 @@ func (b *Builder) weighted(p *proc, ev *event.Alloc) {
 	default:
 		return
 	}
-	s := b.site(p, k, ev.Stack)
+	s := b.site(p, k, ev.StackID)
 	s.count += w
 	s.bytes += w * ev.Size
 	if ev.Failed {
@@ -69,7 +69,7 @@ func (b *Builder) weighted(p *proc, ev *event.Alloc) {
 }
 
 // Estimated records a sampled site's estimated calls and bytes; the process totals come from Totals.
-func (b *Builder) Estimated(pid uint32, comm string, kind event.Kind, stack []event.Frame, calls, bytes uint64) {
+func (b *Builder) Estimated(pid uint32, comm string, kind event.Kind, stack uint64, calls, bytes uint64) {
 	if int(kind) >= kindSlots || kind == event.KindNone || calls == 0 {
 		return
 	}

@@ -22,6 +22,7 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 		End:                meta.End,
 		LostEvents:         meta.Lost.RingBuffer + meta.Lost.Other,
 		LostDetail:         LostDetail(meta.Lost),
+		Stacks:             meta.Stacks,
 		Warnings:           append([]string{}, meta.Warnings...),
 		Processes:          []Process{},
 		Sites:              []Site{},
@@ -59,7 +60,7 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 		if s.gone {
 			continue
 		}
-		st := sc.expand(s.stack)
+		st := sc.expand(b.frames(s.stack))
 		if s.kind == event.Free {
 			r.UnmatchedFreeSites = append(r.UnmatchedFreeSites, FreeSite{PID: s.p.pid, Comm: s.p.comm, Count: s.count, Caller: st})
 			continue

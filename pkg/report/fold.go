@@ -103,7 +103,7 @@ func (b *Builder) unlink(s *site) {
 			}
 		}
 	}
-	s.gone, s.next, s.stack = true, nil, nil
+	s.gone, s.next = true, nil
 	b.dead++
 }
 

@@ -85,9 +85,9 @@ func TestFoldingKeepsTotals(t *testing.T) {
 		t.Run(fmt.Sprint("min-age ", minAge), func(t *testing.T) {
 			evs := churnEvents(n)
 			meta := Meta{Now: uint64(n) * 10 * uint64(time.Millisecond)}
-			full := NewBuilder(Options{MinAge: minAge})
+			full := NewBuilder(testOpts(Options{MinAge: minAge}))
 			feed(t, full, evs...)
-			folded := NewBuilder(Options{MinAge: minAge, MaxProcs: keep})
+			folded := NewBuilder(testOpts(Options{MinAge: minAge, MaxProcs: keep}))
 			feed(t, folded, evs...)
 			if bound := 2 * (1024 + keep + 2 + 100); len(folded.procs)+len(folded.order) > bound {
 				t.Errorf("folding builder holds %d procs and %d sites, want at most %d together", len(folded.procs), len(folded.order), bound)
@@ -141,7 +141,7 @@ func TestFoldingKeepsTotals(t *testing.T) {
 
 // TestLateEventsFindExitedProcess: an event read after its process's exit record still lands on it.
 func TestLateEventsFindExitedProcess(t *testing.T) {
-	b := NewBuilder(Options{MaxProcs: 1})
+	b := NewBuilder(testOpts(Options{MaxProcs: 1}))
 	feed(t, b,
 		execp(0, 7, "/bin/a"), exit(1*sec, 7, 0), // kept
 		execp(1*sec, 8, "/bin/a"), al(1*sec+1, 8, event.Malloc, 5, 0x10, stMain), exit(2*sec, 8, 0),
@@ -166,16 +166,16 @@ func TestLateEventsFindExitedProcess(t *testing.T) {
 // TestCountedAfterExit: count mode's totals arrive after every exit; they belong to the process
 // that exited, not to a new incarnation of its pid, and folding waits for them.
 func TestCountedAfterExit(t *testing.T) {
-	b := NewBuilder(Options{MaxProcs: 1, FoldAtEnd: true})
+	b := NewBuilder(testOpts(Options{MaxProcs: 1, FoldAtEnd: true}))
 	feed(t, b,
 		execp(0, 7, "/bin/sh"),
 		execp(1*sec, 8, "/bin/a"), exit(2*sec, 8, 0),
 		execp(3*sec, 9, "/bin/a"), exit(4*sec, 9, 0),
 		exit(9*sec, 7, 0), // the latest event, long after 8 and 9 exited
 	)
-	b.Counted(8, "", event.Malloc, stMain, 3, 30)
-	b.Counted(9, "", event.Malloc, stMain, 4, 40)
-	b.Counted(7, "", event.Malloc, stHelper, 1, 10)
+	b.Counted(8, "", event.Malloc, sid(stMain), 3, 30)
+	b.Counted(9, "", event.Malloc, sid(stMain), 4, 40)
+	b.Counted(7, "", event.Malloc, sid(stHelper), 1, 10)
 	b.Settle()
 	r := b.Finish(&fakeSym{}, Meta{})
 	if len(r.Processes) != 2 {

@@ -46,7 +46,7 @@ func decodeEvents(data []byte) (evs []any, counted uint64) {
 			size = 1 << 12 // keep byte sums far from wrapping; only brk shrinks come negative
 		}
 		a := &event.Alloc{Time: t, PID: pid, Kind: k, Size: size, Addr: addr, OldAddr: old, OldSize: size,
-			Failed: fl&1 != 0, Shrink: fl&2 != 0, Stack: fuzzStacks[int(fl>>2)%len(fuzzStacks)]}
+			Failed: fl&1 != 0, Shrink: fl&2 != 0, StackID: sid(fuzzStacks[int(fl>>2)%len(fuzzStacks)])}
 		if fl&0x20 != 0 {
 			a.Inside = event.Malloc
 		}
@@ -74,7 +74,7 @@ func FuzzBuilder(f *testing.F) {
 	f.Add([]byte{1, 1, 1, 0, 2, 0, 15, 1, 2, 0, 0, 0, 5, 2, 1, 0, 0, 0, 17, 1, 0, 0, 0, 64, 1, 1, 2, 0, 1, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		evs, counted := decodeEvents(data)
-		b := NewBuilder(Options{MaxTimeline: 3, TopSites: 2})
+		b := NewBuilder(testOpts(Options{MaxTimeline: 3, TopSites: 2}))
 		var sym Symbolizer
 		if len(data)%2 == 0 {
 			sym = &fakeSym{}

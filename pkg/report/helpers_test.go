@@ -1,6 +1,9 @@
 package report
 
 import (
+	"fmt"
+	"hash/fnv"
+	"sync"
 	"testing"
 
 	"github.com/udstrace/udstrace/pkg/event"
@@ -61,6 +64,44 @@ func (s *fakeSym) Symbolize(f event.Frame) []SymFrame {
 
 func stk(f ...event.Frame) []event.Frame { return f }
 
+// The tests' stack registry: frames interned by content, as the kernel's stack ids are.
+var (
+	stacksMu   sync.Mutex
+	testStacks = map[uint64][]event.Frame{}
+)
+
+// sid interns a stack and returns its id (0 for none).
+func sid(st []event.Frame) uint64 {
+	if len(st) == 0 {
+		return 0
+	}
+	h := fnv.New64a()
+	for _, f := range st { // like pkg/kstack: a frame in a file is its module and offset, else its address
+		if f.Module != "" {
+			fmt.Fprintf(h, "%s|%x;", frameModKey(&f), f.FileOffset)
+		} else {
+			fmt.Fprintf(h, "|%x;", f.Addr)
+		}
+	}
+	id := h.Sum64() | 1
+	stacksMu.Lock()
+	testStacks[id] = st
+	stacksMu.Unlock()
+	return id
+}
+
+func lookupStack(id uint64) []event.Frame {
+	stacksMu.Lock()
+	defer stacksMu.Unlock()
+	return testStacks[id]
+}
+
+// testOpts gives a builder the tests' stack registry.
+func testOpts(o Options) Options {
+	o.Stacks = lookupStack
+	return o
+}
+
 var (
 	stMain    = stk(fMalloc, fMain, fStart)
 	stHelper  = stk(fMalloc, fHelper, fMain, fStart)
@@ -75,7 +116,7 @@ var (
 
 // ev builders keep the tables short.
 func al(t uint64, pid uint32, k event.Kind, size, addr uint64, st []event.Frame) *event.Alloc {
-	return &event.Alloc{Time: t, PID: pid, TID: pid, Comm: "comm", Kind: k, Size: size, Addr: addr, Stack: st}
+	return &event.Alloc{Time: t, PID: pid, TID: pid, Comm: "comm", Kind: k, Size: size, Addr: addr, StackID: sid(st)}
 }
 
 func re(t uint64, pid uint32, k event.Kind, old, size, addr uint64, failed bool) *event.Alloc {
@@ -131,7 +172,7 @@ func feed(t testing.TB, b *Builder, evs ...any) {
 
 func build(t testing.TB, meta Meta, evs ...any) *Report {
 	t.Helper()
-	b := NewBuilder(Options{})
+	b := NewBuilder(testOpts(Options{}))
 	feed(t, b, evs...)
 	return b.Finish(&fakeSym{}, meta)
 }

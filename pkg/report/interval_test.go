@@ -13,7 +13,7 @@ import (
 func TestIntervals(t *testing.T) {
 	start := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	meta := Meta{Start: start, Lost: LostEvents{RingBuffer: 2}}
-	b := NewBuilder(Options{})
+	b := NewBuilder(testOpts(Options{}))
 	feed(t, b,
 		al(1, 1, event.Malloc, 100, 0x10, stMain),
 		al(2, 1, event.Malloc, 10, 0x20, stHelper),
@@ -83,7 +83,7 @@ func TestIntervals(t *testing.T) {
 }
 
 func TestIntervalWriteTo(t *testing.T) {
-	b := NewBuilder(Options{})
+	b := NewBuilder(testOpts(Options{}))
 	feed(t, b, al(1, 1, event.Malloc, 100, 0x10, stk(fMalloc, fr(exePath, 0x9999))))
 	at := time.Date(2026, 1, 2, 3, 4, 5, 123456789, time.UTC)
 	var buf bytes.Buffer
@@ -126,7 +126,7 @@ func TestIntervalWriteTo(t *testing.T) {
 }
 
 func TestFinishRepeatable(t *testing.T) {
-	b := NewBuilder(Options{})
+	b := NewBuilder(testOpts(Options{}))
 	allocs, socks := echoRun()
 	feed(t, b, allocs...)
 	feed(t, b, socks...)

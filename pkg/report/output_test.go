@@ -123,7 +123,7 @@ func TestJSON(t *testing.T) {
 }
 
 func TestJSONLostAndExitNull(t *testing.T) {
-	b := NewBuilder(Options{})
+	b := NewBuilder(testOpts(Options{}))
 	feed(t, b, al(1, 1, event.Malloc, 1, 0x10, stMain))
 	r := b.Finish(nil, Meta{Lost: LostEvents{RingBuffer: 3, StackTruncated: 4, Other: 2}})
 	var buf bytes.Buffer
@@ -197,7 +197,7 @@ func TestTextNotHolds(t *testing.T) {
 }
 
 func TestTextEscapes(t *testing.T) {
-	b := NewBuilder(Options{TopSites: 1})
+	b := NewBuilder(testOpts(Options{TopSites: 1}))
 	odd := fr("/tmp/evil\x1b[31m\xff.so", 0x10)
 	a := al(1, 1, event.Malloc, 1, 0x10, stk(fMalloc, odd))
 	last := al(2, 1, event.Malloc, 1, 0x20, stMain)

@@ -183,7 +183,7 @@ main;echo-client+0x4242;malloc 24
 		t.Errorf("folded:\n%s\nwant:\n%s", buf.String(), want)
 	}
 
-	b := NewBuilder(Options{})
+	b := NewBuilder(testOpts(Options{}))
 	feed(t, b, al(1, 1, event.Malloc, 5, 0x10, stMain))
 	odd := symFunc(func(f event.Frame) []SymFrame {
 		return []SymFrame{{Function: map[uint64]string{0x100: "operator new(unsigned long)", 0x1000: "a;b\tc"}[f.FileOffset]}}
@@ -196,7 +196,7 @@ main;echo-client+0x4242;malloc 24
 		t.Errorf("escaped folded line %q", got)
 	}
 	buf.Reset()
-	if err := NewBuilder(Options{}).Finish(nil, Meta{}).WriteFolded(&buf); err != nil || buf.Len() != 0 {
+	if err := NewBuilder(testOpts(Options{})).Finish(nil, Meta{}).WriteFolded(&buf); err != nil || buf.Len() != 0 {
 		t.Errorf("empty report: %q, %v", buf.String(), err)
 	}
 }

@@ -27,9 +27,11 @@ type Options struct {
 	MaxProcs int
 	// FoldAtEnd defers folding to Settle: in count mode the calls arrive after the processes exit.
 	FoldAtEnd bool
-	// CallerFrame turns the return address a free was called from into file-relative frames, for
+	// Stacks resolves a stack id to its frames, innermost first (nil: stacks are left empty).
+	Stacks func(id uint64) []event.Frame
+	// CallerStack turns the return address a free was called from into a one-frame stack id, for
 	// the frees of blocks never seen allocated (nil: they are counted without a caller).
-	CallerFrame func(pid uint32, ret uint64) []event.Frame
+	CallerStack func(pid uint32, ret uint64) uint64
 }
 
 // Role is what a process does in udstrace's built-in workload.
@@ -51,6 +53,7 @@ type Meta struct {
 	Start, End  time.Time       // wall-clock bounds of the trace
 	Roles       map[uint32]Role // pid -> workload role
 	Lost        LostEvents
+	Stacks      StackStats
 	Warnings    []string // things the user must know
 	Now         uint64   // CLOCK_MONOTONIC ns the report is taken at, to age live blocks; 0: the latest event time seen
 }
@@ -88,6 +91,7 @@ type Report struct {
 	DurationSeconds float64    `json:"duration_seconds"`
 	LostEvents      uint64     `json:"lost_events"`
 	LostDetail      LostDetail `json:"lost_detail"`
+	Stacks          StackStats `json:"stacks"`
 	Warnings        []string   `json:"warnings"`
 	Processes       []Process  `json:"processes"`
 	Sites           []Site     `json:"sites"`
@@ -98,6 +102,28 @@ type Report struct {
 	MinAgeSeconds      float64    `json:"min_age_seconds"`    // Options.MinAge: the threshold of outstanding_older_than_min_age
 
 	topSites int // text only
+}
+
+// StackStats is how the stacks came out: none of these is a lost event.
+type StackStats struct {
+	Events   uint64 `json:"events"`   // events that carried a stack
+	Distinct uint64 `json:"distinct"` // stacks the kernel sent (each distinct stack once, again after an eviction)
+	// Fallback: stacks finished in user space from a copy, because a module's unwind table was
+	// still loading (or --stack cfi: every stack).
+	Fallback uint64 `json:"fallback"`
+	// Truncated: stacks cut at a module whose table was loading, with no room for a copy.
+	Truncated  uint64 `json:"truncated"`
+	Collisions uint64 `json:"collisions"` // stack ids shared by two stacks: sent apart, never merged
+	// Busy: stacks the kernel could not follow because a mapping could not be read (another
+	// thread held the mmap lock for writing): finished from a copy, or cut (counted as truncated).
+	Busy  uint64 `json:"mmap_lock_busy"`
+	Depth uint64 `json:"depth_limit"` // stacks that hit the 128-frame limit
+	// Unwind tables the kernel was given: modules, pages of rows, rows, and the rows it can hold.
+	TableModules  int     `json:"table_modules"`
+	TablePages    int     `json:"table_pages"`
+	TableRows     uint64  `json:"table_rows"`
+	TableCapacity uint64  `json:"table_capacity"`
+	TableSeconds  float64 `json:"table_load_seconds"` // CPU-side time compiling and loading them
 }
 
 // LostDetail breaks lost_events down; stack_truncated is not part of the total (those events arrived).

@@ -134,7 +134,7 @@ func TestVerdictTimelineCap(t *testing.T) {
 		after uint64
 		upper bool
 	}{{first: 25, after: 4}, {first: 35, after: 4, upper: true}, {first: 5, after: 6}} {
-		b := NewBuilder(Options{MaxTimeline: 2})
+		b := NewBuilder(testOpts(Options{MaxTimeline: 2}))
 		feed(t, b, evs...)
 		feed(t, b, sock(1, c.first, 3))
 		x := b.Finish(&fakeSym{}, Meta{}).SocketPath.Processes[0]

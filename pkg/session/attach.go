@@ -81,6 +81,21 @@ func Attach(ctx context.Context, pids []int, duration time.Duration, opts Option
 	if err != nil {
 		return nil, err
 	}
+	// Every mapped module gets its unwind table before the probes attach: complete stacks from
+	// the first event.
+	var loading []chan struct{}
+	for _, pid := range pids {
+		if err := s.maps.Load(uint32(pid)); err != nil {
+			s.abort()
+			return nil, fmt.Errorf("attaching to pid %d: %w", pid, ErrExitedAttach)
+		}
+		for _, m := range s.maps.ModulesOf(uint32(pid)) {
+			loading = append(loading, s.tables.wantWhole(m, true))
+		}
+	}
+	if !wait(loading, tableWait) {
+		s.warn("unwind tables were still loading when tracing began: the first stacks may be copied or cut")
+	}
 	for i, pid := range pids {
 		if err := s.attachLibc(libcs[i]); err != nil {
 			s.abort()
@@ -89,10 +104,6 @@ func Attach(ctx context.Context, pids []int, duration time.Duration, opts Option
 		if err := s.tracer.AddTarget(pid, false); err != nil {
 			s.abort()
 			return nil, err
-		}
-		if err := s.maps.Load(uint32(pid)); err != nil {
-			s.abort()
-			return nil, fmt.Errorf("attaching to pid %d: %w", pid, ErrExitedAttach)
 		}
 	}
 	s.meta.Command = []string{"attach", "--pid", joinInts(pids)}
@@ -153,6 +164,9 @@ func systemLibcs() []string {
 
 // waitFor blocks until ctx is done, the duration (if any) passes, or done() holds (polled).
 func (s *Session) waitFor(ctx context.Context, duration time.Duration, done func() bool) {
+	if s.opts.OnTracing != nil {
+		s.opts.OnTracing()
+	}
 	var deadline <-chan time.Time
 	if duration > 0 {
 		timer := time.NewTimer(duration)

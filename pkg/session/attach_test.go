@@ -86,11 +86,18 @@ func attachAsync(t *testing.T, pids []int) (stop func() *report.Report) {
 		err error
 	}
 	done := make(chan result, 1)
+	tracing := make(chan struct{})
+	o := testOptions(t)
+	o.OnTracing = func() { close(tracing) }
 	go func() {
-		rep, err := Attach(ctx, pids, 0, testOptions(t))
+		rep, err := Attach(ctx, pids, 0, o)
 		done <- result{rep, err}
 	}()
-	time.Sleep(1500 * time.Millisecond) // attached: probes are placed well within this
+	select {
+	case <-tracing:
+	case r := <-done:
+		t.Fatalf("attach ended before tracing: %v", r.err)
+	}
 	return func() *report.Report {
 		cancel()
 		r := <-done
@@ -154,6 +161,8 @@ func traceWhile(t *testing.T, o Options, commands ...[]string) *view {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan *report.Report, 1)
+	tracing := make(chan struct{})
+	o.OnTracing = func() { close(tracing) }
 	go func() {
 		rep, err := Trace(ctx, 0, o)
 		if err != nil {
@@ -161,7 +170,12 @@ func traceWhile(t *testing.T, o Options, commands ...[]string) *view {
 		}
 		done <- rep
 	}()
-	time.Sleep(2 * time.Second) // probes are placed well within this
+	select {
+	case <-tracing:
+	case rep := <-done:
+		done <- rep
+		t.Fatal("trace ended before tracing")
+	}
 	for _, argv := range commands {
 		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
 			t.Fatalf("%v: %v\n%s", argv, err, out)

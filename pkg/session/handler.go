@@ -3,16 +3,33 @@ package session
 import (
 	"fmt"
 
+	"os"
+	"strings"
+
 	"github.com/udstrace/udstrace/pkg/event"
+	"github.com/udstrace/udstrace/pkg/kstack"
 	"github.com/udstrace/udstrace/pkg/loader"
 	"github.com/udstrace/udstrace/pkg/procmaps"
 	"github.com/udstrace/udstrace/pkg/report"
 )
 
-// handler turns loader events into report input, on the reading goroutine.
-type handler struct{ s *Session }
+// handler turns loader events into report input. Its loader.Handler methods run on the handling
+// goroutine, in ring order; its loader.Early methods on the draining one.
+type handler struct {
+	s          *Session
+	named      map[uint32]bool // processes whose comm the builder has
+	lastPID    uint32
+	seenCopies map[copyKey]bool // drain goroutine: copies sent ahead to the unwinder
+}
 
-func (h *handler) Alloc(a *event.Alloc, raw *loader.RawStack) {
+type copyKey struct{ prefix, ip uint64 }
+
+func newHandler(s *Session) *handler {
+	return &handler{s: s, named: map[uint32]bool{}, seenCopies: map[copyKey]bool{}}
+}
+
+func (h *handler) Alloc(a *event.Alloc) {
+	h.name(a)
 	if a.Sampled {
 		h.s.bmu.Lock()
 		h.s.addSample(a)
@@ -25,15 +42,59 @@ func (h *handler) Alloc(a *event.Alloc, raw *loader.RawStack) {
 	if min := h.s.opts.MinSize; min > 0 && a.Kind != event.Free && a.Kind != event.Munmap && a.Size < min {
 		return // frees of what was left out count as unmatched, which the report explains
 	}
-	if raw.IP != 0 || raw.PCs != nil {
-		a.Stack = h.s.maps.Frames(a.PID, a.Kind, &procmaps.Stack{IP: raw.IP, SP: raw.SP, BP: raw.BP, PCs: raw.PCs, Copy: raw.Copy})
-	}
 	h.s.bmu.Lock()
 	h.s.builder.Alloc(a)
 	h.s.bmu.Unlock()
 }
 
+// Copied finishes a stack the kernel could not, then handles the event as any other.
+func (h *handler) Copied(a *event.Alloc, c *loader.CopiedStack) {
+	var frames []kstack.Frame
+	if c.Prefix != 0 {
+		prefix, _ := h.s.stacks.get(c.Prefix)
+		frames = append(frames, prefix...)
+	}
+	var rest []kstack.Frame
+	if u, ok := c.Ticket.(*unwound); ok {
+		<-u.done
+		rest = u.frames
+	} else {
+		rest = h.s.unwindCopy(a.PID, c)
+	}
+	frames = append(frames, rest[:min(len(rest), max(kstack.MaxFrames-len(frames), 0))]...)
+	a.StackID = h.s.stacks.intern(frames, false)
+	if a.Sampled && h.s.opts.SampleBytes == 0 { // count mode: a call counted on its own
+		h.name(a)
+		h.s.bmu.Lock()
+		h.s.builder.Counted(a.PID, "", a.Kind, a.StackID, 1, a.Size)
+		h.s.bmu.Unlock()
+		return
+	}
+	h.Alloc(a)
+}
+
+// name gives the builder a process's comm the first time it is seen without exec or fork
+// (attach, system-wide): data events carry none.
+func (h *handler) name(a *event.Alloc) {
+	if a.PID == h.lastPID {
+		return
+	}
+	h.lastPID = a.PID
+	if h.named[a.PID] {
+		return
+	}
+	h.named[a.PID] = true
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", a.PID)); err == nil {
+		a.Comm = strings.TrimSuffix(string(b), "\n")
+	}
+}
+
+func (h *handler) Stack(id uint64, frames []kstack.Frame, truncated bool) {
+	h.s.stacks.put(id, frames, truncated)
+}
+
 func (h *handler) Exec(e *loader.Exec) {
+	h.named[e.PID] = true
 	h.s.maps.Exec(e.PID, e.Exe, e.StartCode, e.InterpBase, procmaps.KernelDevKey(e.Dev, e.Ino))
 	h.s.bmu.Lock()
 	h.forgetPicked(e.PID)
@@ -45,8 +106,11 @@ func (h *handler) Exec(e *loader.Exec) {
 func (h *handler) Proc(p *event.Proc, sock *event.SocketStats, totals []loader.Total) {
 	switch p.Kind {
 	case event.ProcFork:
+		h.named[p.PID] = true
 		h.s.maps.Fork(p.PPID, p.PID)
 	case event.ProcExit:
+		delete(h.named, p.PID)
+		h.lastPID = 0
 		h.s.maps.Exit(p.PID)
 	}
 	h.s.bmu.Lock()
@@ -69,6 +133,87 @@ func (h *handler) Map(m *loader.Mapping) {
 		h.checkLibc(m.PID)
 	}
 }
+
+// EarlyModule opens a module the kernel met in a stack, while its process is (most likely) still
+// there to open it through, and queues its table.
+func (h *handler) EarlyModule(r *loader.ModuleRequest) {
+	m := h.s.maps.Open(r.PID, r.Addr, r.Len, r.Dev, r.Ino, r.Name)
+	if m == nil {
+		m = h.s.maps.Stub(r.Mod, procmaps.KernelDevKey(r.Dev, r.Ino), r.Name)
+	} else if m.ID == 0 {
+		h.s.maps.SetID(m, r.Mod)
+	}
+	h.s.tables.wantWhole(m, false)
+}
+
+// EarlyPage queues a page of unwind rows the kernel asked for, ahead of everything else queued.
+func (h *handler) EarlyPage(p loader.PageRequest) {
+	h.s.tables.page(p)
+}
+
+// EarlyCopy hands a copied stack to the unwinder goroutine at once: unwinding it compiles and
+// loads the pages of rows the whole stack passes through, so the next events through the same
+// code are unwound in the kernel, instead of the kernel finding one missing page per event.
+func (h *handler) EarlyCopy(pid uint32, c *loader.CopiedStack) {
+	// Copies that stopped at a frame already seen stopping (same frames before it, same pc) most
+	// likely continue the same way: the unwinder has nothing new to learn from them, and the
+	// handler unwinds them in turn. Only novel ones go ahead.
+	k := copyKey{c.Prefix, c.IP}
+	if h.seenCopies[k] {
+		return
+	}
+	if len(h.seenCopies) > 1<<16 {
+		clear(h.seenCopies)
+	}
+	h.seenCopies[k] = true
+	u := &unwound{done: make(chan struct{})}
+	select {
+	case h.s.unwinds <- unwindJob{pid: pid, c: c, u: u}:
+		c.Ticket = u
+	default: // the unwinder is behind: the handler unwinds this one itself
+	}
+}
+
+// unwound is a copied stack's frames, once the unwinder goroutine is done with it.
+type unwound struct {
+	done   chan struct{}
+	frames []kstack.Frame
+}
+
+type unwindJob struct {
+	pid uint32
+	c   *loader.CopiedStack
+	u   *unwound
+}
+
+// unwindCopies finishes copied stacks in drain order, ahead of the handler.
+func (s *Session) unwindCopies() {
+	for j := range s.unwinds {
+		j.u.frames = s.unwindCopy(j.pid, j.c)
+		close(j.u.done)
+	}
+}
+
+// unwindCopy unwinds a copy in user space; the prefix is not included.
+func (s *Session) unwindCopy(pid uint32, c *loader.CopiedStack) []kstack.Frame {
+	cp := procmaps.Copied{IP: c.IP, SP: c.SP, BP: c.BP, Exact: c.Exact, Bytes: c.Bytes}
+	for _, m := range c.Maps {
+		cp.Maps = append(cp.Maps, procmaps.Placed{Start: m.Start, End: m.End, Pgoff: m.Pgoff, Mod: m.Mod})
+	}
+	return s.maps.Unwind(pid, &cp, kstack.MaxFrames)
+}
+
+// EarlyMap opens a file mapped executable (dlopen) at once, while it is there to open, makes it
+// ready and loads it in the background; the pages its first stacks need are asked for.
+func (h *handler) EarlyMap(m *loader.Mapping) {
+	if mod := h.s.maps.Open(m.PID, m.Addr, m.Len, m.Dev, m.Ino, m.Name); mod != nil {
+		h.s.tables.wantWhole(mod, false)
+	}
+}
+
+// EarlyExec starts loading a new image's tables at once: its first allocations follow within
+// milliseconds.
+func (h *handler) EarlyExec(e *loader.Exec) { h.s.tables.push(tableJob{exec: e}, true, false) }
 
 // forgetPicked clears the kernel's table of picked blocks of a process whose image is gone
 // (full mode with sampling); the caller holds bmu.

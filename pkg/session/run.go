@@ -75,6 +75,11 @@ func (s *Session) launch(argv []string, lo launch.Options, role report.Role) (*l
 	if role != "" {
 		s.setRole(p.PID(), role)
 	}
+	// The program's own files get their unwind tables before it runs: its stacks are complete
+	// from the first allocation.
+	if !wait(s.tables.wantImage(argv[0]), tableWait) {
+		s.warn("unwind tables of %s were still loading when it started: its first stacks may be copied or cut", argv[0])
+	}
 	if err := p.Release(); err != nil {
 		p.Abort()
 		return nil, err

@@ -6,7 +6,6 @@ import (
 
 	"github.com/udstrace/udstrace/pkg/event"
 	"github.com/udstrace/udstrace/pkg/loader"
-	"github.com/udstrace/udstrace/pkg/procmaps"
 	"github.com/udstrace/udstrace/pkg/report"
 )
 
@@ -18,8 +17,7 @@ import (
 type sampleKey struct {
 	pid     uint32
 	kind    event.Kind
-	stackID int32
-	caller  uint64
+	stackID uint64
 }
 
 // sampleSum is one site's estimate so far.
@@ -33,7 +31,7 @@ type estimate struct {
 	pid          uint32
 	comm         string
 	kind         event.Kind
-	frames       []event.Frame
+	stack        uint64
 	calls, bytes float64
 }
 
@@ -65,7 +63,7 @@ func (s *Session) addSample(a *event.Alloc) {
 	if s.samples == nil {
 		s.samples = make(map[sampleKey]*sampleSum)
 	}
-	k := sampleKey{a.PID, a.Kind, a.StackID, a.Caller}
+	k := sampleKey{a.PID, a.Kind, a.StackID}
 	x := s.samples[k]
 	if x == nil {
 		x = &sampleSum{comm: a.Comm}
@@ -85,20 +83,14 @@ func (s *Session) sampledIfAny() ([]loader.Total, []estimate, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	stacks := s.tracer.Stacks()
 	s.bmu.Lock()
 	defer s.bmu.Unlock()
 	out := make([]estimate, 0, len(s.samples))
 	for k, x := range s.samples {
-		pcs := append([]uint64{k.caller}, tail(stacks.PCs(k.stackID))...)
-		frames := s.maps.Frames(k.pid, k.kind, &procmaps.Stack{PCs: pcs})
-		out = append(out, estimate{pid: k.pid, comm: x.comm, kind: k.kind, frames: frames, calls: x.calls, bytes: x.bytes})
+		out = append(out, estimate{pid: k.pid, comm: x.comm, kind: k.kind, stack: k.stackID, calls: x.calls, bytes: x.bytes})
 	}
 	return totals, out, nil
 }
-
-// tail drops the frame-pointer walk's first entry, the allocator itself, which the direct caller replaces.
-func tail(pcs []uint64) []uint64 { return pcs[min(1, len(pcs)):] }
 
 // addLiveTotals adds the kernel's totals of processes still running to a snapshot: with sampling
 // they reach the builder only when a process exits or the trace ends.

@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/udstrace/udstrace/pkg/event"
+	"github.com/udstrace/udstrace/pkg/kstack"
 	"github.com/udstrace/udstrace/pkg/loader"
 	"github.com/udstrace/udstrace/pkg/procmaps"
 	"github.com/udstrace/udstrace/pkg/report"
@@ -28,10 +28,11 @@ type Options struct {
 	Messages    int      // echo: messages per client
 	Size        int      // echo: bytes per message (0: the classic three strings)
 	User        string   // echo: run the workload as this user (default "nobody"; "root" to keep root)
-	Stack       string   // "fp", "cfi" or "auto"
-	StackBytes  uint32   // bytes of user stack copied per event
+	Stack       string   // "auto" or "table" (in-kernel CFI), "cfi" (copied, unwound here) or "fp"
+	StackBytes  uint32   // bytes of user stack copied per event (cfi, and the fallback)
 	RingBytes   uint32
 	TableSize   uint32 // kernel tables' entries (0: 65536)
+	UnwindRows  uint32 // rows of the kernel's unwind table (0: 1<<22)
 	Follow      bool
 	Debug       bool
 	Mode        string               // "full" (default) or "count"
@@ -45,11 +46,18 @@ type Options struct {
 	MaxProcs    int                  // exited processes reported one by one before folding (0: no bound)
 	Interval    time.Duration        // with OnInterval: how often a snapshot is taken
 	OnInterval  func(*report.Report) // called with a snapshot every Interval while tracing
+	OnTracing   func()               // attach, trace: called once the probes are in place
 	Env         []string             // run: variables added to the command's environment
 	Stdout      io.Writer            // where the traced commands' output goes
 	Stderr      io.Writer
 	Log         *slog.Logger
 }
+
+// ErrCountCopy: count mode aggregates stacks in the kernel, which a copied stack cannot be.
+var ErrCountCopy = errors.New("count mode aggregates stacks in the kernel: use --stack auto or fp, not cfi")
+
+// tableWait bounds how long a trace waits for unwind tables it loads before the traced code runs.
+const tableWait = 10 * time.Second
 
 // ErrUnknownWorkload names a workload that does not exist.
 var ErrUnknownWorkload = errors.New("unknown workload")
@@ -59,23 +67,28 @@ type Session struct {
 	opts    Options
 	tracer  *loader.Tracer
 	maps    *procmaps.Table
+	stacks  *stackStore
+	tables  *tableLoader
 	builder *report.Builder
 	meta    report.Meta
 	mu      sync.Mutex // guards roles and warnings, written from the launcher while events flow
 	bmu     sync.Mutex // guards the builder and samples: events and interval snapshots
 	samples map[sampleKey]*sampleSum
+	unwinds chan unwindJob // copied stacks for the unwinder goroutine
 	done    chan error
 	cancel  context.CancelFunc
 }
 
 func stackMode(s string) (loader.StackMode, error) {
 	switch s {
-	case "", "auto", "cfi":
+	case "", "auto", "table":
+		return loader.StackTable, nil
+	case "cfi":
 		return loader.StackCopy, nil
 	case "fp":
 		return loader.StackFP, nil
 	}
-	return 0, fmt.Errorf("choosing stack mode: %q is not fp, cfi or auto", s)
+	return 0, fmt.Errorf("choosing stack mode: %q is not auto, table, cfi or fp", s)
 }
 
 // start loads the tracer and begins reading events.
@@ -90,13 +103,16 @@ func start(opts Options, filter bool) (*Session, error) {
 	if opts.Mode != "" && opts.Mode != "full" && opts.Mode != "count" {
 		return nil, fmt.Errorf("choosing mode: %q is not full or count", opts.Mode)
 	}
+	if opts.Mode == "count" && mode == loader.StackCopy {
+		return nil, fmt.Errorf("choosing stack mode: %w", ErrCountCopy)
+	}
 	cgroup, err := cgroupID(opts.Cgroup)
 	if err != nil {
 		return nil, err
 	}
 	tr, err := loader.Load(loader.Config{
 		Filter: filter, Follow: opts.Follow, StackMode: mode, StackBytes: opts.StackBytes,
-		RingBytes: opts.RingBytes, TableSize: opts.TableSize, Debug: opts.Debug, Count: opts.Mode == "count",
+		RingBytes: opts.RingBytes, TableSize: opts.TableSize, UnwindRows: opts.UnwindRows, Debug: opts.Debug, Count: opts.Mode == "count",
 		Comm: opts.Comm, CgroupID: cgroup, SampleBytes: opts.SampleBytes,
 	})
 	if err != nil {
@@ -106,15 +122,26 @@ func start(opts Options, filter bool) (*Session, error) {
 		opts: opts, tracer: tr, maps: newTable(opts.Mode == "count"),
 		done: make(chan error, 1),
 	}
+	s.stacks = newStackStore(s.maps)
+	s.tables = newTableLoader(s)
+	s.maps.Register = func(m *procmaps.Module) uint32 {
+		id := s.tables.register(m)
+		s.tables.want(m)
+		return id
+	}
+	s.maps.PageUsed = s.tables.pageUsed
+	s.maps.Adopted = func(m *procmaps.Module) { s.tables.wantWhole(m, false) }
+	s.unwinds = make(chan unwindJob, 4096)
+	go s.unwindCopies()
 	s.builder = report.NewBuilder(report.Options{TopSites: opts.TopSites, MinAge: opts.MinAge, MaxProcs: opts.MaxProcs,
-		FoldAtEnd: opts.Mode == "count", CallerFrame: s.callerFrame})
+		FoldAtEnd: opts.Mode == "count", Stacks: s.stacks.resolve, CallerStack: s.callerStack})
 	s.meta = report.Meta{Mode: modeName(opts.Mode), SampleBytes: opts.SampleBytes, StackMode: stackName(opts.Stack), Start: time.Now(), Roles: map[uint32]report.Role{}}
 	if !tr.UsesUprobeMulti() {
 		s.meta.Warnings = append(s.meta.Warnings, "kernel lacks uprobe_multi (needs ≥ 6.6): using one uprobe link per function")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	go func() { s.done <- tr.Read(ctx, &handler{s: s}) }()
+	go func() { s.done <- tr.Read(ctx, newHandler(s)) }()
 	if opts.OnInterval != nil && opts.Interval > 0 {
 		go s.snapshots(ctx)
 	}
@@ -139,8 +166,10 @@ func (s *Session) snapshot() *report.Report {
 	s.mu.Lock()
 	meta := s.meta
 	meta.End = time.Now()
-	if lost, err := s.tracer.Lost(); err == nil {
-		meta.Lost = report.LostEvents{RingBuffer: lost.RingBuffer, Other: lost.Untracked + lost.Stale, StackTruncated: lost.NoStack}
+	lost, err1 := s.tracer.Lost()
+	stk, err2 := s.tracer.StackStats()
+	if err1 == nil && err2 == nil {
+		meta.Lost, meta.Stacks = s.lostMeta(lost, stk)
 	}
 	s.mu.Unlock()
 	var live []loader.Total
@@ -152,6 +181,26 @@ func (s *Session) snapshot() *report.Report {
 	rep := s.builder.Finish(&symbolizer{maps: s.maps}, meta)
 	addLiveTotals(rep, live)
 	return rep
+}
+
+// lostMeta turns the kernel's counters into the report's: lost events, and how stacks came out.
+func (s *Session) lostMeta(lost loader.Lost, st loader.StackStats) (report.LostEvents, report.StackStats) {
+	used, capacity := s.tracer.TableUse()
+	s.tables.mu.Lock()
+	modules, pages, took := s.tables.modules, s.tables.pages, s.tables.took
+	s.tables.mu.Unlock()
+	out := report.StackStats{
+		Events: st.Events, Distinct: st.Distinct, Fallback: st.Fallback, Truncated: st.Truncated,
+		Collisions: st.Collisions, Busy: st.Busy, Depth: st.Depth,
+		TableModules: modules, TablePages: pages, TableRows: uint64(used), TableCapacity: uint64(capacity), TableSeconds: took.Seconds(),
+	}
+	if s.opts.Stack == "cfi" {
+		out.Fallback = st.Events
+	}
+	return report.LostEvents{
+		RingBuffer: lost.RingBuffer, Other: lost.Untracked + lost.Stale,
+		StackTruncated: lost.NoStack + st.Truncated + st.Depth,
+	}, out
 }
 
 func modeName(m string) string {
@@ -168,27 +217,23 @@ func stackName(s string) string {
 	return s
 }
 
-// callerFrame resolves the caller of an unmatched free; the builder calls it with bmu held.
-func (s *Session) callerFrame(pid uint32, ret uint64) []event.Frame {
-	return s.maps.Frames(pid, event.Free, &procmaps.Stack{PCs: []uint64{ret}})
+// callerStack names the caller of an unmatched free as a one-frame stack; the builder calls it
+// with bmu held.
+func (s *Session) callerStack(pid uint32, ret uint64) uint64 {
+	return s.stacks.intern([]kstack.Frame{s.maps.Caller(pid, ret)}, true)
 }
 
 // attachLibc probes the libc a program will use.
 func (s *Session) attachLibc(path string) error {
+	// Open it now (processes that map it may be gone before their mappings are read) and load its
+	// table first: every heap stack starts in it.
+	if m := s.maps.AddFile(path); m != nil {
+		wait([]chan struct{}{s.tables.wantWhole(m, true)}, tableWait)
+	}
 	probes, err := s.tracer.AttachLibc(path)
 	if err != nil {
 		return err
 	}
-	key, err := loader.FileKey(path)
-	if err != nil {
-		return err
-	}
-	offs := map[uint8]uint64{}
-	for _, p := range probes {
-		offs[uint8(p.Kind)] = p.Offset
-	}
-	s.maps.SetAllocator(key, offs)
-	s.maps.AddFile(path) // open now: processes that map it may be gone before their mappings are read
 	s.opts.Log.Debug("attached", "libc", path, "functions", len(probes))
 	return nil
 }
@@ -209,6 +254,8 @@ func (s *Session) setRole(pid int, role report.Role) {
 func (s *Session) finish() (*report.Report, error) {
 	s.cancel()
 	readErr := <-s.done
+	close(s.unwinds)
+	s.tables.stop()
 	if n, err := s.tracer.DeadThreadStates(); err == nil && n > 0 {
 		s.warn("%d entries of exited threads or processes were left in the kernel's tables (stale state)", n)
 	}
@@ -216,6 +263,8 @@ func (s *Session) finish() (*report.Report, error) {
 	totals, samples, terr := s.sampledIfAny()
 	kerr = errors.Join(kerr, terr)
 	lost, lerr := s.tracer.Lost()
+	stk, sterr := s.tracer.StackStats()
+	lerr = errors.Join(lerr, sterr)
 	socks, serr := s.tracer.SocketStats()
 	cerr := s.tracer.Close()
 	defer s.maps.Close()
@@ -225,26 +274,24 @@ func (s *Session) finish() (*report.Report, error) {
 	s.bmu.Lock()
 	defer s.bmu.Unlock()
 	for _, c := range counts {
-		pcs := append([]uint64{c.Ret}, c.PCs[min(1, len(c.PCs)):]...)
-		frames := s.maps.Frames(c.PID, c.Kind, &procmaps.Stack{PCs: pcs})
-		s.builder.Counted(c.PID, "", c.Kind, frames, c.Calls, c.Bytes)
+		s.builder.Counted(c.PID, "", c.Kind, c.StackID, c.Calls, c.Bytes)
 	}
 	for _, t := range totals {
 		s.builder.Totals(t.PID, t.Kind, t.Calls, t.Bytes)
 	}
 	for _, e := range samples {
-		s.builder.Estimated(e.pid, e.comm, e.kind, e.frames, uint64(math.Round(e.calls)), uint64(math.Round(e.bytes)))
+		s.builder.Estimated(e.pid, e.comm, e.kind, e.stack, uint64(math.Round(e.calls)), uint64(math.Round(e.bytes)))
 	}
 	for _, st := range socks {
 		s.builder.Sockets(st)
 	}
 	s.meta.End = time.Now()
-	s.meta.Lost = report.LostEvents{RingBuffer: lost.RingBuffer, Other: lost.Untracked + lost.Stale, StackTruncated: lost.NoStack}
+	s.meta.Lost, s.meta.Stacks = s.lostMeta(lost, stk)
 	if lost.Stale > 0 {
 		s.warn("%d allocator calls lost their return probe (state discarded); their allocations are missing", lost.Stale)
 	}
 	s.builder.Settle()
-	for path, why := range s.maps.Failures {
+	for path, why := range s.maps.Failures() {
 		s.warn("no symbols for %s: %s", path, why)
 	}
 	return s.builder.Finish(&symbolizer{maps: s.maps}, s.meta), nil
@@ -254,6 +301,8 @@ func (s *Session) finish() (*report.Report, error) {
 func (s *Session) abort() {
 	s.cancel()
 	<-s.done
+	close(s.unwinds)
+	s.tables.stop()
 	s.tracer.Close()
 	s.maps.Close()
 }

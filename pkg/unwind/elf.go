@@ -15,39 +15,62 @@ const maxSectionSize = 256 << 20
 // .eh_frame found through PT_GNU_EH_FRAME (section headers stripped).
 // .eh_frame_hdr is only used to size buffers and to find .eh_frame.
 func ParseELF(f *elf.File) (t *Table, err error) {
+	c, err := elfCFI(f)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(c.data, c.o)
+}
+
+// cfiData is a file's CFI section, the options to parse it with, and its .eh_frame_hdr (if any).
+type cfiData struct {
+	data    []byte
+	o       Options
+	hdr     []byte
+	hdrAddr uint64
+}
+
+// elfCFI reads the CFI section ParseELF and NewSourceELF use.
+func elfCFI(f *elf.File) (c cfiData, err error) {
+	c.data, c.o, c.hdr, c.hdrAddr, err = elfSections(f)
+	return c, err
+}
+
+func elfSections(f *elf.File) (data []byte, o Options, hdr []byte, hdrAddr uint64, err error) {
 	defer func() {
 		// debug/elf can panic on corrupt files; one bad binary must not take the tracer down.
 		if p := recover(); p != nil {
-			t, err = nil, fmt.Errorf("parsing elf cfi: panic: %v", p)
+			data, hdr, err = nil, nil, fmt.Errorf("parsing elf cfi: panic: %v", p)
 		}
 	}()
 	arch, err := elfArch(f)
 	if err != nil {
-		return nil, err
+		return nil, o, nil, 0, err
 	}
-	o := Options{Arch: arch, DataBase: dataBase(f)}
+	o = Options{Arch: arch, DataBase: dataBase(f)}
 	if s := f.Section(".eh_frame"); s != nil && s.Type != elf.SHT_NOBITS && s.Size > 0 {
 		data, err := sectionData(s)
 		if err != nil {
-			return nil, err
+			return nil, o, nil, 0, err
 		}
 		o.VAddr = s.Addr
 		if h := f.Section(".eh_frame_hdr"); h != nil && h.Type != elf.SHT_NOBITS {
 			if hd, err := sectionData(h); err == nil {
 				o.FDEHint, _ = hdrInfo(hd, h.Addr)
+				hdr, hdrAddr = hd, h.Addr
 			}
 		}
-		return Parse(data, o)
+		return data, o, hdr, hdrAddr, nil
 	}
 	if s := f.Section(".debug_frame"); s != nil && s.Type != elf.SHT_NOBITS && s.Size > 0 {
 		data, err := sectionData(s)
 		if err != nil {
-			return nil, err
+			return nil, o, nil, 0, err
 		}
 		o.DebugFrame = true
-		return Parse(data, o)
+		return data, o, nil, 0, nil
 	}
-	return parseFromSegments(f, o)
+	return fromSegments(f, o)
 }
 
 func elfArch(f *elf.File) (Arch, error) {
@@ -77,7 +100,14 @@ func sectionData(s *elf.Section) ([]byte, error) {
 	if s.Size > maxSectionSize {
 		return nil, fmt.Errorf("reading section %s: size %d too large", s.Name, s.Size)
 	}
-	// Open().ReadAll handles SHF_COMPRESSED and bounds reads by the header.
+	if s.Flags&elf.SHF_COMPRESSED == 0 && s.Type != elf.SHT_NOBITS {
+		data := make([]byte, s.Size) // one read, no growing buffer: .eh_frame is megabytes
+		if _, err := s.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("reading section %s: %w", s.Name, err)
+		}
+		return data, nil
+	}
+	// Open().ReadAll decompresses and bounds reads by the header.
 	data, err := io.ReadAll(io.LimitReader(s.Open(), maxSectionSize))
 	if err != nil {
 		return nil, fmt.Errorf("reading section %s: %w", s.Name, err)
@@ -104,10 +134,10 @@ func hdrInfo(hdr []byte, vaddr uint64) (fdeCount int, ehFrame uint64) {
 	return fdeCount, eh
 }
 
-// parseFromSegments finds .eh_frame through PT_GNU_EH_FRAME and reads it from
+// fromSegments finds .eh_frame through PT_GNU_EH_FRAME and reads it from
 // its PT_LOAD; its exact end is unknown, so parsing stops at the terminator
 // or at the first entry that does not frame.
-func parseFromSegments(f *elf.File, o Options) (*Table, error) {
+func fromSegments(f *elf.File, o Options) ([]byte, Options, []byte, uint64, error) {
 	var hdrProg *elf.Prog
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_GNU_EH_FRAME {
@@ -115,22 +145,51 @@ func parseFromSegments(f *elf.File, o Options) (*Table, error) {
 		}
 	}
 	if hdrProg == nil {
-		return nil, errors.New("finding cfi: no .eh_frame, .debug_frame or PT_GNU_EH_FRAME")
+		return nil, o, nil, 0, errors.New("finding cfi: no .eh_frame, .debug_frame or PT_GNU_EH_FRAME")
 	}
 	hdr, err := readVAddr(f, hdrProg.Vaddr, min(hdrProg.Filesz, 1<<20))
 	if err != nil {
-		return nil, err
+		return nil, o, nil, 0, err
 	}
 	count, eh := hdrInfo(hdr, hdrProg.Vaddr)
 	if eh == 0 {
-		return nil, errors.New("finding cfi: bad .eh_frame_hdr")
+		return nil, o, nil, 0, errors.New("finding cfi: bad .eh_frame_hdr")
 	}
 	data, err := readVAddr(f, eh, maxSectionSize)
 	if err != nil {
-		return nil, err
+		return nil, o, nil, 0, err
 	}
 	o.VAddr, o.FDEHint, o.LenientTail = eh, count, true
-	return Parse(data, o)
+	return data, o, hdr, hdrProg.Vaddr, nil
+}
+
+// hdrTable decodes .eh_frame_hdr's search table (the usual datarel sdata4 encoding only): each
+// FDE's start address, sorted, and its offset in .eh_frame. ok=false when absent or odd.
+func hdrTable(hdr []byte, hdrAddr, ehAddr uint64, ehLen int) (starts []uint64, offs []int32, ok bool) {
+	r := reader{b: hdr}
+	if r.u8() != 1 || r.err != nil {
+		return nil, nil, false
+	}
+	ptrEnc, countEnc, tableEnc := r.u8(), r.u8(), r.u8()
+	b := bases{sectionVAddr: hdrAddr, ptrSize: 8}
+	if _, ind, err := r.encoded(ptrEnc, &b, true); err != nil || ind {
+		return nil, nil, false
+	}
+	n, _, err := r.encoded(countEnc, &b, false)
+	if err != nil || countEnc == peOmit || tableEnc != peDatarel|peSdata4 || n > uint64(r.left()/8) {
+		return nil, nil, false
+	}
+	starts, offs = make([]uint64, n), make([]int32, n)
+	for i := range starts {
+		loc, fde := int32(r.u32()), int32(r.u32())
+		starts[i] = hdrAddr + uint64(int64(loc))
+		off := int64(hdrAddr) + int64(fde) - int64(ehAddr)
+		if r.err != nil || off < 0 || off >= int64(ehLen) || (i > 0 && starts[i] < starts[i-1]) {
+			return nil, nil, false
+		}
+		offs[i] = int32(off)
+	}
+	return starts, offs, true
 }
 
 // readVAddr reads up to n bytes at vaddr from the PT_LOAD holding it.

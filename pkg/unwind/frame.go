@@ -259,18 +259,35 @@ func (p *parser) parseAug(c *cie, letters string, r *reader, bodyVAddr uint64) e
 var errIndirect = errors.New("indirect fde address")
 
 func (p *parser) fde(e entry) error {
+	f, err := p.fdeHeader(e)
+	if err != nil || f.start == f.end {
+		return err // an empty or wrapping range has nothing to cover
+	}
+	return p.fdeRows(f)
+}
+
+// fdeHead is an FDE's range and where its instructions are, before they are run.
+type fdeHead struct {
+	c            *cie
+	start, end   uint64
+	instr, limit int // the instructions are p.data[instr:limit]
+	off          int // the FDE's offset in the section
+}
+
+// fdeHeader decodes an FDE's CIE, address range and augmentation.
+func (p *parser) fdeHeader(e entry) (fdeHead, error) {
 	var cieOff uint64
 	if p.o.DebugFrame {
 		cieOff = e.id
 	} else {
 		if e.id > uint64(e.idOff) {
-			return fmt.Errorf("parsing fde at %#x: cie pointer out of range", e.off)
+			return fdeHead{}, fmt.Errorf("parsing fde at %#x: cie pointer out of range", e.off)
 		}
 		cieOff = uint64(e.idOff) - e.id
 	}
 	c, err := p.cieAt(cieOff)
 	if err != nil {
-		return err
+		return fdeHead{}, err
 	}
 	// Decode with the whole section as backing so pcrel sees true offsets.
 	r := reader{b: p.data[:e.nextOff], off: e.idOff + e.idSize}
@@ -278,34 +295,39 @@ func (p *parser) fde(e entry) error {
 	b.ptrSize = c.ptrSize
 	start, ind, err := r.encoded(c.fdeEnc, &b, true)
 	if err != nil {
-		return fmt.Errorf("parsing fde at %#x: %w", e.off, err)
+		return fdeHead{}, fmt.Errorf("parsing fde at %#x: %w", e.off, err)
 	}
 	if ind {
-		return fmt.Errorf("parsing fde at %#x: %w", e.off, errIndirect)
+		return fdeHead{}, fmt.Errorf("parsing fde at %#x: %w", e.off, errIndirect)
 	}
 	size, _, err := r.encoded(c.fdeEnc&0x0f, &b, false)
 	if err != nil {
-		return fmt.Errorf("parsing fde at %#x: %w", e.off, err)
+		return fdeHead{}, fmt.Errorf("parsing fde at %#x: %w", e.off, err)
 	}
 	if c.augData {
 		n := r.uleb()
 		r.take(int(min(n, uint64(r.left())+1)))
 	}
 	if r.err != nil {
-		return fmt.Errorf("parsing fde at %#x: %w", e.off, r.err)
+		return fdeHead{}, fmt.Errorf("parsing fde at %#x: %w", e.off, r.err)
 	}
 	end := start + size
 	if size == 0 || end < start {
-		return nil // empty or wrapping range: nothing to cover
+		end = start
 	}
-	p.bld.beginFDE(start, end)
-	st := c.initial
+	return fdeHead{c: c, start: start, end: end, instr: r.off, limit: e.nextOff, off: e.off}, nil
+}
+
+// fdeRows runs an FDE's instructions into the builder.
+func (p *parser) fdeRows(f fdeHead) error {
+	p.bld.beginFDE(f.start, f.end)
+	st := f.c.initial
 	p.interp.base = p.b
-	p.interp.base.sectionVAddr = p.o.VAddr + uint64(r.off)
-	err = p.interp.run(c, p.data[r.off:e.nextOff], &st, &p.bld, start, end)
+	p.interp.base.sectionVAddr = p.o.VAddr + uint64(f.instr)
+	err := p.interp.run(f.c, p.data[f.instr:f.limit], &st, &p.bld, f.start, f.end)
 	p.bld.endFDE(err == nil)
 	if err != nil {
-		return fmt.Errorf("parsing fde at %#x: %w", e.off, err)
+		return fmt.Errorf("parsing fde at %#x: %w", f.off, err)
 	}
 	return nil
 }

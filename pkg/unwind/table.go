@@ -2,6 +2,7 @@ package unwind
 
 import (
 	"fmt"
+	"iter"
 	"slices"
 	"sort"
 )
@@ -229,10 +230,41 @@ func (b *builder) table(arch Arch, skipped int) *Table {
 		}
 		emit(end, row{}) // gap marker; replaced when the next FDE starts here
 	}
-	b.fdes, b.addrs, b.rows = nil, nil, nil
+	b.fdes, b.addrs, b.rows = b.fdes[:0], b.addrs[:0], b.rows[:0] // capacity kept for the next range
 	if len(t.addrs) < cap(t.addrs)*3/4 {
 		// Deduplication left much unused capacity: keep only what Lookup needs.
 		t.addrs, t.rows = slices.Clone(t.addrs), slices.Clone(t.rows)
 	}
 	return t
+}
+
+// Rows yields each row in address order: the rule in effect from that ELF virtual address up to
+// the next row's (a rule with CFA kind CFANone marks a gap no FDE covers).
+func (t *Table) Rows() iter.Seq2[uint64, Rule] {
+	return func(yield func(uint64, Rule) bool) {
+		if t == nil {
+			return
+		}
+		for i, a := range t.addrs {
+			if !yield(a, t.rows[i].rule()) {
+				return
+			}
+		}
+	}
+}
+
+// RowsIn yields the rows that hold somewhere in [lo, hi): the one in effect at lo (whose address
+// may be before lo), then each one starting in the range.
+func (t *Table) RowsIn(lo, hi uint64) iter.Seq2[uint64, Rule] {
+	return func(yield func(uint64, Rule) bool) {
+		if t == nil {
+			return
+		}
+		i := sort.Search(len(t.addrs), func(i int) bool { return t.addrs[i] > lo })
+		for i = max(i-1, 0); i < len(t.addrs) && t.addrs[i] < hi; i++ {
+			if !yield(t.addrs[i], t.rows[i].rule()) {
+				return
+			}
+		}
+	}
 }

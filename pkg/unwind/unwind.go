@@ -10,7 +10,12 @@ const MaxFrames = 127
 //
 // arm64 will need LR as well (the RA of a leaf frame, whose rule is
 // same-value in column 30); x86-64 keeps every RA on the stack.
-type Regs struct{ IP, SP, FP uint64 }
+type Regs struct {
+	IP, SP, FP uint64
+	// IPIsReturn: IP is a return address (the stack was taken where a call returns), so its
+	// rule is looked up at IP-1, inside the call; else IP is where execution stopped.
+	IPIsReturn bool
+}
 
 // Resolver maps a runtime PC to the Table of the file mapped there and the
 // bias to subtract (vaddr = pc - bias). ok=false when the PC is in no known
@@ -36,7 +41,7 @@ func UnwindInto(dst []uint64, regs Regs, stack []byte, resolve Resolver, max int
 		return dst
 	}
 	m := mem{base: regs.SP, b: stack}
-	c := cursor{pc: regs.IP, sp: regs.SP, fp: regs.FP, fpOK: true, exact: true}
+	c := cursor{pc: regs.IP, sp: regs.SP, fp: regs.FP, fpOK: true, exact: !regs.IPIsReturn}
 	dst = append(dst, c.pc)
 	for n := 1; n < max; n++ {
 		if !m.step(&c, resolve) || c.pc == 0 {
