@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/udstrace/udstrace/pkg/launch"
+	"github.com/udstrace/udstrace/pkg/session"
 )
 
 func main() {
@@ -23,6 +24,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	stopCPU := startCPUProfile(os.Getenv("UDSTRACE_CPUPROFILE")) // for finding where the tracer's CPU goes
 	code := run(ctx, os.Args[1:])
+	session.Wait() // the report is out; the probes finish detaching
 	stopCPU()
 	stop()
 	if path := os.Getenv("UDSTRACE_MEMPROFILE"); path != "" {

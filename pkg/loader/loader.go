@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"sync"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
@@ -50,6 +52,8 @@ type Tracer struct {
 	libcPaths  map[string]string
 	tracefsNew bool
 	tables     tables
+	// Event ring traffic so far (Read counts it).
+	ringRecords, ringBytes atomic.Uint64
 }
 
 // ErrVerifier wraps a program the kernel refused; the log is attached only in debug mode.
@@ -207,12 +211,19 @@ func ensureTracefs() (mounted bool, err error) {
 	return true, nil
 }
 
-// Close detaches every probe and frees the programs and maps, newest link first.
+// Close detaches every probe and frees the programs and maps. Links are closed all at once:
+// each close waits for an RCU grace period (15-75 ms here), and parallel closes share them.
 func (t *Tracer) Close() error {
-	var errs []error
-	for i := len(t.links) - 1; i >= 0; i-- {
-		errs = append(errs, t.links[i].Close())
+	errs := make([]error, len(t.links))
+	var wg sync.WaitGroup
+	for i, l := range t.links {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = l.Close()
+		}()
 	}
+	wg.Wait()
 	t.links = nil
 	t.tables.close()
 	errs = append(errs, t.objs.Close())

@@ -191,6 +191,8 @@ func (t *Tracer) drain(ctx context.Context, rd *ringbuf.Reader, q *queue, h Hand
 		err := rd.ReadInto(&rec)
 		switch {
 		case err == nil:
+			t.ringRecords.Add(1)
+			t.ringBytes.Add(uint64(len(rec.RawSample)+8)) // with the ring's own 8-byte header
 			r := &b.recs[b.n]
 			if r.decodeRecord(&rec) {
 				if early != nil {
@@ -245,6 +247,12 @@ func readRequests(ctx context.Context, rd *ringbuf.Reader, early Early) {
 			return
 		}
 	}
+}
+
+// RingTraffic reports the records read from the event ring so far and their bytes (with the
+// ring's 8-byte record headers).
+func (t *Tracer) RingTraffic() (records, bytes uint64) {
+	return t.ringRecords.Load(), t.ringBytes.Load()
 }
 
 // queue hands batches from the drain to the handler and back, allocating at most maxBatches.

@@ -23,6 +23,7 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 		LostEvents:         meta.Lost.RingBuffer + meta.Lost.Other,
 		LostDetail:         LostDetail(meta.Lost),
 		Stacks:             meta.Stacks,
+		Tracer:             meta.Tracer,
 		Warnings:           append([]string{}, meta.Warnings...),
 		Processes:          []Process{},
 		Sites:              []Site{},

@@ -54,6 +54,7 @@ type Meta struct {
 	Roles       map[uint32]Role // pid -> workload role
 	Lost        LostEvents
 	Stacks      StackStats
+	Tracer      TracerStats
 	Warnings    []string // things the user must know
 	Now         uint64   // CLOCK_MONOTONIC ns the report is taken at, to age live blocks; 0: the latest event time seen
 }
@@ -81,20 +82,21 @@ type SymFrame struct {
 
 // Report is the JSON document; WriteJSON and WriteText render it.
 type Report struct {
-	Schema          string     `json:"schema"`
-	Command         []string   `json:"command"`
-	Mode            string     `json:"mode"`
-	SampleBytes     uint64     `json:"sample_bytes"` // count mode: mean bytes between sampled calls; 0: not sampled
-	StackMode       string     `json:"stack_mode"`
-	Start           time.Time  `json:"start"`
-	End             time.Time  `json:"end"`
-	DurationSeconds float64    `json:"duration_seconds"`
-	LostEvents      uint64     `json:"lost_events"`
-	LostDetail      LostDetail `json:"lost_detail"`
-	Stacks          StackStats `json:"stacks"`
-	Warnings        []string   `json:"warnings"`
-	Processes       []Process  `json:"processes"`
-	Sites           []Site     `json:"sites"`
+	Schema          string      `json:"schema"`
+	Command         []string    `json:"command"`
+	Mode            string      `json:"mode"`
+	SampleBytes     uint64      `json:"sample_bytes"` // count mode: mean bytes between sampled calls; 0: not sampled
+	StackMode       string      `json:"stack_mode"`
+	Start           time.Time   `json:"start"`
+	End             time.Time   `json:"end"`
+	DurationSeconds float64     `json:"duration_seconds"`
+	LostEvents      uint64      `json:"lost_events"`
+	LostDetail      LostDetail  `json:"lost_detail"`
+	Stacks          StackStats  `json:"stacks"`
+	Tracer          TracerStats `json:"tracer"`
+	Warnings        []string    `json:"warnings"`
+	Processes       []Process   `json:"processes"`
+	Sites           []Site      `json:"sites"`
 	// Frees of blocks the trace never saw allocated, by the caller of free (full mode).
 	UnmatchedFreeSites []FreeSite `json:"unmatched_free_sites"`
 	SocketPath         SocketPath `json:"socket_path"`
@@ -102,6 +104,15 @@ type Report struct {
 	MinAgeSeconds      float64    `json:"min_age_seconds"`    // Options.MinAge: the threshold of outstanding_older_than_min_age
 
 	topSites int // text only
+}
+
+// TracerStats is what the trace cost udstrace itself.
+type TracerStats struct {
+	RingRecords    uint64  `json:"ring_records"`     // records read from the event ring
+	RingBytes      uint64  `json:"ring_bytes"`       // their bytes, with the ring's 8-byte headers
+	CPUUserSeconds float64 `json:"cpu_user_seconds"` // udstrace's own CPU so far (not the traced programs')
+	CPUSysSeconds  float64 `json:"cpu_sys_seconds"`
+	PeakRSSBytes   uint64  `json:"peak_rss_bytes"` // udstrace's peak resident memory (VmHWM)
 }
 
 // StackStats is how the stacks came out: none of these is a lost event.

@@ -171,6 +171,7 @@ func (s *Session) snapshot() *report.Report {
 	if err1 == nil && err2 == nil {
 		meta.Lost, meta.Stacks = s.lostMeta(lost, stk)
 	}
+	meta.Tracer = s.selfCost()
 	s.mu.Unlock()
 	var live []loader.Total
 	if s.opts.SampleBytes > 0 {
@@ -201,6 +202,19 @@ func (s *Session) lostMeta(lost loader.Lost, st loader.StackStats) (report.LostE
 		RingBuffer: lost.RingBuffer, Other: lost.Untracked + lost.Stale,
 		StackTruncated: lost.NoStack + st.Truncated + st.Depth,
 	}, out
+}
+
+// selfCost reads what the trace has cost udstrace itself: ring traffic, CPU, peak memory.
+func (s *Session) selfCost() report.TracerStats {
+	var out report.TracerStats
+	out.RingRecords, out.RingBytes = s.tracer.RingTraffic()
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		out.CPUUserSeconds = time.Duration(ru.Utime.Nano()).Seconds()
+		out.CPUSysSeconds = time.Duration(ru.Stime.Nano()).Seconds()
+		out.PeakRSSBytes = uint64(ru.Maxrss) << 10
+	}
+	return out
 }
 
 func modeName(m string) string {
@@ -266,9 +280,10 @@ func (s *Session) finish() (*report.Report, error) {
 	stk, sterr := s.tracer.StackStats()
 	lerr = errors.Join(lerr, sterr)
 	socks, serr := s.tracer.SocketStats()
-	cerr := s.tracer.Close()
+	s.meta.Lost, s.meta.Stacks = s.lostMeta(lost, stk)
+	closeInBackground(s.tracer) // detaching takes grace periods: the report need not wait for them
 	defer s.maps.Close()
-	if err := errors.Join(readErr, kerr, lerr, serr, cerr); err != nil {
+	if err := errors.Join(readErr, kerr, lerr, serr); err != nil {
 		return nil, err
 	}
 	s.bmu.Lock()
@@ -286,7 +301,7 @@ func (s *Session) finish() (*report.Report, error) {
 		s.builder.Sockets(st)
 	}
 	s.meta.End = time.Now()
-	s.meta.Lost, s.meta.Stacks = s.lostMeta(lost, stk)
+	s.meta.Tracer = s.selfCost()
 	if lost.Stale > 0 {
 		s.warn("%d allocator calls lost their return probe (state discarded); their allocations are missing", lost.Stale)
 	}
@@ -296,6 +311,20 @@ func (s *Session) finish() (*report.Report, error) {
 	}
 	return s.builder.Finish(&symbolizer{maps: s.maps}, s.meta), nil
 }
+
+// closing counts traces still detaching from the kernel.
+var closing sync.WaitGroup
+
+func closeInBackground(t *loader.Tracer) {
+	closing.Add(1)
+	go func() {
+		defer closing.Done()
+		_ = t.Close() // the links and maps go away with their file descriptors in any case
+	}()
+}
+
+// Wait blocks until every finished trace has detached from the kernel; call it before exiting.
+func Wait() { closing.Wait() }
 
 // abort tears down after a failure before any report.
 func (s *Session) abort() {
