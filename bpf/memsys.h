@@ -113,8 +113,7 @@ static __always_inline void emit_map(u32 pid, u64 addr, u64 len, u64 pgoff, s32 
 	ev->pgoff = pgoff;
 	ev->ino = BPF_CORE_READ(f, f_inode, i_ino);
 	ev->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
-	const unsigned char *name = BPF_CORE_READ(f, f_path.dentry, d_name.name);
-	bpf_probe_read_kernel_str(ev->name, sizeof(ev->name), name);
+	ev->flags = copy_path(thread_state(false), f, ev->name);
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP); /* the file is opened while the process lives */
 }
@@ -123,60 +122,62 @@ static __always_inline int sys_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 tid = (u32)pid_tgid;
-	struct sys_state *p = bpf_map_lookup_elem(&sysinflight, &tid);
-	if (!p)
+	struct sys_state *st = bpf_map_lookup_elem(&sysinflight, &tid);
+	if (!st)
 		return 0;
-	struct sys_state st = *p;
-	bpf_map_delete_elem(&sysinflight, &tid);
-
 	long ret = ctx->ret;
 	bool failed = ret < 0 && ret > -4096;
 	struct thread_state *ts = thread_state(true);
 	if (!ts) {
+		bpf_map_delete_elem(&sysinflight, &tid);
 		count_lost(LOST_INFLIGHT);
 		return 0;
 	}
 	struct sys_event *hdr = &ts->hdr;
-	fill_header(&hdr->a, EV_SYS, st.kind, pid_tgid);
+	fill_header(&hdr->a, EV_SYS, st->kind, pid_tgid);
 	hdr->old_size = 0;
 	hdr->aux = 0;
 	hdr->fd = -1;
-	hdr->a.inside = st.inside;
-	switch (st.kind) {
+	hdr->a.inside = st->inside;
+	switch (st->kind) {
 	case K_MMAP:
-		hdr->a.size = st.args[1];
+		hdr->a.size = st->args[1];
 		hdr->a.addr = failed ? 0 : ret;
-		hdr->aux = st.args[2] << 32 | (u32)st.args[3];
-		hdr->fd = (s32)st.args[4];
+		hdr->aux = st->args[2] << 32 | (u32)st->args[3];
+		hdr->fd = (s32)st->args[4];
 		break;
 	case K_MUNMAP:
-		hdr->a.addr = st.args[0];
-		hdr->a.size = st.args[1];
+		hdr->a.addr = st->args[0];
+		hdr->a.size = st->args[1];
 		failed = ret != 0;
 		break;
 	case K_MREMAP:
-		hdr->a.old_addr = st.args[0];
-		hdr->old_size = st.args[1];
-		hdr->a.size = st.args[2];
+		hdr->a.old_addr = st->args[0];
+		hdr->old_size = st->args[1];
+		hdr->a.size = st->args[2];
 		hdr->a.addr = failed ? 0 : ret;
 		break;
 	case K_BRK:
 		/* brk returns the new break; the old one was read at entry. size is the signed growth. */
-		hdr->a.old_addr = st.brk_before;
+		hdr->a.old_addr = st->brk_before;
 		hdr->a.addr = ret;
-		hdr->a.size = (u64)ret - st.brk_before;
-		failed = st.args[0] && (u64)ret != st.args[0];
+		hdr->a.size = (u64)ret - st->brk_before;
+		failed = st->args[0] && (u64)ret != st->args[0];
 		break;
 	}
 	if (failed)
 		hdr->a.flags |= F_FAILED;
+	u8 kind = st->kind, inside = st->inside;
+	u64 prot = st->args[2], mlen = st->args[1], mpgoff = st->args[5];
+	s32 mfd = (s32)st->args[4];
+	bpf_map_delete_elem(&sysinflight, &tid); /* st is not read past here: the slot may be reused */
 	struct start *from = &ts->from;
 	__builtin_memset(from, 0, sizeof(*from));
-	if (st.inside == K_NONE)
+	if (inside == K_NONE)
 		user_regs(&from->pc, &from->sp, &from->fp);
-	stack_and_emit(ctx, hdr, from, SO_SYS | (st.inside == K_NONE ? 0 : SO_NO_STACK));
-	if (st.kind == K_MMAP && !failed && (st.args[2] & PROT_EXEC))
-		emit_map(pid_tgid >> 32, ret, st.args[1], st.args[5], (s32)st.args[4]);
+	stack_and_emit(ctx, hdr, from, SO_SYS | (inside == K_NONE ? 0 : SO_NO_STACK));
+	if (kind == K_MMAP && !failed && (prot & PROT_EXEC))
+		emit_map(pid_tgid >> 32, ret, mlen, mpgoff, mfd);
 	return 0;
 }
 

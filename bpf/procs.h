@@ -99,6 +99,7 @@ int on_exit(u64 *ctx)
 	bool was_traced = traced(tgid);
 	bpf_map_delete_elem(&targets, &tgid);
 	bpf_map_delete_elem(&map_gens, &tgid);
+	bpf_map_delete_elem(&proc_maps, &tgid);
 	struct sock_stats *st = bpf_map_lookup_elem(&sockstats, &tgid);
 	struct proc_event *ev = 0;
 	if (was_traced) {

@@ -60,7 +60,7 @@ static __always_inline u64 stack_id(struct walk *w, u8 flags)
 	if (n == 0 || n > MAX_FRAMES)
 		return 0;
 	mix(w, (u64)n | (u64)flags << 16);
-	u64 id = w->h1 ? w->h1 : 1, h2 = w->h2;
+	u64 id = w->ts->wk.h1 ? w->ts->wk.h1 : 1, h2 = w->ts->wk.h2;
 	bool stored = false;
 	u64 *seen = bpf_map_lookup_elem(&stack_seen, &id);
 	if (!seen) {
@@ -134,7 +134,7 @@ static __always_inline void capture_fp(void *ctx, struct walk *w, struct start *
 	if (s->exact) { /* an entry probe: [the allocator's pc, its caller at [sp], the walk's callers] */
 		ts->st.frames[0] = ts->st.frames[1];
 		u64 ret = 0;
-		read_user(&ret, s->sp);
+		bpf_probe_read_user(&ret, sizeof(ret), (void *)s->sp);
 		ts->st.frames[1] = ret;
 		n++;
 	} else if (s->alloc_ip) { /* a return probe: [the allocator, the walk from its caller] */
@@ -165,8 +165,13 @@ static __always_inline void capture(void *ctx, struct walk *w, struct thread_sta
 	}
 	if (s->alloc_ip && !s->exact) { /* a return probe: the allocator's own frame first */
 		struct map_entry *e = 0;
-		if (cache_lookup(ts, tgid, s->alloc_ip, &e) == LK_OK)
+		enum lookup lk = cache_lookup(ts, tgid, s->alloc_ip, &e);
+		if (lk == LK_OK)
 			push(w, encode_frame(e, s->alloc_ip));
+		else if (lk == LK_BUSY) {
+			push(w, s->alloc_ip); /* raw: user space names it from the process's mappings */
+			out->flags |= F_STACK_RAW;
+		}
 	}
 	if (cfg_stack_mode == STACK_COPY) {
 		out->id = stack_id(w, 0);
@@ -186,8 +191,10 @@ static __always_inline void capture(void *ctx, struct walk *w, struct thread_sta
 		count_stack(STK_FALLBACK);
 		return;
 	}
-	push(w, w->pending_frame); /* at least the frame that stopped it */
-	out->flags = F_STACK_TRUNC;
+	push(w, w->ts->wk.pending_frame); /* at least the frame that stopped it */
+	if (!w->pending_mod)
+		out->flags |= F_STACK_RAW; /* a mapping it could not read: raw */
+	out->flags |= F_STACK_TRUNC;
 	out->id = stack_id(w, F_STACK_TRUNC);
 	count_stack(STK_TRUNC);
 }

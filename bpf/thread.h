@@ -27,8 +27,35 @@ struct start {
 	bool exact;   /* pc is where execution is (an entry probe), not a return address */
 };
 
+#define WIN_WORDS 64 /* 512 bytes */
+#define PATH_BYTES 256
+
+/* A process's executable mappings as its threads found them, shared (bpf/modules.h). */
+#define PROC_CACHE 32
+struct proc_cache {
+	u64 mm;
+	u64 gen;
+	u32 n;
+	u32 _pad;
+	struct map_entry maps[PROC_CACHE];
+};
+
+/* The part of the user stack in the thread's window (thread_state.win). */
+struct window {
+	u64 base; /* user address of win[0] */
+	u64 len;  /* bytes of it that hold the stack (0: none) */
+};
+
+/* The unwinder's state that need not be on the BPF stack (bpf/unwind.h struct walk). */
+struct walk_state {
+	u64 h1, h2;        /* the stack id's hashes so far */
+	u64 pending_frame; /* the frame the walk stopped at, encoded */
+	struct window win;
+};
+
 struct thread_state {
 	struct call_state call;
+	struct walk_state wk;
 	/* The event being built and where its stack starts: here, not on the BPF stack, which the
 	 * unwinder's nested calls need. */
 	struct sys_event hdr;
@@ -38,8 +65,13 @@ struct thread_state {
 	u64 gen;
 	u32 nmaps;
 	u32 victim; /* next entry to replace when the cache is full */
+	u32 last;   /* the entry hit last */
+	u32 _pad;
 	struct map_entry maps[MAP_CACHE];
 	struct stack_event st; /* frames being unwound, laid out as the EV_STACK record */
+	u64 win[WIN_WORDS];    /* a window of the user stack: one read serves many frames */
+	char path[2 * PATH_BYTES]; /* a file's path, as bpf/modules.h's file_path lays it out */
+	struct proc_cache pc;      /* scratch for updating the process's shared cache */
 };
 
 struct {

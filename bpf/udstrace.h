@@ -26,6 +26,7 @@ enum event_type { EV_ALLOC = 1, EV_EXEC, EV_FORK, EV_EXIT, EV_MAP, EV_FREE, EV_S
 enum event_flag {
 	F_FAILED = 1,      /* NULL / error returned: nothing allocated */
 	F_STACK_TRUNC = 2, /* the stack stops early: a module's unwind table was still loading */
+	F_STACK_RAW = 4,   /* a frame is a raw address of a mapping the kernel could not read (mmap lock held) */
 	F_STACK_SHORT = 8, /* the copy had to be shortened to stay inside the stack */
 	F_SAMPLED = 16,    /* count mode, sampled call: stack is its stack id */
 	F_WEIGHTED = 32,   /* full mode with sampling: a picked call (or the free of a picked block) */
@@ -149,6 +150,8 @@ struct stack_event {
 	u64 frames[MAX_FRAMES];
 };
 
+#define PF_PATH 1
+
 struct sock_stats {
 	u64 first_ns;
 	u64 counts[S_COUNT];
@@ -164,7 +167,8 @@ struct count_val {
 
 struct proc_event {
 	u8 type;
-	u8 _pad[3];
+	u8 flags; /* PF_PATH: name is a whole path, as bpf/modules.h's file_path lays it out */
+	u8 _pad[2];
 	u32 pid;
 	u32 ppid;
 	s32 exit_code;

@@ -70,9 +70,8 @@ struct {
 
 /* The walk in progress: the frame's registers, and the frames and hashes so far. */
 struct walk {
-	struct thread_state *ts;
+	struct thread_state *ts; /* the rest of the walk's state is in ts->wk, off the BPF stack */
 	u64 pc, sp, fp;
-	u64 h1, h2;
 	u32 tgid;
 	u32 n; /* frames in ts->st.frames */
 	u32 limit; /* --stack fp: frames the kernel's walk returned */
@@ -81,15 +80,14 @@ struct walk {
 	bool pending; /* stopped at a module whose table is not loaded: the registers are that frame's */
 	bool depth;   /* stopped at the frame limit */
 	u32 pending_mod;
-	u64 pending_frame; /* the frame the walk stopped at, encoded */
 };
 
 static __always_inline void mix(struct walk *w, u64 f)
 {
-	w->h1 = (w->h1 ^ f) * 0x9e3779b97f4a7c15ULL;
-	w->h1 ^= w->h1 >> 32;
-	w->h2 = (w->h2 ^ f) * 0xc2b2ae3d27d4eb4fULL;
-	w->h2 ^= w->h2 >> 29;
+	w->ts->wk.h1 = (w->ts->wk.h1 ^ f) * 0x9e3779b97f4a7c15ULL;
+	w->ts->wk.h1 ^= w->ts->wk.h1 >> 32;
+	w->ts->wk.h2 = (w->ts->wk.h2 ^ f) * 0xc2b2ae3d27d4eb4fULL;
+	w->ts->wk.h2 ^= w->ts->wk.h2 >> 29;
 }
 
 /* push appends an encoded frame; false once the stack is full. */
@@ -106,9 +104,32 @@ static __always_inline bool push(struct walk *w, u64 f)
 	return true;
 }
 
-static __always_inline bool read_user(u64 *dst, u64 addr)
+/* read_stack reads a word of the user stack for a walk: from the thread's window of the stack
+ * when it holds the word, else reloading the window there (a walk only moves up the stack), else
+ * by itself. One read of 512 bytes serves most frames of a walk, where a read per word would cost
+ * ~100 ns each. A global function, so the verifier checks it once. Returns 1 on success. */
+__noinline int read_stack(struct window *win __arg_nonnull, struct thread_state *ts __arg_nonnull, u64 addr, u64 *dst __arg_nonnull)
 {
+	if (!(addr & 7)) {
+		if (addr < win->base || addr + 8 > win->base + win->len) {
+			win->len = 0;
+			win->base = addr;
+			if (bpf_probe_read_user(ts->win, sizeof(ts->win), (void *)addr) == 0)
+				win->len = sizeof(ts->win);
+			else if (bpf_probe_read_user(ts->win, 64, (void *)addr) == 0)
+				win->len = 64; /* near the top of a stack */
+		}
+		if (addr >= win->base && addr + 8 <= win->base + win->len) {
+			*dst = ts->win[((addr - win->base) >> 3) & (WIN_WORDS - 1)];
+			return 1;
+		}
+	}
 	return bpf_probe_read_user(dst, sizeof(*dst), (void *)addr) == 0;
+}
+
+static __always_inline bool read_user(struct walk *w, u64 *dst, u64 addr)
+{
+	return read_stack(&w->ts->wk.win, w->ts, addr, dst);
 }
 
 struct search {
@@ -207,12 +228,12 @@ static __always_inline bool recover(struct walk *w, u8 kind, u8 reg, s64 off, u6
 	u64 base;
 	switch (kind) {
 	case R_OFFSET:
-		return read_user(v, cfa + off);
+		return read_user(w, v, cfa + off);
 	case R_VAL_OFFSET:
 		*v = cfa + off;
 		return true;
 	case R_AT_REG:
-		return reg_value(w, reg, &base) && read_user(v, base + off);
+		return reg_value(w, reg, &base) && read_user(w, v, base + off);
 	case R_REGISTER:
 		return reg_value(w, reg, v);
 	}
@@ -230,7 +251,7 @@ static __always_inline bool step_cfi(struct walk *w, struct unwind_rule *r)
 		cfa = base + (s64)r->cfa_off;
 		break;
 	case CFA_DEREF:
-		if (!reg_value(w, r->cfa_reg, &base) || !read_user(&cfa, base + (s64)r->cfa_off))
+		if (!reg_value(w, r->cfa_reg, &base) || !read_user(w, &cfa, base + (s64)r->cfa_off))
 			return false;
 		break;
 	case CFA_PLT:
@@ -264,12 +285,12 @@ static __always_inline bool step_fp(struct walk *w)
 {
 	if (!w->fp_ok || w->fp < w->sp || (w->fp & 7))
 		return false;
-	u64 pair[2];
-	if (bpf_probe_read_user(pair, sizeof(pair), (void *)w->fp))
+	u64 next, ra;
+	if (!read_user(w, &next, w->fp) || !read_user(w, &ra, w->fp + 8))
 		return false;
 	w->sp = w->fp + 16;
-	w->fp = pair[0];
-	w->pc = pair[1];
+	w->fp = next;
+	w->pc = ra;
 	w->exact = false;
 	return true;
 }
@@ -288,7 +309,7 @@ static long walk_step(u64 i, struct walk *w)
 		count_stack(STK_BUSY);
 		w->pending = true;
 		w->pending_mod = 0;
-		w->pending_frame = w->pc;
+		w->ts->wk.pending_frame = w->pc;
 		return 1;
 	}
 	if (lk != LK_OK || !e)
@@ -303,7 +324,7 @@ static long walk_step(u64 i, struct walk *w)
 	if (state == MOD_PENDING || state == MOD_COPY || rr == ROW_PENDING) {
 		w->pending = true;
 		w->pending_mod = e->mod;
-		w->pending_frame = frame;
+		w->ts->wk.pending_frame = frame;
 		return 1;
 	}
 	if (!push(w, frame) || state == MOD_NONE)
@@ -317,6 +338,7 @@ static long walk_step(u64 i, struct walk *w)
 static __always_inline void walk_init(struct walk *w, struct thread_state *ts, u32 tgid, u64 pc, u64 sp, u64 fp, bool exact)
 {
 	__builtin_memset(w, 0, sizeof(*w));
+	__builtin_memset(&ts->wk, 0, sizeof(ts->wk));
 	w->ts = ts;
 	w->tgid = tgid;
 	w->pc = pc;
@@ -324,8 +346,8 @@ static __always_inline void walk_init(struct walk *w, struct thread_state *ts, u
 	w->fp = fp;
 	w->fp_ok = true;
 	w->exact = exact;
-	w->h1 = 0x84222325cbf29ce4ULL;
-	w->h2 = 0x27d4eb2f165667c5ULL;
+	w->ts->wk.h1 = 0x84222325cbf29ce4ULL;
+	w->ts->wk.h2 = 0x27d4eb2f165667c5ULL;
 }
 
 /* walk_run unwinds until the outermost frame, a module not loaded yet, or the frame limit. */

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 
 // Package workload embeds the small C test programs built by
-// `make -C workload` (echo server/client, allocpattern, chain and the
-// allocount.so LD_PRELOAD counter) and extracts them for use.
+// `make -C workload` (echo server/client, allocpattern, chain, threadalloc,
+// burst, dlctor with libdlctor.so, norandom, and the allocount.so LD_PRELOAD counter)
+// and extracts them for use.
 package workload
 
 import (
@@ -25,6 +26,11 @@ type Paths struct {
 	AllocPattern string // allocpattern [ROUNDS]
 	Chain        string // chain [ROUNDS]
 	Allocount    string // allocount.so, for LD_PRELOAD with ALLOCOUNT_DIR
+	ThreadAlloc  string // threadalloc [THREADS [ROUNDS]]: threads of malloc/free pairs, 16 B to 64 KiB and some mmapped
+	Burst        string // burst [N]: N malloc(64) back to back, then N frees
+	DlCtor       string // dlctor LIBRARY: dlopen LIBRARY and exit at once
+	DlCtorLib    string // libdlctor.so: its constructor mallocs through three levels of its own functions
+	NoRandom     string // norandom PROGRAM [ARG...]: exec PROGRAM with address-space randomization off
 }
 
 // ErrMissing is returned by Extract when udstrace was built without the
@@ -50,6 +56,11 @@ func Extract(dir string) (Paths, error) {
 		{"allocpattern", &p.AllocPattern},
 		{"chain", &p.Chain},
 		{"allocount.so", &p.Allocount},
+		{"threadalloc", &p.ThreadAlloc},
+		{"burst", &p.Burst},
+		{"dlctor", &p.DlCtor},
+		{"libdlctor.so", &p.DlCtorLib},
+		{"norandom", &p.NoRandom},
 	} {
 		data, err := binFS.ReadFile("bin/" + f.name)
 		if errors.Is(err, fs.ErrNotExist) || (err == nil && len(data) == 0) {

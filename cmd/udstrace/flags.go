@@ -4,6 +4,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -23,6 +25,8 @@ type options struct {
 	ringBytes  uint
 	tableSize  uint
 	unwindRows uint
+	cacheDir   string
+	noCache    bool
 	follow     bool
 	debug      bool
 	verify     bool
@@ -51,6 +55,8 @@ func newFlags(o *options) *flag.FlagSet {
 	fs.StringVar(&o.mode, "mode", "full", "full (every call paired with its free, stacks, outstanding) or count (calls and bytes per stack, aggregated in the kernel, frees not traced; cheapest)")
 	fs.StringVar(&o.stack, "stack", "auto", "user stacks: auto or table (unwound in the kernel with the binaries' .eh_frame), cfi (each event copies the stack, unwound here) or fp (the kernel's frame-pointer walk: wrong in code without frame pointers)")
 	fs.UintVar(&o.stackBytes, "stack-bytes", 8192, "bytes of user stack copied per event with --stack cfi, and while a module's unwind table loads (power of two, 512..16384)")
+	fs.StringVar(&o.cacheDir, "cache", defaultCacheDir(), "keep the unwind tables compiled for each binary (by build-id) in `DIR`, so a binary traced before starts with complete stacks at once")
+	fs.BoolVar(&o.noCache, "no-cache", false, "neither read nor write the unwind cache")
 	fs.UintVar(&o.unwindRows, "unwind-rows", 1<<21, "rows of the kernel's unwind table, shared by every module (8 bytes each; gcc's cc1 needs 480,000, libc 28,000)")
 	fs.UintVar(&o.ringBytes, "ring-size", 16<<20, "ring buffer bytes (power of two, ≥ 4096)")
 	fs.UintVar(&o.tableSize, "table-size", 65536, "entries of the kernel's per-thread, per-process and per-site tables (picked blocks: 4×); a full table is counted as lost")
@@ -121,6 +127,25 @@ func (o *options) validate(sub string, rest []string) string {
 		// Stacks are copied while unwind tables load (and always with cfi); copies may fill only
 		// half the ring.
 		return fmt.Sprintf("--ring-size %d holds too few %d-byte stack copies: use at least %d, or a smaller --stack-bytes", o.ringBytes, o.stackBytes, 16*o.stackBytes)
+	}
+	return ""
+}
+
+// cache is the unwind cache directory to use, "" for none.
+func (o *options) cache() string {
+	if o.noCache {
+		return ""
+	}
+	return o.cacheDir
+}
+
+// defaultCacheDir is /var/cache/udstrace for root, else under the user's cache directory.
+func defaultCacheDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/cache/udstrace"
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "udstrace")
 	}
 	return ""
 }

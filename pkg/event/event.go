@@ -85,6 +85,7 @@ type Alloc struct {
 	// 0: none. Truncated: the stack stops early (a module's unwind table was still loading).
 	StackID   uint64
 	Truncated bool
+	RawFrames bool // the stack has raw addresses the kernel could not name: user space names them
 	// Weighted (full mode with sampling): a picked call standing for Weight calls, or the free of a
 	// picked block; such events update sites and blocks, and the process totals come from the kernel.
 	Weighted bool

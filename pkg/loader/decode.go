@@ -1,6 +1,8 @@
 package loader
 
 import (
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -162,7 +164,7 @@ func (r *record) decodeAlloc(ev *udstraceAllocEvent) {
 	r.alloc = event.Alloc{
 		Time: ev.Ts, PID: ev.Pid, TID: ev.Tid, Kind: event.Kind(ev.Kind), Size: ev.Size, Addr: ev.Addr,
 		OldAddr: ev.OldAddr, Failed: ev.Flags&flagFailed != 0, Inside: event.Kind(ev.Inside), FD: -1,
-		StackID: ev.Stack, Truncated: ev.Flags&flagStackTrunc != 0,
+		StackID: ev.Stack, Truncated: ev.Flags&flagStackTrunc != 0, RawFrames: ev.Flags&flagStackRaw != 0,
 		Weighted: ev.Flags&flagWeighted != 0, Untracked: ev.Flags&flagUntracked != 0,
 		Sampled: ev.Flags&flagSampled != 0,
 	}
@@ -191,13 +193,42 @@ func (r *record) decodeProc(ev *udstraceProcEvent) {
 		pr.p.Kind, pr.p.ExitCode = event.ProcExit, int(ev.ExitCode)
 		pr.sock, pr.totals = sockStats(ev.Pid, &ev.Sock), exitTotals(ev.Pid, ev.Totals[:])
 	case evMap:
-		pr.m = &Mapping{PID: ev.Pid, Addr: ev.Addr, Len: ev.Len, Pgoff: ev.Pgoff, Dev: ev.Dev, Ino: ev.Ino, Name: cString(ev.Name[:])}
+		pr.m = &Mapping{PID: ev.Pid, Addr: ev.Addr, Len: ev.Len, Pgoff: ev.Pgoff, Dev: ev.Dev, Ino: ev.Ino, Name: fileName(ev)}
 	case evPage:
 		pr.page = PageRequest{Time: ev.Ts, PID: ev.Pid, Mod: ev.Mod, Page: uint32(ev.Pgoff)}
 	case evModule:
 		pr.module = &ModuleRequest{Mapping: Mapping{PID: ev.Pid, Addr: ev.Addr, Len: ev.Len, Pgoff: ev.Pgoff, Dev: ev.Dev,
-			Ino: ev.Ino, Name: cString(ev.Name[:])}, Mod: ev.Mod, Comm: pr.p.Comm}
+			Ino: ev.Ino, Name: fileName(ev)}, Mod: ev.Mod, Comm: pr.p.Comm}
 	}
+}
+
+const pfPath = 1 // bpf/udstrace.h PF_PATH
+
+// fileName is a mapping event's file: its absolute path when the kernel could build it (its
+// components from the file up, each NUL-ended, an empty one at the root), else its last name.
+func fileName(ev *udstraceProcEvent) string {
+	if ev.Flags&pfPath == 0 {
+		return cString(ev.Name[:])
+	}
+	return joinPath(ev.Name[:])
+}
+
+// joinPath reads file_path's layout; "" when it is not well formed.
+func joinPath(raw []int8) string {
+	var parts []string
+	start := 0
+	for i, c := range raw {
+		if c != 0 {
+			continue
+		}
+		if i == start { // the empty component: the root
+			slices.Reverse(parts)
+			return "/" + strings.Join(parts, "/")
+		}
+		parts = append(parts, cString(raw[start:i]))
+		start = i + 1
+	}
+	return ""
 }
 
 // exitTotals turns an exit event's per-kind totals into Totals; nil without sampling.

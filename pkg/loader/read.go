@@ -30,6 +30,7 @@ const (
 const (
 	flagFailed     = 1
 	flagStackTrunc = 2
+	flagStackRaw   = 4
 	flagStackShort = 8
 	flagSampled    = 16
 	flagWeighted   = 32
@@ -192,7 +193,7 @@ func (t *Tracer) drain(ctx context.Context, rd *ringbuf.Reader, q *queue, h Hand
 		switch {
 		case err == nil:
 			t.ringRecords.Add(1)
-			t.ringBytes.Add(uint64(len(rec.RawSample)+8)) // with the ring's own 8-byte header
+			t.ringBytes.Add(uint64(len(rec.RawSample) + 8)) // with the ring's own 8-byte header
 			r := &b.recs[b.n]
 			if r.decodeRecord(&rec) {
 				if early != nil {

@@ -159,9 +159,26 @@ func (t *Tracer) ReadyModule(id uint32, segs []ktable.Segment) error {
 // LoadPage puts a page of rows (ktable.Compile of that page) into the kernel. Loading a page
 // twice keeps the first.
 func (t *Tracer) LoadPage(id, page uint32, rows []uint64) error {
+	return t.LoadPages(id, map[uint32][]uint64{page: rows})
+}
+
+// LoadPages puts pages of rows into the kernel at once (a module's cached pages).
+func (t *Tracer) LoadPages(id uint32, pages map[uint32][]uint64) error {
 	tb := &t.tables
 	tb.mu.Lock()
 	defer tb.mu.Unlock()
+	if err := tb.flushRules(); err != nil {
+		return err
+	}
+	var errs []error
+	for page, rows := range pages {
+		errs = append(errs, tb.loadPage(id, page, rows))
+	}
+	return errors.Join(errs...)
+}
+
+// loadPage writes one page; the caller holds tb.mu and has flushed the rules.
+func (tb *tables) loadPage(id, page uint32, rows []uint64) error {
 	mp, ok := tb.mods[id]
 	if !ok || page < mp.base || page-mp.base >= mp.n {
 		return fmt.Errorf("loading page %d of module %d: not one of its pages", page, id)
@@ -172,9 +189,6 @@ func (t *Tracer) LoadPage(id, page uint32, rows []uint64) error {
 	}
 	if len(rows) == 0 || len(rows) > ktable.MaxRows {
 		return fmt.Errorf("loading page %d of module %d: %d rows", page, id, len(rows))
-	}
-	if err := tb.flushRules(); err != nil {
-		return err
 	}
 	n := uint32(len(rows))
 	if uint64(tb.rowsUsed)+uint64(n) > uint64(len(tb.rows)) {

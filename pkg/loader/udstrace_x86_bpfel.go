@@ -96,10 +96,20 @@ type udstraceModuleKey struct {
 	Pad uint32
 }
 
+type udstraceProcCache struct {
+	_    structs.HostLayout
+	Mm   uint64
+	Gen  uint64
+	N    uint32
+	Pad  uint32
+	Maps [32]udstraceMapEntry
+}
+
 type udstraceProcEvent struct {
 	_        structs.HostLayout
 	Type     uint8
-	Pad      [3]uint8
+	Flags    uint8
+	Pad      [2]uint8
 	Pid      uint32
 	Ppid     uint32
 	ExitCode int32
@@ -177,6 +187,17 @@ type udstraceThreadState struct {
 		Depth   uint8
 		_       [6]byte
 	}
+	Wk struct {
+		_            structs.HostLayout
+		H1           uint64
+		H2           uint64
+		PendingFrame uint64
+		Win          struct {
+			_    structs.HostLayout
+			Base uint64
+			Len  uint64
+		}
+	}
 	Hdr  udstraceSysEvent
 	From struct {
 		_       structs.HostLayout
@@ -191,8 +212,13 @@ type udstraceThreadState struct {
 	Gen    uint64
 	Nmaps  uint32
 	Victim uint32
+	Last   uint32
+	Pad    uint32
 	Maps   [16]udstraceMapEntry
 	St     udstraceStackEvent
+	Win    [64]uint64
+	Path   [512]int8
+	Pc     udstraceProcCache
 }
 
 type udstraceTotalKey struct {
@@ -226,6 +252,7 @@ const (
 	udstraceMapMapGens          = "map_gens"
 	udstraceMapModInfo          = "mod_info"
 	udstraceMapModules          = "modules"
+	udstraceMapProcMaps         = "proc_maps"
 	udstraceMapRequests         = "requests"
 	udstraceMapSampleDraws      = "sample_draws"
 	udstraceMapSampleLeft       = "sample_left"
@@ -384,6 +411,7 @@ type udstraceMapSpecs struct {
 	MapGens       *ebpf.MapSpec `ebpf:"map_gens"`
 	ModInfo       *ebpf.MapSpec `ebpf:"mod_info"`
 	Modules       *ebpf.MapSpec `ebpf:"modules"`
+	ProcMaps      *ebpf.MapSpec `ebpf:"proc_maps"`
 	Requests      *ebpf.MapSpec `ebpf:"requests"`
 	SampleDraws   *ebpf.MapSpec `ebpf:"sample_draws"`
 	SampleLeft    *ebpf.MapSpec `ebpf:"sample_left"`
@@ -456,6 +484,7 @@ type udstraceMaps struct {
 	MapGens       *ebpf.Map `ebpf:"map_gens"`
 	ModInfo       *ebpf.Map `ebpf:"mod_info"`
 	Modules       *ebpf.Map `ebpf:"modules"`
+	ProcMaps      *ebpf.Map `ebpf:"proc_maps"`
 	Requests      *ebpf.Map `ebpf:"requests"`
 	SampleDraws   *ebpf.Map `ebpf:"sample_draws"`
 	SampleLeft    *ebpf.Map `ebpf:"sample_left"`
@@ -481,6 +510,7 @@ func (m *udstraceMaps) Close() error {
 		m.MapGens,
 		m.ModInfo,
 		m.Modules,
+		m.ProcMaps,
 		m.Requests,
 		m.SampleDraws,
 		m.SampleLeft,

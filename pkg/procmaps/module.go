@@ -178,6 +178,9 @@ func (m *Module) Symbolize(off uint64) []symbolize.Frame {
 // HasSymbols reports whether any function names are known for this module.
 func (m *Module) HasSymbols() bool { return m.sym != nil && m.sym.HasSymbols() }
 
+// Size is the file's size in bytes.
+func (m *Module) Size() int64 { return m.size }
+
 // Opened reports whether the module's file could be opened (a stub names a file that could not).
 func (m *Module) Opened() bool { return m.elf != nil }
 

@@ -2,6 +2,7 @@ package procmaps
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/udstrace/udstrace/pkg/event"
 	"github.com/udstrace/udstrace/pkg/kstack"
@@ -76,15 +77,22 @@ func (t *Table) Unwind(pid uint32, c *Copied, max int) []kstack.Frame {
 	return out
 }
 
+// namedWait bounds how long an unwind waits for a module the kernel named to be opened.
+const namedWait = 200 * time.Millisecond
+
 // regions lists the mappings an unwind of pid may use: the snapshot's, then the table's.
 func (t *Table) regions(pid uint32, snap []Placed) []region {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out := make([]region, 0, len(snap)+16)
 	for _, p := range snap {
-		m := t.byID[p.Mod]
-		if p.Mod == 0 {
-			m = nil
+		var m *Module
+		if p.Mod != 0 {
+			if m = t.byID[p.Mod]; m == nil {
+				t.mu.Unlock() // the kernel's request for it is on its way
+				m = t.WaitID(p.Mod, namedWait)
+				t.mu.Lock()
+			}
 		}
 		out = append(out, region{start: p.Start, end: p.End, pgoff: p.Pgoff, mod: m})
 	}
@@ -114,6 +122,38 @@ func (t *Table) encode(r *region, pc uint64) kstack.Frame {
 		return kstack.Encode(0, pc)
 	}
 	return kstack.Encode(id, pc-r.start+r.pgoff)
+}
+
+// ResolveRaw names the raw frames of a kernel stack of pid (ones the kernel met where it could
+// not read the mapping) from what this table knows of pid; false when it changed nothing.
+func (t *Table) ResolveRaw(pid uint32, frames []kstack.Frame) ([]kstack.Frame, bool) {
+	var regions []region
+	var out []kstack.Frame
+	for i, f := range frames {
+		if f.Module() != 0 {
+			continue
+		}
+		if regions == nil {
+			regions = t.regions(pid, nil)
+		}
+		pc, look := f.Offset(), f.Offset()
+		if i > 0 {
+			look = pc - 1 // a return address
+		}
+		for k := range regions {
+			if r := &regions[k]; look >= r.start && look < r.end && r.mod != nil {
+				if out == nil {
+					out = append([]kstack.Frame(nil), frames...)
+				}
+				out[i] = t.encode(r, pc)
+				break
+			}
+		}
+	}
+	if out == nil {
+		return frames, false
+	}
+	return out, true
 }
 
 // Caller encodes the return address a free was called from, with what the table knows of pid.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 )
 
 type mapping struct {
@@ -27,6 +28,7 @@ type Table struct {
 	mu    sync.Mutex // the reader goroutine and the attaching one both use the table
 	mods  map[string]*Module
 	byID  map[uint32]*Module // modules by kernel-stack id
+	named *sync.Cond         // broadcast when byID gains an entry
 	procs map[uint32]*proc
 	// KeepExited keeps a process's mappings after it exits, for stacks read at the end (count mode).
 	KeepExited bool
@@ -44,12 +46,14 @@ type Table struct {
 
 // New returns an empty table.
 func New() *Table {
-	return &Table{
+	t := &Table{
 		mods:     map[string]*Module{},
 		byID:     map[uint32]*Module{},
 		procs:    map[uint32]*proc{},
 		failures: map[string]failure{},
 	}
+	t.named = sync.NewCond(&t.mu)
+	return t
 }
 
 // Close releases every open file.
@@ -108,6 +112,7 @@ func (t *Table) addModule(key string, m *Module) {
 		if stub.Key == key && !stub.Opened() && m.Opened() {
 			m.ID = id
 			t.byID[id] = m
+			t.named.Broadcast()
 			if t.Adopted != nil {
 				go t.Adopted(m) // not under the lock
 			}
@@ -135,6 +140,29 @@ func (t *Table) SetID(m *Module, id uint32) {
 	defer t.mu.Unlock()
 	m.ID = id
 	t.byID[id] = m
+	t.named.Broadcast()
+}
+
+// WaitID returns the module with this id, waiting up to timeout for it to be named: a module the
+// kernel met is named by its request, which may still be on its way.
+func (t *Table) WaitID(id uint32, timeout time.Duration) *Module {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if m := t.byID[id]; m != nil || timeout <= 0 {
+		return m
+	}
+	expired := false
+	timer := time.AfterFunc(timeout, func() {
+		t.mu.Lock()
+		expired = true
+		t.named.Broadcast()
+		t.mu.Unlock()
+	})
+	defer timer.Stop()
+	for t.byID[id] == nil && !expired {
+		t.named.Wait()
+	}
+	return t.byID[id]
 }
 
 // ByID returns the module with this id, or nil.
@@ -153,6 +181,7 @@ func (t *Table) Stub(id uint32, key, name string) *Module {
 	}
 	m := &Module{Key: key, Path: name, ID: id}
 	t.byID[id] = m
+	t.named.Broadcast()
 	return m
 }
 
@@ -240,6 +269,11 @@ func (t *Table) open(pid uint32, key, path string, start, end uint64) *Module {
 		root = "" // the host's own root: stays valid after the process exits
 	}
 	tries := []string{fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, start, end), filepath.Join(root, path)}
+	if filepath.IsAbs(path) && root != "" {
+		// The kernel's own path of the file, from the root of the mount tree: it still opens once
+		// the process is gone (the identity check below says whether it is the same file).
+		tries = append(tries, path)
+	}
 	var lastErr error
 	for _, name := range tries {
 		f, err := os.Open(name)

@@ -24,11 +24,15 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 		LostDetail:         LostDetail(meta.Lost),
 		Stacks:             meta.Stacks,
 		Tracer:             meta.Tracer,
-		Warnings:           append([]string{}, meta.Warnings...),
+		Warnings:           append(lossWarnings(meta), meta.Warnings...),
+		Unreliable:         []string{},
 		Processes:          []Process{},
 		Sites:              []Site{},
 		UnmatchedFreeSites: []FreeSite{},
 		topSites:           b.opts.TopSites,
+	}
+	if r.LostEvents > 0 {
+		r.Unreliable = []string{"outstanding", "unmatched_frees"}
 	}
 	if !meta.Start.IsZero() && meta.End.After(meta.Start) {
 		r.DurationSeconds = meta.End.Sub(meta.Start).Seconds()
@@ -106,6 +110,26 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 		r.Warnings = append(r.Warnings, "stacks were not symbolized")
 	}
 	return r
+}
+
+// lossWarnings says first what was lost, what it makes unreliable and what would have helped.
+func lossWarnings(meta Meta) []string {
+	var out []string
+	l := meta.Lost
+	if l.RingBuffer > 0 {
+		ring := "a larger --ring-size"
+		if meta.RingBytes > 0 {
+			ring = fmt.Sprintf("--ring-size %d (4× this one)", uint64(meta.RingBytes)*4)
+		}
+		out = append(out, fmt.Sprintf("%s lost: the ring buffer was full; outstanding blocks and unmatched frees are unreliable (use %s, or --sample-bytes 524288 to trace a sample)", plural(l.RingBuffer, "event"), ring))
+	}
+	if l.Other > 0 {
+		out = append(out, fmt.Sprintf("%s not traced: the kernel's tables were full or a call's return was missed; outstanding blocks and unmatched frees are unreliable (use a larger --table-size)", plural(l.Other, "call")))
+	}
+	if s := meta.Stacks; s.Truncated > 0 {
+		out = append(out, fmt.Sprintf("%s stop early, at a frame whose unwind table was still loading (no event was lost; traced again, the unwind cache has the tables)", plural(s.Truncated, "stack")))
+	}
+	return out
 }
 
 func nonNil[T any](s []T) []T {

@@ -55,6 +55,7 @@ type Meta struct {
 	Lost        LostEvents
 	Stacks      StackStats
 	Tracer      TracerStats
+	RingBytes   uint32   // the ring buffer's size, for the remedy when events were lost (0: not said)
 	Warnings    []string // things the user must know
 	Now         uint64   // CLOCK_MONOTONIC ns the report is taken at, to age live blocks; 0: the latest event time seen
 }
@@ -82,21 +83,24 @@ type SymFrame struct {
 
 // Report is the JSON document; WriteJSON and WriteText render it.
 type Report struct {
-	Schema          string      `json:"schema"`
-	Command         []string    `json:"command"`
-	Mode            string      `json:"mode"`
-	SampleBytes     uint64      `json:"sample_bytes"` // count mode: mean bytes between sampled calls; 0: not sampled
-	StackMode       string      `json:"stack_mode"`
-	Start           time.Time   `json:"start"`
-	End             time.Time   `json:"end"`
-	DurationSeconds float64     `json:"duration_seconds"`
-	LostEvents      uint64      `json:"lost_events"`
-	LostDetail      LostDetail  `json:"lost_detail"`
-	Stacks          StackStats  `json:"stacks"`
-	Tracer          TracerStats `json:"tracer"`
-	Warnings        []string    `json:"warnings"`
-	Processes       []Process   `json:"processes"`
-	Sites           []Site      `json:"sites"`
+	Schema          string     `json:"schema"`
+	Command         []string   `json:"command"`
+	Mode            string     `json:"mode"`
+	SampleBytes     uint64     `json:"sample_bytes"` // count mode: mean bytes between sampled calls; 0: not sampled
+	StackMode       string     `json:"stack_mode"`
+	Start           time.Time  `json:"start"`
+	End             time.Time  `json:"end"`
+	DurationSeconds float64    `json:"duration_seconds"`
+	LostEvents      uint64     `json:"lost_events"`
+	LostDetail      LostDetail `json:"lost_detail"`
+	// Unreliable names the figures lost events make unreliable (outstanding blocks, unmatched
+	// frees: a lost free leaves a block outstanding, a lost allocation makes its free unmatched).
+	Unreliable []string    `json:"unreliable"`
+	Stacks     StackStats  `json:"stacks"`
+	Tracer     TracerStats `json:"tracer"`
+	Warnings   []string    `json:"warnings"`
+	Processes  []Process   `json:"processes"`
+	Sites      []Site      `json:"sites"`
 	// Frees of blocks the trace never saw allocated, by the caller of free (full mode).
 	UnmatchedFreeSites []FreeSite `json:"unmatched_free_sites"`
 	SocketPath         SocketPath `json:"socket_path"`
@@ -132,6 +136,7 @@ type StackStats struct {
 	// Unwind tables the kernel was given: modules, pages of rows, rows, and the rows it can hold.
 	TableModules  int     `json:"table_modules"`
 	TablePages    int     `json:"table_pages"`
+	TableCached   int     `json:"table_pages_from_cache"` // of those, pages compiled by an earlier trace
 	TableRows     uint64  `json:"table_rows"`
 	TableCapacity uint64  `json:"table_capacity"`
 	TableSeconds  float64 `json:"table_load_seconds"` // CPU-side time compiling and loading them

@@ -35,6 +35,9 @@ func (r *Report) header(b *bytes.Buffer) {
 	}
 	tw := tabwriter.NewWriter(b, 0, 0, 1, ' ', 0)
 	fmt.Fprintln(b, "udstrace report")
+	if r.LostEvents > 0 { // first, before any figure it makes unreliable
+		fmt.Fprintf(b, "*** %s LOST: outstanding blocks and unmatched frees below are unreliable (see the warnings) ***\n", strings.ToUpper(plural(r.LostEvents, "event")))
+	}
 	fmt.Fprintf(tw, "command:\t%s\n", strings.Join(cmd, " "))
 	if r.Mode != "" {
 		mode := esc(r.Mode)
@@ -50,6 +53,10 @@ func (r *Report) header(b *bytes.Buffer) {
 		lost += fmt.Sprintf(" (ring buffer %s, other %s; %s stacks truncated)", commas(d.RingBuffer), commas(d.Other), commas(d.StackTruncated))
 	}
 	fmt.Fprintf(tw, "lost events:\t%s\n", lost)
+	if st := r.Stacks; st.Fallback > 0 || st.Truncated > 0 {
+		fmt.Fprintf(tw, "stacks:\t%s; %s finished from a stack copy while unwind tables loaded, %s cut short\n",
+			plural(st.Events, "event"), commas(st.Fallback), commas(st.Truncated))
+	}
 	for _, wn := range r.Warnings {
 		fmt.Fprintf(tw, "warning:\t%s\n", esc(wn))
 	}

@@ -30,6 +30,9 @@ func newHandler(s *Session) *handler {
 
 func (h *handler) Alloc(a *event.Alloc) {
 	h.name(a)
+	if a.RawFrames && a.StackID != 0 {
+		h.nameRaw(a)
+	}
 	if a.Sampled {
 		h.s.bmu.Lock()
 		h.s.addSample(a)
@@ -52,6 +55,9 @@ func (h *handler) Copied(a *event.Alloc, c *loader.CopiedStack) {
 	var frames []kstack.Frame
 	if c.Prefix != 0 {
 		prefix, _ := h.s.stacks.get(c.Prefix)
+		if a.RawFrames {
+			prefix, _ = h.s.maps.ResolveRaw(a.PID, prefix)
+		}
 		frames = append(frames, prefix...)
 	}
 	var rest []kstack.Frame
@@ -61,6 +67,7 @@ func (h *handler) Copied(a *event.Alloc, c *loader.CopiedStack) {
 	} else {
 		rest = h.s.unwindCopy(a.PID, c)
 	}
+	a.RawFrames = false // named here
 	frames = append(frames, rest[:min(len(rest), max(kstack.MaxFrames-len(frames), 0))]...)
 	a.StackID = h.s.stacks.intern(frames, false)
 	if a.Sampled && h.s.opts.SampleBytes == 0 { // count mode: a call counted on its own
@@ -71,6 +78,18 @@ func (h *handler) Copied(a *event.Alloc, c *loader.CopiedStack) {
 		return
 	}
 	h.Alloc(a)
+}
+
+// nameRaw gives an event whose stack has frames the kernel could not name (the mmap lock was
+// held) the stack with them named from the process's mappings.
+func (h *handler) nameRaw(a *event.Alloc) {
+	frames, ok := h.s.stacks.get(a.StackID)
+	if !ok {
+		return
+	}
+	if named, changed := h.s.maps.ResolveRaw(a.PID, frames); changed {
+		a.StackID = h.s.stacks.internFlags(named, a.Truncated)
+	}
 }
 
 // name gives the builder a process's comm the first time it is seen without exec or fork
@@ -143,12 +162,13 @@ func (h *handler) EarlyModule(r *loader.ModuleRequest) {
 	} else if m.ID == 0 {
 		h.s.maps.SetID(m, r.Mod)
 	}
+	h.s.tables.ensureReady(m) // here, not queued: its stacks wait for it
 	h.s.tables.wantWhole(m, false)
 }
 
 // EarlyPage queues a page of unwind rows the kernel asked for, ahead of everything else queued.
 func (h *handler) EarlyPage(p loader.PageRequest) {
-	h.s.tables.page(p)
+	h.s.tables.Page(p)
 }
 
 // EarlyCopy hands a copied stack to the unwinder goroutine at once: unwinding it compiles and
@@ -213,7 +233,7 @@ func (h *handler) EarlyMap(m *loader.Mapping) {
 
 // EarlyExec starts loading a new image's tables at once: its first allocations follow within
 // milliseconds.
-func (h *handler) EarlyExec(e *loader.Exec) { h.s.tables.push(tableJob{exec: e}, true, false) }
+func (h *handler) EarlyExec(e *loader.Exec) { h.s.tables.push(tableJob{exec: e}, true) }
 
 // forgetPicked clears the kernel's table of picked blocks of a process whose image is gone
 // (full mode with sampling); the caller holds bmu.

@@ -2,6 +2,7 @@
 package session
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -33,6 +34,7 @@ type Options struct {
 	RingBytes   uint32
 	TableSize   uint32 // kernel tables' entries (0: 65536)
 	UnwindRows  uint32 // rows of the kernel's unwind table (0: 1<<22)
+	CacheDir    string // where compiled unwind pages are kept across traces ("": nowhere)
 	Follow      bool
 	Debug       bool
 	Mode        string               // "full" (default) or "count"
@@ -47,8 +49,11 @@ type Options struct {
 	Interval    time.Duration        // with OnInterval: how often a snapshot is taken
 	OnInterval  func(*report.Report) // called with a snapshot every Interval while tracing
 	OnTracing   func()               // attach, trace: called once the probes are in place
-	Env         []string             // run: variables added to the command's environment
-	Stdout      io.Writer            // where the traced commands' output goes
+	// DetachLater returns the report before the probes are detached (which takes RCU grace
+	// periods); the caller must call Wait before exiting, or before another tool probes libc.
+	DetachLater bool
+	Env         []string  // run: variables added to the command's environment
+	Stdout      io.Writer // where the traced commands' output goes
 	Stderr      io.Writer
 	Log         *slog.Logger
 }
@@ -135,7 +140,8 @@ func start(opts Options, filter bool) (*Session, error) {
 	go s.unwindCopies()
 	s.builder = report.NewBuilder(report.Options{TopSites: opts.TopSites, MinAge: opts.MinAge, MaxProcs: opts.MaxProcs,
 		FoldAtEnd: opts.Mode == "count", Stacks: s.stacks.resolve, CallerStack: s.callerStack})
-	s.meta = report.Meta{Mode: modeName(opts.Mode), SampleBytes: opts.SampleBytes, StackMode: stackName(opts.Stack), Start: time.Now(), Roles: map[uint32]report.Role{}}
+	s.meta = report.Meta{Mode: modeName(opts.Mode), SampleBytes: opts.SampleBytes, StackMode: stackName(opts.Stack), Start: time.Now(), Roles: map[uint32]report.Role{},
+		RingBytes: cmp.Or(opts.RingBytes, 16<<20)}
 	if !tr.UsesUprobeMulti() {
 		s.meta.Warnings = append(s.meta.Warnings, "kernel lacks uprobe_multi (needs ≥ 6.6): using one uprobe link per function")
 	}
@@ -188,12 +194,12 @@ func (s *Session) snapshot() *report.Report {
 func (s *Session) lostMeta(lost loader.Lost, st loader.StackStats) (report.LostEvents, report.StackStats) {
 	used, capacity := s.tracer.TableUse()
 	s.tables.mu.Lock()
-	modules, pages, took := s.tables.modules, s.tables.pages, s.tables.took
+	modules, pages, cached, took := s.tables.modules, s.tables.pages, s.tables.cached, s.tables.took
 	s.tables.mu.Unlock()
 	out := report.StackStats{
 		Events: st.Events, Distinct: st.Distinct, Fallback: st.Fallback, Truncated: st.Truncated,
 		Collisions: st.Collisions, Busy: st.Busy, Depth: st.Depth,
-		TableModules: modules, TablePages: pages, TableRows: uint64(used), TableCapacity: uint64(capacity), TableSeconds: took.Seconds(),
+		TableModules: modules, TablePages: pages + cached, TableCached: cached, TableRows: uint64(used), TableCapacity: uint64(capacity), TableSeconds: took.Seconds(),
 	}
 	if s.opts.Stack == "cfi" {
 		out.Fallback = st.Events
@@ -281,7 +287,7 @@ func (s *Session) finish() (*report.Report, error) {
 	lerr = errors.Join(lerr, sterr)
 	socks, serr := s.tracer.SocketStats()
 	s.meta.Lost, s.meta.Stacks = s.lostMeta(lost, stk)
-	closeInBackground(s.tracer) // detaching takes grace periods: the report need not wait for them
+	s.detach(s.tracer, s.tables.saveCache)
 	defer s.maps.Close()
 	if err := errors.Join(readErr, kerr, lerr, serr); err != nil {
 		return nil, err
@@ -315,12 +321,20 @@ func (s *Session) finish() (*report.Report, error) {
 // closing counts traces still detaching from the kernel.
 var closing sync.WaitGroup
 
-func closeInBackground(t *loader.Tracer) {
+// detach saves the unwind cache and detaches the probes: now, or in the background with
+// DetachLater (the report need not wait for the grace periods).
+func (s *Session) detach(t *loader.Tracer, save func()) {
 	closing.Add(1)
-	go func() {
+	done := func() {
 		defer closing.Done()
+		save()
 		_ = t.Close() // the links and maps go away with their file descriptors in any case
-	}()
+	}
+	if s.opts.DetachLater {
+		go done()
+		return
+	}
+	done()
 }
 
 // Wait blocks until every finished trace has detached from the kernel; call it before exiting.

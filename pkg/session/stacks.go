@@ -49,18 +49,31 @@ func (st *stackStore) get(id uint64) ([]kstack.Frame, bool) {
 
 // intern stores frames finished in user space under the id the kernel would give them.
 func (st *stackStore) intern(frames []kstack.Frame, caller bool) uint64 {
-	if len(frames) == 0 {
-		return 0
-	}
 	var flags uint8
 	if caller {
 		flags = flagCaller
+	}
+	return st.store(frames, flags, stackEntry{frames: frames, caller: caller})
+}
+
+// internFlags stores frames named in user space; truncated: they stop early.
+func (st *stackStore) internFlags(frames []kstack.Frame, truncated bool) uint64 {
+	var flags uint8
+	if truncated {
+		flags = kstack.Truncated
+	}
+	return st.store(frames, flags, stackEntry{frames: frames, truncated: truncated})
+}
+
+func (st *stackStore) store(frames []kstack.Frame, flags uint8, e stackEntry) uint64 {
+	if len(frames) == 0 {
+		return 0
 	}
 	id := kstack.ID(frames, flags)
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if _, ok := st.raw[id]; !ok {
-		st.raw[id] = stackEntry{frames: frames, caller: caller}
+		st.raw[id] = e
 	}
 	return id
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/udstrace/udstrace/internal/testenv"
+	"github.com/udstrace/udstrace/pkg/report"
 )
 
 // gdbStack is one malloc breakpoint hit as gdb's bt prints it, up to main.
@@ -118,41 +119,66 @@ func checkAgainstGDB(t *testing.T, v *view, pid uint32, gdb []gdbStack) {
 	}
 }
 
+// stackModes are the modes every gdb comparison runs in: full mode's stacks (taken at the
+// allocator's return) and count mode's (aggregated in the kernel, from the allocator's entry).
+var stackModes = []string{"full", "count"}
+
+// checkCountSites asserts what count mode's sites are: calls and bytes with a stack, no frees
+// and nothing outstanding (count mode does not trace frees).
+func checkCountSites(t *testing.T, rep *report.Report) {
+	t.Helper()
+	if rep.Mode != "count" {
+		t.Errorf("report mode %q, want count", rep.Mode)
+	}
+	for _, s := range rep.Sites {
+		if s.Count == 0 || len(s.Stack) == 0 || s.OutstandingCount != 0 || s.OutstandingBytes != 0 {
+			t.Errorf("count-mode site %s of pid %d: %d calls, %d frames, %d outstanding (%d B): want calls, a stack, nothing outstanding",
+				s.Kind, s.PID, s.Count, len(s.Stack), s.OutstandingCount, s.OutstandingBytes)
+		}
+	}
+	for _, p := range rep.Processes {
+		if p.Frees != 0 {
+			t.Errorf("count mode: %s (pid %d) has %d frees, want none traced", p.Comm, p.PID, p.Frees)
+		}
+	}
+}
+
 func TestStdioStacksMatchGDB(t *testing.T) {
 	testenv.NeedRoot(t)
 	bins := testenv.Binaries(t)
-	o := testOptions(t)
-	o.Workload = "echo"
-	rep, err := Run(context.Background(), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, _ := decodeView(t, rep)
-
 	sock := filepath.Join(t.TempDir(), "g.sock")
 	srv := exec.Command(bins.Server, sock, "1")
 	out, _ := srv.StdoutPipe()
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Wait()
 	if _, err := out.Read(make([]byte, 6)); err != nil {
 		t.Fatal(err)
 	}
 	gdb := gdbMallocStacks(t, []string{bins.Client, "stdio", sock, "3", "0"})
-	checkAgainstGDB(t, v, v.pidOf(t, "client-stdio"), gdb)
+	if err := srv.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range stackModes {
+		t.Run(mode, func(t *testing.T) {
+			o := testOptions(t)
+			o.Workload, o.Mode = "echo", mode
+			rep, err := Run(context.Background(), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, _ := decodeView(t, rep)
+			checkAgainstGDB(t, v, v.pidOf(t, "client-stdio"), gdb)
+			if mode == "count" {
+				checkCountSites(t, rep)
+			}
+		})
+	}
 }
 
 func TestNoFramePointerChainMatchesGDB(t *testing.T) {
 	testenv.NeedRoot(t)
 	bins := testenv.Binaries(t)
-	o := testOptions(t)
-	o.Command = []string{bins.Chain, "1"}
-	rep, err := Run(context.Background(), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, _ := decodeView(t, rep)
 	gdb := gdbMallocStacks(t, []string{bins.Chain, "1"})
 	levels := 0
 	for _, g := range gdb {
@@ -163,14 +189,28 @@ func TestNoFramePointerChainMatchesGDB(t *testing.T) {
 	if levels == 0 {
 		t.Fatalf("gdb never saw level5 allocate: %+v", gdb)
 	}
-	checkAgainstGDB(t, v, v.Processes[0].PID, gdb)
-
-	// chain exits right after its last allocation: every frame must still be symbolized.
-	for _, s := range v.Sites {
-		for i, f := range s.Stack {
-			if f.Function == "" {
-				t.Errorf("site %s of %d B: frame %d (%s in %q) unresolved", s.Kind, s.Bytes, i, f.Symbol, f.Module)
+	for _, mode := range stackModes {
+		t.Run(mode, func(t *testing.T) {
+			o := testOptions(t)
+			o.Command, o.Mode = []string{bins.Chain, "1"}, mode
+			rep, err := Run(context.Background(), o)
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
+			v, _ := decodeView(t, rep)
+			checkAgainstGDB(t, v, v.Processes[0].PID, gdb)
+
+			// chain exits right after its last allocation: every frame must still be symbolized.
+			for _, s := range v.Sites {
+				for i, f := range s.Stack {
+					if f.Function == "" {
+						t.Errorf("site %s of %d B: frame %d (%s in %q) unresolved", s.Kind, s.Bytes, i, f.Symbol, f.Module)
+					}
+				}
+			}
+			if mode == "count" {
+				checkCountSites(t, rep)
+			}
+		})
 	}
 }

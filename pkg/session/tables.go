@@ -2,6 +2,7 @@ package session
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,32 +14,43 @@ import (
 	"github.com/udstrace/udstrace/pkg/procmaps"
 )
 
-// tableLoader gives modules their ids and loads their unwind tables into the kernel, on a
-// goroutine of its own, so events keep flowing meanwhile (the kernel copies the stacks it cannot
-// unwind yet). A module is ready as soon as its ELF headers are read; its rows come a 4 KiB page
-// at a time: first the pages stacks are waiting for (the kernel asks for each), then, in the
-// background a few pages at a time, the rest of the modules of images that were started.
+// tableLoader gives modules their ids and puts their unwind tables in the kernel, off the event
+// path, so events keep flowing meanwhile (the kernel copies the stacks it cannot unwind yet).
+//
+// A module is ready as soon as its ELF headers are read; its rows come a 4 KiB page at a time:
+// the pages a stack waits for at once, on the goroutine that reads the kernel's requests (from
+// the cache when an earlier trace compiled them, else compiled: ~25 µs); the others in the
+// background, a few at a time, on a worker goroutine that also readies the files of new images.
 // Before run releases a command, or attach attaches, the files it maps are loaded whole.
 type tableLoader struct {
 	s      *Session
+	cache  *ktable.Cache // nil: none
 	mu     sync.Mutex
-	urgent []tableJob // pages stacks wait for, modules to make ready, new images
-	later  []tableJob // whole modules, a chunk of pages at a time
+	mods   map[*procmaps.Module]*modState
+	urgent []tableJob // new images, modules to ready, whole loads someone waits for
+	later  []tableJob // whole loads in the background, a chunk at a time
 	wake   chan struct{}
 	closed bool
-	ready  map[*procmaps.Module]chan struct{} // closed once the module is ready
-	whole  map[*procmaps.Module]*loaded       // all its pages are loaded
-	waited map[*procmaps.Module]bool          // whole loads someone waits for (run, attach): urgent
-	asked  map[pageKey]bool
 	exited chan struct{}
 
 	// What was loaded, for the report.
-	modules, pages, rows int
-	took                 time.Duration
-	failures             []string
+	modules, pages, rows, cached int
+	took                         time.Duration
+	failures                     []string
 }
 
-type pageKey struct{ mod, page uint32 }
+// modState is one module's tables; guarded by tableLoader.mu but for the once.
+type modState struct {
+	readyOnce sync.Once
+	ready     chan struct{} // closed once the kernel knows how to unwind through it
+	whole     *loaded       // closed once every page is in
+	queued    bool          // a whole load is queued
+	waited    bool          // someone waits for the whole load: its chunks are urgent
+	cold      *ktable.Entry // cached pages no stack asked for before, not loaded yet
+	loaded    map[uint32][]uint64
+	fromCache map[uint32]bool
+	hot       map[uint32]bool // asked for by a stack, this trace or an earlier one
+}
 
 // loaded is closed once, whichever job finishes a module first.
 type loaded struct {
@@ -48,36 +60,52 @@ type loaded struct {
 
 func (l *loaded) done() { l.once.Do(func() { close(l.ch) }) }
 
-// tableJob is one unit of work: make a module ready, load one page, load a new image's files, or
-// load the next chunk of a whole module.
+// tableJob is one unit of the worker's: ready a module, ready a new image's files, or load the
+// next chunk of a whole module.
 type tableJob struct {
 	ready *procmaps.Module
-	page  *loader.PageRequest
 	exec  *loader.Exec
 	whole *procmaps.Module
 	next  uint32 // whole: the next page to load
 }
 
-// wholeChunk is how many pages a whole-module job loads before letting urgent work in (~2 ms).
-const wholeChunk = 64
+const (
+	wholeChunk = 64        // pages a background job loads before letting other work in (~2 ms)
+	cacheBytes = 256 << 20 // bound of the unwind cache on disk
+)
 
 func newTableLoader(s *Session) *tableLoader {
-	tl := &tableLoader{s: s, wake: make(chan struct{}, 1), ready: map[*procmaps.Module]chan struct{}{},
-		whole: map[*procmaps.Module]*loaded{}, waited: map[*procmaps.Module]bool{}, asked: map[pageKey]bool{}, exited: make(chan struct{})}
+	tl := &tableLoader{s: s, mods: map[*procmaps.Module]*modState{}, wake: make(chan struct{}, 1), exited: make(chan struct{})}
+	if dir := s.opts.CacheDir; dir != "" {
+		if c, err := ktable.OpenCache(dir, cacheBytes); err != nil {
+			s.warn("not using the unwind cache: %v", err)
+		} else {
+			tl.cache = c
+		}
+	}
 	go tl.run()
 	return tl
 }
 
-func (tl *tableLoader) push(j tableJob, urgent, first bool) {
+// state returns m's state, creating it; the caller holds tl.mu.
+func (tl *tableLoader) state(m *procmaps.Module) *modState {
+	st := tl.mods[m]
+	if st == nil {
+		st = &modState{ready: make(chan struct{}), whole: &loaded{ch: make(chan struct{})},
+			loaded: map[uint32][]uint64{}, fromCache: map[uint32]bool{}, hot: map[uint32]bool{}}
+		tl.mods[m] = st
+	}
+	return st
+}
+
+func (tl *tableLoader) push(j tableJob, urgent bool) {
 	tl.mu.Lock()
 	switch {
 	case tl.closed:
-	case !urgent:
-		tl.later = append(tl.later, j)
-	case first:
-		tl.urgent = append([]tableJob{j}, tl.urgent...)
-	default:
+	case urgent:
 		tl.urgent = append(tl.urgent, j)
+	default:
+		tl.later = append(tl.later, j)
 	}
 	tl.mu.Unlock()
 	select {
@@ -86,54 +114,30 @@ func (tl *tableLoader) push(j tableJob, urgent, first bool) {
 	}
 }
 
-// page queues a page a stack waits for, ahead of everything, once.
-func (tl *tableLoader) page(p loader.PageRequest) {
-	k := pageKey{p.Mod, p.Page}
-	tl.mu.Lock()
-	seen := tl.asked[k]
-	tl.asked[k] = true
-	tl.mu.Unlock()
-	if !seen {
-		tl.push(tableJob{page: &p}, true, true)
-	}
-}
-
-// want makes m ready (once) and returns a channel closed when it is.
+// want readies m on the worker (once); the channel is closed when it is.
 func (tl *tableLoader) want(m *procmaps.Module) chan struct{} {
 	tl.mu.Lock()
-	ch, ok := tl.ready[m]
-	if !ok {
-		ch = make(chan struct{})
-		tl.ready[m] = ch
-	}
+	st := tl.state(m)
 	tl.mu.Unlock()
-	if !ok {
-		tl.push(tableJob{ready: m}, true, false)
-	}
-	return ch
+	tl.push(tableJob{ready: m}, true)
+	return st.ready
 }
 
-// wantWhole makes m ready and loads all its pages (once), now if urgent, else in the background;
-// the channel is closed when every page is in.
+// wantWhole readies m and loads all its pages, now if someone waits (urgent), else in the
+// background; the channel is closed when every page is in.
 func (tl *tableLoader) wantWhole(m *procmaps.Module, urgent bool) chan struct{} {
 	tl.want(m)
 	tl.mu.Lock()
-	l, ok := tl.whole[m]
-	if !ok {
-		l = &loaded{ch: make(chan struct{})}
-		tl.whole[m] = l
-	}
-	upgrade := urgent && !tl.waited[m]
-	if urgent {
-		tl.waited[m] = true
-	}
+	st := tl.state(m)
+	queued, upgrade := st.queued, urgent && !st.waited
+	st.queued, st.waited = true, st.waited || urgent
 	tl.mu.Unlock()
-	if !ok || upgrade {
-		// A background load someone now waits for gets an urgent job too: pages already in
-		// are skipped, and whichever job ends first says so.
-		tl.push(tableJob{whole: m}, urgent, false)
+	if !queued || upgrade {
+		// A background load someone now waits for gets an urgent job too: pages already in are
+		// skipped, and whichever job ends first says so.
+		tl.push(tableJob{whole: m}, urgent)
 	}
-	return l.ch
+	return st.whole.ch
 }
 
 // wantImage loads the files a program maps at start (see loader.ResolveImage), whole.
@@ -203,10 +207,8 @@ func (tl *tableLoader) run() {
 			return
 		}
 		switch {
-		case j.page != nil:
-			tl.loadPage(*j.page)
 		case j.ready != nil:
-			tl.makeReady(j.ready)
+			tl.ensureReady(j.ready)
 		case j.exec != nil:
 			tl.loadExec(j.exec)
 		case j.whole != nil:
@@ -233,94 +235,184 @@ func (tl *tableLoader) register(m *procmaps.Module) uint32 {
 	return id
 }
 
-// makeReady tells the kernel how to unwind through m: with pages of rows, frame pointers (no
-// CFI), or not at all (the file could not be opened).
-func (tl *tableLoader) makeReady(m *procmaps.Module) {
+// ensureReady tells the kernel how to unwind through m (once, whoever asks first): with pages
+// of rows, the hot ones from the cache loaded at once; with frame pointers (no CFI); or not at
+// all (the file could not be opened).
+func (tl *tableLoader) ensureReady(m *procmaps.Module) {
 	tl.mu.Lock()
-	ch := tl.ready[m]
+	st := tl.state(m)
 	tl.mu.Unlock()
-	defer close(ch)
-	id := tl.register(m)
-	if id == 0 {
+	st.readyOnce.Do(func() {
+		defer close(st.ready)
+		id := tl.register(m)
+		if id == 0 {
+			return
+		}
+		var err error
+		switch {
+		case !m.Opened():
+			err = tl.s.tracer.SetModuleState(id, loader.ModNone)
+		case !m.HasCFI():
+			err = tl.s.tracer.SetModuleState(id, loader.ModFP)
+		default:
+			if err = tl.s.tracer.ReadyModule(id, m.Segments()); err == nil {
+				tl.loadCached(m, st)
+			}
+		}
+		tl.mu.Lock()
+		tl.modules++
+		tl.mu.Unlock()
+		if err != nil {
+			tl.fail(fmt.Sprintf("%s: %v", m.Path, err))
+		}
+	})
+}
+
+// loadCached loads the pages stacks asked for in earlier traces, from the cache; the others
+// wait in st.cold for a stack or the background load.
+func (tl *tableLoader) loadCached(m *procmaps.Module, st *modState) {
+	if tl.cache == nil || m.BuildID == "" {
 		return
 	}
-	var err error
-	switch {
-	case !m.Opened():
-		err = tl.s.tracer.SetModuleState(id, loader.ModNone)
-	case !m.HasCFI():
-		err = tl.s.tracer.SetModuleState(id, loader.ModFP)
-	default:
-		err = tl.s.tracer.ReadyModule(id, m.Segments())
+	e := tl.cache.Load(m.BuildID, m.Size())
+	if e == nil || e.Rebase(tl.s.tracer.Dict()) != nil || tl.s.tracer.LoadPages(m.ID, e.Pages) != nil {
+		return
 	}
 	tl.mu.Lock()
-	tl.modules++
-	tl.mu.Unlock()
-	if err != nil {
-		tl.fail(fmt.Sprintf("%s: %v", m.Path, err))
+	defer tl.mu.Unlock()
+	for pg, rows := range e.Pages {
+		st.loaded[pg], st.fromCache[pg], st.hot[pg] = rows, true, true
 	}
+	tl.cached += len(e.Pages)
+	st.cold = e
+}
+
+// Page loads a page the kernel asked for, at once (on the goroutine reading its requests).
+func (tl *tableLoader) Page(p loader.PageRequest) {
+	m := tl.s.maps.ByID(p.Mod)
+	if m == nil {
+		return
+	}
+	tl.loadPage(m, p.Page, true)
+}
+
+// pageUsed loads a page a user-space unwind just compiled: the stack that needed a copy has its
+// other pages ready for the next event through them.
+func (tl *tableLoader) pageUsed(m *procmaps.Module, pg uint32) {
+	if m.ID != 0 {
+		tl.loadPage(m, pg, true)
+	}
+}
+
+// loadPage puts one page of m's rows in the kernel: from the cache if an earlier trace compiled
+// it, else compiled now. hot: a stack needed it.
+func (tl *tableLoader) loadPage(m *procmaps.Module, pg uint32, hot bool) {
+	tl.mu.Lock()
+	st := tl.state(m)
+	if hot {
+		st.hot[pg] = true
+	}
+	if _, ok := st.loaded[pg]; ok {
+		tl.mu.Unlock()
+		return
+	}
+	var rows []uint64
+	cached := false
+	if st.cold != nil {
+		rows, cached = st.cold.TakeCold(pg)
+	}
+	tl.mu.Unlock()
+	if tl.s.tracer.PageLoaded(m.ID, pg) {
+		return
+	}
+	start := time.Now()
+	lo := uint64(pg) << ktable.PageShift
+	var err error
+	if !cached {
+		if t := m.PageTable(pg); t != nil {
+			rows, err = ktable.Compile(t, m.Segments(), lo, lo+1<<ktable.PageShift, tl.s.tracer.Dict())
+		}
+		if err != nil || len(rows) == 0 {
+			// No rule for it, or none fits: one gap row, so the kernel walks frame pointers there
+			// instead of asking again.
+			rows = []uint64{ktable.Row(lo, 0)}
+		}
+	}
+	lerr := tl.s.tracer.LoadPage(m.ID, pg, rows)
+	tl.mu.Lock()
+	if lerr == nil {
+		st.loaded[pg] = rows
+		st.fromCache[pg] = cached
+	}
+	tl.took += time.Since(start)
+	if cached {
+		tl.cached++
+	} else {
+		tl.pages++
+		tl.rows += len(rows)
+	}
+	tl.mu.Unlock()
+	if err = cmpErr(err, lerr); err != nil {
+		tl.fail(fmt.Sprintf("%s page %#x: %v", m.Path, lo, err))
+	}
+}
+
+func cmpErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
 }
 
 // loadChunk loads the next pages of a whole module, and queues the rest.
 func (tl *tableLoader) loadChunk(j tableJob) {
 	m := j.whole
+	tl.ensureReady(m)
 	first, n, ok := tl.s.tracer.ModulePages(m.ID)
-	if j.next < first {
-		j.next = first
-	}
+	j.next = max(j.next, first)
 	end := min(j.next+wholeChunk, first+n)
 	for pg := j.next; ok && pg < end; pg++ {
-		tl.loadPage(loader.PageRequest{Mod: m.ID, Page: pg})
+		tl.loadPage(m, pg, false)
 	}
 	tl.mu.Lock()
-	l, urgent := tl.whole[m], tl.waited[m]
+	st := tl.state(m)
+	urgent := st.waited
 	tl.mu.Unlock()
 	if ok && end < first+n {
 		j.next = end
-		tl.push(j, urgent, false)
+		tl.push(j, urgent)
 		return
 	}
-	if l != nil {
-		l.done()
-	}
+	st.whole.done()
 }
 
-// loadPage compiles one page of a module's rows for the kernel.
-func (tl *tableLoader) loadPage(p loader.PageRequest) {
-	m := tl.s.maps.ByID(p.Mod)
-	if m == nil || tl.s.tracer.PageLoaded(p.Mod, p.Page) {
+// saveCache writes the pages of modules that got new ones this trace (with the cached pages the
+// trace did not get to); call it after stop.
+func (tl *tableLoader) saveCache() {
+	if tl.cache == nil {
 		return
-	}
-	start := time.Now()
-	lo := uint64(p.Page) << ktable.PageShift
-	var rows []uint64
-	var err error
-	if t := m.PageTable(p.Page); t != nil {
-		rows, err = ktable.Compile(t, m.Segments(), lo, lo+1<<ktable.PageShift, tl.s.tracer.Dict())
-	}
-	if err != nil || len(rows) == 0 {
-		// No rule for it (or none fits): one gap row, so the kernel walks frame pointers there
-		// instead of asking again.
-		rows = []uint64{ktable.Row(lo, 0)}
-	}
-	if lerr := tl.s.tracer.LoadPage(p.Mod, p.Page, rows); err == nil {
-		err = lerr
 	}
 	tl.mu.Lock()
-	tl.took += time.Since(start)
-	tl.pages++
-	tl.rows += len(rows)
-	tl.mu.Unlock()
-	if err != nil {
-		tl.fail(fmt.Sprintf("%s page %#x: %v", m.Path, lo, err))
-	}
-}
-
-// pageUsed loads into the kernel a page a user-space unwind just compiled: the stack that needed
-// a copy has its other pages ready for the next event through them.
-func (tl *tableLoader) pageUsed(m *procmaps.Module, pg uint32) {
-	if m.ID != 0 && !tl.s.tracer.PageLoaded(m.ID, pg) {
-		tl.loadPage(loader.PageRequest{Mod: m.ID, Page: pg})
+	defer tl.mu.Unlock()
+	for m, st := range tl.mods {
+		fresh := 0
+		for pg := range st.loaded {
+			if !st.fromCache[pg] {
+				fresh++
+			}
+		}
+		if m.BuildID == "" || fresh == 0 {
+			continue
+		}
+		pages := maps.Clone(st.loaded)
+		if st.cold != nil {
+			for _, pg := range st.cold.Cold() {
+				if rows, ok := st.cold.TakeCold(pg); ok {
+					pages[pg] = rows
+				}
+			}
+		}
+		_ = tl.cache.Store(m.BuildID, m.Size(), ktable.NewEntry(pages, st.hot, tl.s.tracer.Dict()))
 	}
 }
 
@@ -332,8 +424,8 @@ func (tl *tableLoader) fail(msg string) {
 	}
 }
 
-// loadExec makes a new image's files ready at once (its program, loader and libraries), and
-// loads them whole in the background.
+// loadExec readies a new image's files at once, the program first (its code runs within the
+// millisecond), then what it links; all are then loaded whole in the background.
 func (tl *tableLoader) loadExec(e *loader.Exec) {
 	path, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", e.PID))
 	if err != nil {
@@ -343,20 +435,15 @@ func (tl *tableLoader) loadExec(e *loader.Exec) {
 	if root := procRoot(e.PID); !isHostRoot(root) {
 		path = filepath.Join(root, path)
 	}
+	tl.readyNow(path)
 	for _, p := range loader.ResolveImage(path) {
-		m := tl.s.maps.AddFile(p)
-		if m == nil {
-			continue
-		}
-		tl.mu.Lock()
-		_, queued := tl.ready[m]
-		if !queued {
-			tl.ready[m] = make(chan struct{})
-		}
-		tl.mu.Unlock()
-		if !queued {
-			tl.makeReady(m)
-		}
+		tl.readyNow(p)
+	}
+}
+
+func (tl *tableLoader) readyNow(path string) {
+	if m := tl.s.maps.AddFile(path); m != nil {
+		tl.ensureReady(m)
 		tl.wantWhole(m, false)
 	}
 }
