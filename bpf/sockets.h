@@ -29,13 +29,30 @@ static __always_inline bool unix_fd(u64 fd)
 	return BPF_CORE_READ(sock, sk, __sk_common.skc_family) == AF_UNIX;
 }
 
+/* first_socket_call tells user space when a process makes its first AF_UNIX socket call, as it
+ * happens: allocations before it need not be remembered to tell which came after (EV_SOCK). */
+static __always_inline void first_socket_call(u32 tgid, u64 t)
+{
+	struct proc_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count_lost(LOST_RINGBUF);
+		return;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->type = EV_SOCK;
+	ev->pid = tgid;
+	ev->ts = t;
+	bpf_ringbuf_submit(ev, 0);
+}
+
 static __always_inline void count_sock(u32 call)
 {
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct sock_stats *st = bpf_map_lookup_elem(&sockstats, &tgid);
 	if (!st) {
 		struct sock_stats fresh = { .first_ns = bpf_ktime_get_ns() };
-		bpf_map_update_elem(&sockstats, &tgid, &fresh, BPF_NOEXIST);
+		if (bpf_map_update_elem(&sockstats, &tgid, &fresh, BPF_NOEXIST) == 0)
+			first_socket_call(tgid, fresh.first_ns);
 		st = bpf_map_lookup_elem(&sockstats, &tgid);
 		if (!st) {
 			count_lost(LOST_INFLIGHT);

@@ -21,7 +21,7 @@ enum kind {
 	K_MMAP, K_MUNMAP, K_MREMAP, K_BRK,
 };
 
-enum event_type { EV_ALLOC = 1, EV_EXEC, EV_FORK, EV_EXIT, EV_MAP, EV_FREE, EV_SYS, EV_COPY, EV_STACK, EV_MODULE, EV_PAGE };
+enum event_type { EV_ALLOC = 1, EV_EXEC, EV_FORK, EV_EXIT, EV_MAP, EV_FREE, EV_SYS, EV_COPY, EV_STACK, EV_MODULE, EV_PAGE, EV_SOCK };
 
 enum event_flag {
 	F_FAILED = 1,      /* NULL / error returned: nothing allocated */

@@ -63,7 +63,7 @@ enum page_state { PAGE_NONE = 0, PAGE_LOADED = 1, PAGE_ASKED = 2 };
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, 1 << 20);
+	__uint(max_entries, 1 << 18); /* 1 GiB of executable segments */
 	__type(key, u32);
 	__type(value, u64);
 } unwind_pages SEC(".maps");

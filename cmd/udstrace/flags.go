@@ -57,7 +57,7 @@ func newFlags(o *options) *flag.FlagSet {
 	fs.UintVar(&o.stackBytes, "stack-bytes", 8192, "bytes of user stack copied per event with --stack cfi, and while a module's unwind table loads (power of two, 512..16384)")
 	fs.StringVar(&o.cacheDir, "cache", defaultCacheDir(), "keep the unwind tables compiled for each binary (by build-id) in `DIR`, so a binary traced before starts with complete stacks at once")
 	fs.BoolVar(&o.noCache, "no-cache", false, "neither read nor write the unwind cache")
-	fs.UintVar(&o.unwindRows, "unwind-rows", 1<<21, "rows of the kernel's unwind table, shared by every module (8 bytes each; gcc's cc1 needs 480,000, libc 28,000)")
+	fs.UintVar(&o.unwindRows, "unwind-rows", 1<<20, "rows of the kernel's unwind table, shared by every module (8 bytes each; gcc's cc1 needs 480,000, libc 28,000)")
 	fs.UintVar(&o.ringBytes, "ring-size", 16<<20, "ring buffer bytes (power of two, ≥ 4096)")
 	fs.UintVar(&o.tableSize, "table-size", 65536, "entries of the kernel's per-thread, per-process and per-site tables (picked blocks: 4×); a full table is counted as lost")
 	fs.BoolVar(&o.follow, "follow", true, "trace children of traced processes")

@@ -76,6 +76,8 @@ func (r *record) deliver(h Handler) {
 		h.Proc(&r.proc.p, r.proc.sock, r.proc.totals)
 	case evMap:
 		h.Map(r.proc.m)
+	case evSock:
+		h.FirstSocket(r.proc.p.PID, r.proc.p.Time)
 	}
 }
 
@@ -149,7 +151,7 @@ func (r *record) decode(raw []byte) bool {
 		if !chkStack(r.id, r.frames, r.trunc) {
 			HashMismatches.Add(1)
 		}
-	case evExec, evFork, evExit, evMap, evModule, evPage:
+	case evExec, evFork, evExit, evMap, evModule, evPage, evSock:
 		if len(raw) < int(unsafe.Sizeof(udstraceProcEvent{})) {
 			return false
 		}

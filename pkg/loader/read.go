@@ -25,6 +25,7 @@ const (
 	evStack
 	evModule
 	evPage
+	evSock
 )
 
 const (
@@ -104,6 +105,8 @@ type Handler interface {
 	// just before its frames arrive, when another CPU sent them).
 	Stack(id uint64, frames []kstack.Frame, truncated bool)
 	Exec(e *Exec)
+	// FirstSocket: a process made its first AF_UNIX socket call at time t (CLOCK_MONOTONIC ns).
+	FirstSocket(pid uint32, t uint64)
 	// Proc: sock and totals (exact calls with sampling) come with exits only.
 	Proc(p *event.Proc, sock *event.SocketStats, totals []Total)
 	Map(m *Mapping)
@@ -127,7 +130,7 @@ const DrainEvery = 100 * time.Millisecond
 
 const (
 	batchLen   = 256
-	maxBatches = 512 // queued between the drain and the handler; past that the ring itself waits
+	maxBatches = 128 // queued between the drain and the handler; past that the ring itself waits
 )
 
 // Read delivers events until ctx is done, then delivers what is left in the ring buffer and

@@ -279,17 +279,20 @@ func (b *Builder) call(p *proc, ev *event.Alloc) *site {
 	}
 	p.allocs++
 	p.allocBytes += ev.Size
-	p.note(s, ev.Time, ev.Size, b.opts.MaxTimeline)
+	p.note(s, ev.Time, ev.Size, b.opts.MaxTimeline, b.opts.LiveSockets)
 	return s
 }
 
 // note remembers an allocation's time for verdict (b) until the first socket time is known.
-func (p *proc) note(s *site, t, bytes uint64, maxTimeline int) {
+func (p *proc) note(s *site, t, bytes uint64, maxTimeline int, liveSockets bool) {
 	if p.afterDone {
 		if p.hasSock && p.sock.FirstTime != 0 && t >= p.sock.FirstTime {
 			p.addAfter(s, bytes)
 		}
 		return
+	}
+	if liveSockets {
+		return // no socket call yet, and it would have been told: not after one
 	}
 	if len(p.timeline) < maxTimeline {
 		p.timeline = append(p.timeline, tlEntry{t, s, bytes})

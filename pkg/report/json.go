@@ -1,6 +1,8 @@
 package report
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -8,12 +10,47 @@ import (
 	"strings"
 )
 
-// WriteJSON writes the report as one indented JSON document (layout in schema.md).
+// WriteJSON writes the report as one indented JSON document (layout in schema.md). Sites are
+// written one at a time: a large trace's report runs to a hundred megabytes, which need not be
+// in memory twice (encoded, then indented) at once.
 func (r *Report) WriteJSON(w io.Writer) error {
-	enc := json.NewEncoder(w)
+	head := *r
+	head.Sites = []Site{}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
 	enc.SetIndent("", "  ")
 	enc.SetEscapeHTML(false) // symbols like operator<< stay readable
-	return enc.Encode(r)
+	if err := enc.Encode(&head); err != nil {
+		return err
+	}
+	const empty = "\n  \"sites\": [],\n"
+	doc := buf.Bytes()
+	at := bytes.Index(doc, []byte(empty))
+	if at < 0 || len(r.Sites) == 0 {
+		_, err := w.Write(doc)
+		return err
+	}
+	bw := bufio.NewWriterSize(w, 1<<16)
+	bw.Write(doc[:at])
+	bw.WriteString("\n  \"sites\": [")
+	var site bytes.Buffer
+	senc := json.NewEncoder(&site)
+	senc.SetIndent("    ", "  ")
+	senc.SetEscapeHTML(false)
+	for i := range r.Sites {
+		site.Reset()
+		if err := senc.Encode(&r.Sites[i]); err != nil {
+			return err
+		}
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		bw.WriteString("\n    ")
+		bw.Write(bytes.TrimRight(site.Bytes(), "\n"))
+	}
+	bw.WriteString("\n  ],\n")
+	bw.Write(doc[at+len(empty):])
+	return bw.Flush()
 }
 
 // Hex is an address or file offset, written in JSON as a "0x…" string.

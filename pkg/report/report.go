@@ -27,6 +27,9 @@ type Options struct {
 	MaxProcs int
 	// FoldAtEnd defers folding to Settle: in count mode the calls arrive after the processes exit.
 	FoldAtEnd bool
+	// LiveSockets: a process's first socket call is told (Sockets with FirstTime) as it happens,
+	// so allocations before it need no remembering (no timeline: MaxTimeline is unused).
+	LiveSockets bool
 	// Stacks resolves a stack id to its frames, innermost first (nil: stacks are left empty).
 	Stacks func(id uint64) []event.Frame
 	// CallerStack turns the return address a free was called from into a one-frame stack id, for

@@ -146,6 +146,12 @@ func (h *handler) Proc(p *event.Proc, sock *event.SocketStats, totals []loader.T
 	h.s.builder.Proc(p)
 }
 
+func (h *handler) FirstSocket(pid uint32, t uint64) {
+	h.s.bmu.Lock()
+	defer h.s.bmu.Unlock()
+	h.s.builder.Sockets(event.SocketStats{PID: pid, FirstTime: t})
+}
+
 func (h *handler) Map(m *loader.Mapping) {
 	h.s.maps.Map(m.PID, m.Addr, m.Len, m.Pgoff, m.Dev, m.Ino, m.Name)
 	if loader.IsLibcName(m.Name) {

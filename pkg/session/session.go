@@ -139,7 +139,7 @@ func start(opts Options, filter bool) (*Session, error) {
 	s.unwinds = make(chan unwindJob, 4096)
 	go s.unwindCopies()
 	s.builder = report.NewBuilder(report.Options{TopSites: opts.TopSites, MinAge: opts.MinAge, MaxProcs: opts.MaxProcs,
-		FoldAtEnd: opts.Mode == "count", Stacks: s.stacks.resolve, CallerStack: s.callerStack})
+		FoldAtEnd: opts.Mode == "count", Stacks: s.stacks.resolve, CallerStack: s.callerStack, LiveSockets: true})
 	s.meta = report.Meta{Mode: modeName(opts.Mode), SampleBytes: opts.SampleBytes, StackMode: stackName(opts.Stack), Start: time.Now(), Roles: map[uint32]report.Role{},
 		RingBytes: cmp.Or(opts.RingBytes, 16<<20)}
 	if !tr.UsesUprobeMulti() {

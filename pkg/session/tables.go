@@ -369,6 +369,9 @@ func (tl *tableLoader) loadChunk(j tableJob) {
 	m := j.whole
 	tl.ensureReady(m)
 	first, n, ok := tl.s.tracer.ModulePages(m.ID)
+	if used, capacity := tl.s.tracer.TableUse(); !j.urgentLoad(tl, m) && used > capacity/4*3 {
+		ok = false // the last quarter of the rows is kept for pages stacks ask for
+	}
 	j.next = max(j.next, first)
 	end := min(j.next+wholeChunk, first+n)
 	for pg := j.next; ok && pg < end; pg++ {
@@ -384,6 +387,13 @@ func (tl *tableLoader) loadChunk(j tableJob) {
 		return
 	}
 	st.whole.done()
+}
+
+// urgentLoad reports whether someone waits for this whole load (run, attach).
+func (j tableJob) urgentLoad(tl *tableLoader, m *procmaps.Module) bool {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	return tl.state(m).waited
 }
 
 // saveCache writes the pages of modules that got new ones this trace (with the cached pages the
