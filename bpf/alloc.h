@@ -67,7 +67,8 @@ int alloc_enter(struct pt_regs *ctx)
 /* emit_free sends a free: the block, and the caller of free (its return address). */
 static __always_inline void emit_free(u64 pid_tgid, u64 addr, u8 flags, u64 caller)
 {
-	struct free_event *ev = reserve(sizeof(*ev));
+	u64 queued;
+	struct free_event *ev = reserve(sizeof(*ev), &queued);
 	if (!ev)
 		return;
 	ev->type = EV_FREE;
@@ -80,7 +81,7 @@ static __always_inline void emit_free(u64 pid_tgid, u64 addr, u8 flags, u64 call
 	ev->ts = bpf_ktime_get_ns();
 	ev->addr = addr;
 	ev->caller = caller;
-	submit(ev, sizeof(*ev));
+	submit(ev, sizeof(*ev), queued);
 }
 
 /* emit_forgotten tells user space a picked block is gone (an unpicked realloc moved or freed it). */
@@ -136,7 +137,7 @@ int alloc_return(struct pt_regs *ctx)
 	if (cfg_sample_bytes)
 		flags = untracked ? F_WEIGHTED | F_UNTRACKED : F_WEIGHTED;
 	struct sys_event *hdr = &ts->hdr;
-	fill_header(&hdr->a, EV_ALLOC, st.kind, pid_tgid);
+	fill_header(&hdr->a, EV_ALLOC, st.kind, pid_tgid, true);
 	hdr->old_size = 0;
 	hdr->aux = 0;
 	hdr->fd = -1;
@@ -161,7 +162,7 @@ int alloc_return(struct pt_regs *ctx)
 	from->fp = ctx->bp;
 	from->alloc_ip = st.entry_ip;
 	from->exact = false;
-	stack_and_emit(ctx, hdr, from, 0);
+	stack_and_emit(ctx, ts, 0);
 	return 0;
 }
 

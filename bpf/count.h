@@ -29,12 +29,6 @@ struct count_key {
 	u64 stack; /* stack id; 0: none */
 };
 
-struct tail_state {
-	u64 sp;
-	u64 ret;
-	u8 kind;
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -42,12 +36,6 @@ struct {
 	__type(value, struct count_val);
 } counts SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, u32); /* tid */
-	__type(value, struct tail_state);
-} tails SEC(".maps");
 
 /* read_ret reads the return address at [sp], once: user memory reads are costly. */
 static __always_inline u64 read_ret(u64 sp, u64 *ret, bool *have)
@@ -61,12 +49,12 @@ static __always_inline u64 read_ret(u64 sp, u64 *ret, bool *have)
 
 /* tail_call_of reports whether this entry is the tail call the thread's last realloc-family entry
  * made; it reads the return address only when the stack pointer already matches. */
-static __always_inline bool tail_call_of(u32 tid, u8 kind, u64 sp, u64 *ret, bool *have)
+static __always_inline bool tail_call_of(struct thread_state *ts, u8 kind, u64 sp, u64 *ret, bool *have)
 {
 	if (kind != K_MALLOC && kind != K_REALLOC)
 		return false;
-	struct tail_state *t = bpf_map_lookup_elem(&tails, &tid);
-	if (!t || t->sp != sp || t->ret != read_ret(sp, ret, have))
+	struct tail_state *t = &ts->tail;
+	if (!t->kind || t->sp != sp || t->ret != read_ret(sp, ret, have))
 		return false;
 	if ((kind == K_MALLOC && t->kind == K_REALLOC) || (kind == K_REALLOC && t->kind == K_REALLOCARRAY)) {
 		t->kind = kind; /* reallocarray -> realloc -> malloc chains on */
@@ -77,16 +65,10 @@ static __always_inline bool tail_call_of(u32 tid, u8 kind, u64 sp, u64 *ret, boo
 
 /* count_stack_of unwinds from the entry; a call that needs the copy fallback is sent alone
  * (false): user space counts it. */
-static __always_inline bool count_stack_of(struct pt_regs *ctx, u64 pid_tgid, u8 kind, u64 size, u64 *id)
+static __always_inline bool count_stack_of(struct pt_regs *ctx, struct thread_state *ts, u64 pid_tgid, u8 kind, u64 size, u64 *id)
 {
-	struct thread_state *ts = thread_state(true);
-	if (!ts) {
-		count_lost(LOST_STACK);
-		*id = 0;
-		return true;
-	}
 	struct sys_event *hdr = &ts->hdr;
-	fill_header(&hdr->a, EV_ALLOC, kind, pid_tgid);
+	fill_header(&hdr->a, EV_ALLOC, kind, pid_tgid, false); /* stamped only if it is sent */
 	hdr->old_size = 0;
 	hdr->aux = 0;
 	hdr->fd = -1;
@@ -98,7 +80,7 @@ static __always_inline bool count_stack_of(struct pt_regs *ctx, u64 pid_tgid, u8
 	from->fp = ctx->bp;
 	from->alloc_ip = ctx->ip;
 	from->exact = true;
-	int copied = stack_and_emit(ctx, hdr, from, SO_NO_EMIT);
+	int copied = stack_and_emit(ctx, ts, SO_NO_EMIT);
 	*id = hdr->a.stack;
 	return !copied;
 }
@@ -106,31 +88,37 @@ static __always_inline bool count_stack_of(struct pt_regs *ctx, u64 pid_tgid, u8
 /* emit_sample sends a sampled call (kind, size, stack id) to user space. */
 static __always_inline void emit_sample(u64 pid_tgid, u8 kind, u64 size, u64 stack)
 {
-	struct alloc_event *ev = reserve(sizeof(*ev));
+	u64 queued;
+	struct alloc_event *ev = reserve(sizeof(*ev), &queued);
 	if (!ev)
 		return;
-	fill_header(ev, EV_ALLOC, kind, pid_tgid);
+	fill_header(ev, EV_ALLOC, kind, pid_tgid, true);
 	ev->flags = F_SAMPLED;
 	ev->size = size;
 	ev->stack = stack;
-	submit(ev, sizeof(*ev));
+	submit(ev, sizeof(*ev), queued);
 }
 
 SEC("uprobe")
 int alloc_count(struct pt_regs *ctx)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
-	u32 tid = (u32)pid_tgid;
 	if (!traced(pid_tgid >> 32))
 		return 0;
 	u8 kind = bpf_get_attach_cookie(ctx);
+	struct thread_state *ts = thread_state(true);
+	if (!ts) {
+		count_lost(LOST_INFLIGHT);
+		return 0;
+	}
 	u64 sp = ctx->sp, ret = 0;
 	bool have = false;
-	if (tail_call_of(tid, kind, sp, &ret, &have))
+	if (tail_call_of(ts, kind, sp, &ret, &have))
 		return 0;
 	if (kind == K_REALLOC || kind == K_REALLOCARRAY) {
-		struct tail_state t = { .sp = sp, .ret = read_ret(sp, &ret, &have), .kind = kind };
-		bpf_map_update_elem(&tails, &tid, &t, BPF_ANY);
+		ts->tail.sp = sp;
+		ts->tail.ret = read_ret(sp, &ret, &have);
+		ts->tail.kind = kind;
 	}
 	u64 a = ctx->di, b = ctx->si, c = ctx->dx, size;
 	switch (kind) {
@@ -153,11 +141,11 @@ int alloc_count(struct pt_regs *ctx)
 	}
 	u64 id;
 	if (cfg_sample_bytes) {
-		if (sampled(pid_tgid >> 32, kind, size) && count_stack_of(ctx, pid_tgid, kind, size, &id))
+		if (sampled(pid_tgid >> 32, kind, size) && count_stack_of(ctx, ts, pid_tgid, kind, size, &id))
 			emit_sample(pid_tgid, kind, size, id);
 		return 0;
 	}
-	if (!count_stack_of(ctx, pid_tgid, kind, size, &id))
+	if (!count_stack_of(ctx, ts, pid_tgid, kind, size, &id))
 		return 0; /* sent alone, with its copy */
 	struct count_key key = { .tgid = pid_tgid >> 32, .kind = kind, .stack = id };
 	struct count_val *v = bpf_map_lookup_elem(&counts, &key);

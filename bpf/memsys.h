@@ -134,7 +134,7 @@ static __always_inline int sys_exit(struct trace_event_raw_sys_exit *ctx)
 		return 0;
 	}
 	struct sys_event *hdr = &ts->hdr;
-	fill_header(&hdr->a, EV_SYS, st->kind, pid_tgid);
+	fill_header(&hdr->a, EV_SYS, st->kind, pid_tgid, true);
 	hdr->old_size = 0;
 	hdr->aux = 0;
 	hdr->fd = -1;
@@ -175,7 +175,7 @@ static __always_inline int sys_exit(struct trace_event_raw_sys_exit *ctx)
 	__builtin_memset(from, 0, sizeof(*from));
 	if (inside == K_NONE)
 		user_regs(&from->pc, &from->sp, &from->fp);
-	stack_and_emit(ctx, hdr, from, SO_SYS | (inside == K_NONE ? 0 : SO_NO_STACK));
+	stack_and_emit(ctx, ts, SO_SYS | (inside == K_NONE ? 0 : SO_NO_STACK));
 	if (kind == K_MMAP && !failed && (prot & PROT_EXEC))
 		emit_map(pid_tgid >> 32, ret, mlen, mpgoff, mfd);
 	return 0;

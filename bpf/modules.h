@@ -98,10 +98,9 @@ static __always_inline void invalidate_maps(u32 tgid)
 	bpf_map_update_elem(&map_gens, &tgid, &gen, BPF_ANY);
 }
 
-/* cache_begin drops the thread's cached mappings if its address space or generation changed. */
-static __always_inline void cache_begin(struct thread_state *ts, u32 tgid)
+/* cache_begin drops the thread's cached mappings if its address space (mm) or generation changed. */
+static __always_inline void cache_begin(struct thread_state *ts, u32 tgid, u64 mm)
 {
-	u64 mm = (u64)BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), mm);
 	u64 *g = bpf_map_lookup_elem(&map_gens, &tgid);
 	u64 gen = g ? *g : 0;
 	if (ts->mm != mm || ts->gen != gen) {

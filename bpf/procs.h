@@ -93,7 +93,6 @@ int on_exit(u64 *ctx)
 	u32 tid = BPF_CORE_READ(p, pid);
 	u32 tgid = BPF_CORE_READ(p, tgid);
 	bpf_map_delete_elem(&sysinflight, &tid);
-	bpf_map_delete_elem(&tails, &tid);
 	if (BPF_CORE_READ(p, signal, live.counter) != 0)
 		return 0; /* other threads live on */
 	bool was_traced = traced(tgid);

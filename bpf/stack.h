@@ -22,34 +22,36 @@ struct {
 	__type(value, u64);
 } stack_seen SEC(".maps");
 
-/* wake_flags wakes the reader when this record made the queue cross cfg_wakeup_bytes, never on
- * every record above it: each wakeup is an interrupt. The rest is drained by the reader's timer. */
-static __always_inline u64 wake_flags(u64 size)
+/* wake_flags wakes the reader when this record (size bytes, queued before it) makes the queue
+ * cross cfg_wakeup_bytes, never on every record above it: each wakeup is an interrupt. The rest
+ * is drained by the reader's timer. */
+static __always_inline u64 wake_flags(u64 queued, u64 size)
 {
-	u64 queued = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	return queued >= cfg_wakeup_bytes && queued < cfg_wakeup_bytes + size ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	return queued < cfg_wakeup_bytes && queued + size >= cfg_wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
-static __always_inline void *reserve(u64 size)
+/* reserve takes size bytes of the events ring, or counts a lost event; *queued is what was
+ * queued before it, for submit's wakeup. */
+static __always_inline void *reserve(u64 size, u64 *queued)
 {
-	void *p = ring_has_room(size) ? bpf_ringbuf_reserve(&events, size, 0) : 0;
+	*queued = ring_queued();
+	void *p = ring_has_room(*queued, size) ? bpf_ringbuf_reserve(&events, size, 0) : 0;
 	if (!p)
 		count_lost(LOST_RINGBUF);
 	return p;
 }
 
-static __always_inline void submit(void *p, u64 size)
+static __always_inline void submit(void *p, u64 size, u64 queued)
 {
-	bpf_ringbuf_submit(p, wake_flags(size));
+	bpf_ringbuf_submit(p, wake_flags(queued, size));
 }
 
 /* copy_has_room says whether a stack copy may go out: only while the ring is less than half full,
  * so copies never crowd out the compact events behind them. */
 static __always_inline bool copy_has_room(void)
 {
-	u64 used = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	return used + sizeof(struct copy_event) + cfg_stack_bytes + sizeof(struct stack_event) <=
-	       bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 2;
+	return ring_queued() + sizeof(struct copy_event) + cfg_stack_bytes + sizeof(struct stack_event) <=
+	       cfg_ring_bytes / 2;
 }
 
 /* stack_id names the frames in w->ts->st, sending them to user space if the id is new; 0 when
@@ -79,8 +81,9 @@ static __always_inline u64 stack_id(struct walk *w, u8 flags)
 	st->flags = flags;
 	st->n = n;
 	st->id = id;
-	u64 size = 16 + (u64)(n & (2 * MAX_FRAMES - 1)) * 8;
-	if (size > sizeof(*st) || !ring_has_room(size) || bpf_ringbuf_output(&events, st, size, wake_flags(size))) {
+	u64 size = 16 + (u64)(n & (2 * MAX_FRAMES - 1)) * 8, queued = ring_queued();
+	if (size > sizeof(*st) || !ring_has_room(queued, size) ||
+	    bpf_ringbuf_output(&events, st, size, wake_flags(queued, size))) {
 		if (stored)
 			bpf_map_delete_elem(&stack_seen, &id); /* user space never got it: send it next time */
 		count_lost(LOST_STACK);
@@ -150,18 +153,38 @@ static __always_inline void capture_fp(void *ctx, struct walk *w, struct start *
 /*
  * capture unwinds the current thread's stack. With a table it walks in the kernel; where it meets
  * a module whose table is still loading it asks for a copy of the stack from there on (out->copy,
- * the registers left in w), or, with no room or budget for one, stops and flags the stack.
+ * the registers left in w), or, with no room or budget for one, stops and flags the stack. s is
+ * ts->from (the memo compares against it).
  */
 static __always_inline void capture(void *ctx, struct walk *w, struct thread_state *ts, u32 tgid,
 				    struct start *s, struct captured *out)
 {
 	__builtin_memset(out, 0, sizeof(*out));
-	cache_begin(ts, tgid);
+	/* Plain loads through the task's BTF pointer: no helper call on every event. */
+	struct mm_struct *mmp = bpf_get_current_task_btf()->mm;
+	u64 seq = bpf_core_field_exists(mmp->mm_lock_seq) ? mmp->mm_lock_seq.sequence : 1;
+	if (cfg_stack_mode == STACK_TABLE) {
+		ts->memo.recording = 0;
+		ts->wk.win.len = 0;
+		if (memo_key_matches(ts, mmp, seq) && memo_hit(ts)) {
+			out->id = ts->memo.id;
+			count_stack(STK_MEMO);
+			return;
+		}
+	}
+	cache_begin(ts, tgid, (u64)mmp);
 	walk_init(w, ts, tgid, s->pc, s->sp, s->fp, s->exact);
 	count_stack(STK_EVENTS);
 	if (cfg_stack_mode == STACK_FP) {
 		capture_fp(ctx, w, s, out);
 		return;
+	}
+	if (cfg_stack_mode == STACK_TABLE) {
+		ts->memo.valid = 0;
+		ts->memo.n = 0;
+		ts->memo.hi = 0;
+		ts->memo.overflow = 0;
+		ts->memo.recording = !(seq & 1); /* odd: the address space is being changed */
 	}
 	if (s->alloc_ip && !s->exact) { /* a return probe: the allocator's own frame first */
 		struct map_entry *e = 0;
@@ -179,8 +202,20 @@ static __always_inline void capture(void *ctx, struct walk *w, struct thread_sta
 		return;
 	}
 	walk_run(w);
+	ts->memo.recording = 0;
 	if (!w->pending) {
 		out->id = stack_id(w, 0);
+		if (out->id && !out->flags && !w->depth && !ts->memo.overflow && ts->memo.recording == 0 && !(seq & 1)) {
+			struct memo *m = &ts->memo;
+			m->pc = s->pc;
+			m->sp = s->sp;
+			m->fp = s->fp;
+			m->alloc_ip = s->alloc_ip;
+			m->mm = (u64)mmp;
+			m->seq = seq;
+			m->id = out->id;
+			m->valid = 1;
+		}
 		return;
 	}
 	struct module_info *m = module_info_of(w->pending_mod);
@@ -200,7 +235,7 @@ static __always_inline void capture(void *ctx, struct walk *w, struct thread_sta
 }
 
 /* fill_header fills the part every data event shares. */
-static __always_inline void fill_header(struct alloc_event *a, u8 type, u8 kind, u64 pid_tgid)
+static __always_inline void fill_header(struct alloc_event *a, u8 type, u8 kind, u64 pid_tgid, bool stamp)
 {
 	__builtin_memset(a, 0, sizeof(*a));
 	a->type = type;
@@ -208,14 +243,16 @@ static __always_inline void fill_header(struct alloc_event *a, u8 type, u8 kind,
 	a->inside = K_NONE;
 	a->pid = pid_tgid >> 32;
 	a->tid = (u32)pid_tgid;
-	a->ts = bpf_ktime_get_ns();
+	if (stamp)
+		a->ts = bpf_ktime_get_ns();
 }
 
 /* emit_copy sends an event with size bytes of stack copied from the walk's frame (shortened,
  * halving, until it stays inside mapped stack). size must be a constant. */
 static __always_inline void emit_copy(struct sys_event *hdr, struct walk *w, const u32 size)
 {
-	struct copy_event *ce = reserve(sizeof(struct copy_event) + size);
+	u64 queued;
+	struct copy_event *ce = reserve(sizeof(struct copy_event) + size, &queued);
 	if (!ce)
 		return;
 	hdr->a.type = EV_COPY;
@@ -243,7 +280,7 @@ static __always_inline void emit_copy(struct sys_event *hdr, struct walk *w, con
 	}
 	if (!ce->len)
 		count_lost(LOST_STACK);
-	submit(ce, sizeof(struct copy_event) + size);
+	submit(ce, sizeof(struct copy_event) + size, queued);
 }
 
 /* emit sends an allocation or syscall event with its stack: the id, or the copy capture asked for. */
@@ -251,17 +288,20 @@ static __always_inline void emit(struct sys_event *hdr, bool sys, struct walk *w
 {
 	hdr->a.stack = c->id;
 	hdr->a.flags |= c->flags;
+	if (!hdr->a.ts)
+		hdr->a.ts = bpf_ktime_get_ns(); /* count mode stamps only what it sends */
 	if (!c->copy) {
 		u64 size = sys ? sizeof(struct sys_event) : sizeof(struct alloc_event);
 		hdr->a.type = sys ? EV_SYS : EV_ALLOC;
-		void *p = reserve(size);
+		u64 queued;
+		void *p = reserve(size, &queued);
 		if (!p)
 			return;
 		if (sys)
 			__builtin_memcpy(p, hdr, sizeof(struct sys_event));
 		else
 			__builtin_memcpy(p, hdr, sizeof(struct alloc_event));
-		submit(p, size);
+		submit(p, size, queued);
 		return;
 	}
 	/* The main thread's stack ends at start_stack: a copy need not reach past it, and a smaller
@@ -290,23 +330,18 @@ enum stack_opts {
 };
 
 /*
- * stack_and_emit takes the current thread's stack from the registers in from and sends the event
- * hdr with it (or, with SO_NO_EMIT, puts only the stack id in hdr->a.stack). It returns 1 when
- * the event went out with a copy of the stack. A global function: the verifier checks it once,
- * not once for every program and path that calls it.
+ * stack_and_emit takes the current thread's stack from the registers in ts->from and sends the
+ * event ts->hdr with it (or, with SO_NO_EMIT, puts only the stack id in ts->hdr.a.stack). It
+ * returns 1 when the event went out with a copy of the stack. A global function: the verifier
+ * checks it once, not once for every program and path that calls it.
  */
-__noinline int stack_and_emit(void *ctx __arg_ctx, struct sys_event *hdr __arg_nonnull, struct start *from __arg_nonnull, u32 opts)
+__noinline int stack_and_emit(void *ctx __arg_ctx, struct thread_state *ts __arg_nonnull, u32 opts)
 {
 	struct walk w;
 	struct captured c = {};
-	u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!(opts & SO_NO_STACK)) {
-		struct thread_state *ts = thread_state(true);
-		if (ts)
-			capture(ctx, &w, ts, pid_tgid >> 32, from, &c);
-		else
-			count_lost(LOST_STACK);
-	}
+	struct sys_event *hdr = &ts->hdr;
+	if (!(opts & SO_NO_STACK))
+		capture(ctx, &w, ts, bpf_get_current_pid_tgid() >> 32, &ts->from, &c);
 	hdr->a.stack = c.id;
 	if ((opts & SO_NO_EMIT) && !c.copy)
 		return 0;

@@ -53,9 +53,38 @@ struct walk_state {
 	struct window win;
 };
 
+/*
+ * The thread's last complete walk: a walk is a function of the registers it starts from, the
+ * address space and the stack words it reads, so when those are all the same again the stack
+ * is the same, and its id is reused without walking (a loop allocating from one place).
+ */
+#define MEMO_READS 64
+struct memo {
+	u64 pc, sp, fp, alloc_ip, mm;
+	u64 seq; /* mm->mm_lock_seq: moves on every change of the address space */
+	u64 hi;  /* the end of the highest word read */
+	u64 id;
+	u32 n; /* words read, in addr[] and val[] */
+	u8 valid;
+	u8 recording;
+	u8 overflow;
+	u8 _pad;
+	u64 addr[MEMO_READS];
+	u64 val[MEMO_READS];
+};
+
+/* Count mode's last realloc-family entry, to tell glibc's internal tail calls (bpf/count.h). */
+struct tail_state {
+	u64 sp;
+	u64 ret;
+	u8 kind;
+};
+
 struct thread_state {
 	struct call_state call;
+	struct tail_state tail;
 	struct walk_state wk;
+	struct memo memo;
 	/* The event being built and where its stack starts: here, not on the BPF stack, which the
 	 * unwinder's nested calls need. */
 	struct sys_event hdr;

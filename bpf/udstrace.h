@@ -52,6 +52,7 @@ enum stack_stat {
 	STK_BUSY,       /* a frame's mapping could not be read (mmap lock held): copied, or cut */
 	STK_DEPTH,      /* stacks that hit the frame limit */
 	STK_REQ_LOST,   /* module requests the ring had no room for (the module is asked for again later) */
+	STK_MEMO,       /* stacks known without walking: the thread's last walk, same registers and stack words */
 	STK_STATS
 };
 
@@ -193,6 +194,7 @@ const volatile u32 cfg_stack_mode = STACK_TABLE;
 const volatile u32 cfg_stack_bytes = 8192; /* power of two, <= MAX_STACK_BYTES */
 const volatile u64 cfg_wakeup_bytes = 1 << 16; /* wake the reader once this much is queued */
 const volatile u64 cfg_ring_reserve = 1 << 16; /* ring room only process events may use */
+const volatile u64 cfg_ring_bytes = 16 << 20;  /* the events ring's size: known, not asked */
 const volatile u64 cfg_cgroup_id = 0;      /* trace only this cgroup (v2 id), 0: any */
 const volatile char cfg_comm[16] = {};     /* trace only processes of this name, "": any */
 
@@ -254,10 +256,16 @@ static __always_inline void count_stack(u32 what)
 
 /* ring_has_room says whether a data event of size bytes fits while leaving cfg_ring_reserve for
  * process events (exec, fork, exit, mappings): a flood may drop data, never a process's life. */
-static __always_inline bool ring_has_room(u64 size)
+static __always_inline bool ring_has_room(u64 queued, u64 size)
 {
-	u64 used = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	return used + size + cfg_ring_reserve <= bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
+	return queued + size + cfg_ring_reserve <= cfg_ring_bytes;
+}
+
+/* ring_queued is how many bytes wait in the events ring: asked once per record (each helper call
+ * counts on this path). */
+static __always_inline u64 ring_queued(void)
+{
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
 }
 
 /* traced reports whether tgid is in scope: every process but ours, or only targets. */

@@ -121,10 +121,60 @@ __noinline int read_stack(struct window *win __arg_nonnull, struct thread_state 
 		}
 		if (addr >= win->base && addr + 8 <= win->base + win->len) {
 			*dst = ts->win[((addr - win->base) >> 3) & (WIN_WORDS - 1)];
-			return 1;
+			goto got;
 		}
 	}
-	return bpf_probe_read_user(dst, sizeof(*dst), (void *)addr) == 0;
+	if (bpf_probe_read_user(dst, sizeof(*dst), (void *)addr))
+		return 0;
+got:
+	if (ts->memo.recording) {
+		u32 n = ts->memo.n;
+		if (n < MEMO_READS) {
+			ts->memo.addr[n] = addr;
+			ts->memo.val[n] = *dst;
+			ts->memo.n = n + 1;
+			if (addr + 8 > ts->memo.hi)
+				ts->memo.hi = addr + 8;
+		} else {
+			ts->memo.overflow = 1;
+		}
+	}
+	return 1;
+}
+
+/* memo_key_matches says whether the thread's last complete walk started from the same registers
+ * (ts->from) in the same address space at the same generation: then memo_hit checks its words. */
+static __always_inline bool memo_key_matches(struct thread_state *ts, struct mm_struct *mm, u64 seq)
+{
+	struct memo *m = &ts->memo;
+	struct start *s = &ts->from;
+	return m->valid && m->pc == s->pc && m->sp == s->sp && m->fp == s->fp && m->alloc_ip == s->alloc_ip &&
+	       m->mm == (u64)mm && m->seq == seq && !(seq & 1);
+}
+
+/* memo_hit reports whether every stack word the thread's last complete walk read is unchanged
+ * (its key matched). A global function: its loop is checked once. */
+__noinline int memo_hit(struct thread_state *ts __arg_nonnull)
+{
+	struct memo *m = &ts->memo;
+	u64 sp = ts->from.sp;
+	/* One read of just the stack the walk read (usually well under the window). */
+	u64 span = m->hi > sp ? m->hi - sp : 0;
+	u32 size = (span + 63) & ~63ULL;
+	if (size == 0 || size > sizeof(ts->win))
+		size = sizeof(ts->win);
+	if (bpf_probe_read_user(ts->win, size, (void *)sp) == 0) {
+		ts->wk.win.base = sp;
+		ts->wk.win.len = size;
+	}
+	for (int i = 0; i < MEMO_READS; i++) {
+		if (i >= m->n)
+			return 1;
+		u64 v;
+		if (!read_stack(&ts->wk.win, ts, m->addr[i], &v) || v != m->val[i])
+			return 0;
+	}
+	return 1;
 }
 
 static __always_inline bool read_user(struct walk *w, u64 *dst, u64 addr)

@@ -97,7 +97,12 @@ struct vm_area_struct {
 	struct file *vm_file;
 };
 
+struct seqcount {
+	unsigned int sequence;
+};
+
 struct mm_struct {
+	struct seqcount mm_lock_seq; /* moves on every change of the address space (per-VMA locking) */
 	unsigned long start_code;
 	unsigned long brk;
 	unsigned long start_stack;

@@ -2,7 +2,7 @@
 
 // Package workload embeds the small C test programs built by
 // `make -C workload` (echo server/client, allocpattern, chain, threadalloc,
-// burst, dlctor with libdlctor.so, norandom, and the allocount.so LD_PRELOAD counter)
+// burst, dlctor with libdlctor.so, norandom, twins, and the allocount.so LD_PRELOAD counter)
 // and extracts them for use.
 package workload
 
@@ -31,6 +31,7 @@ type Paths struct {
 	DlCtor       string // dlctor LIBRARY: dlopen LIBRARY and exit at once
 	DlCtorLib    string // libdlctor.so: its constructor mallocs through three levels of its own functions
 	NoRandom     string // norandom PROGRAM [ARG...]: exec PROGRAM with address-space randomization off
+	Twins        string // twins [ROUNDS]: twin callers whose malloc entries share pc, sp and fp
 }
 
 // ErrMissing is returned by Extract when udstrace was built without the
@@ -61,6 +62,7 @@ func Extract(dir string) (Paths, error) {
 		{"dlctor", &p.DlCtor},
 		{"libdlctor.so", &p.DlCtorLib},
 		{"norandom", &p.NoRandom},
+		{"twins", &p.Twins},
 	} {
 		data, err := binFS.ReadFile("bin/" + f.name)
 		if errors.Is(err, fs.ErrNotExist) || (err == nil && len(data) == 0) {

@@ -141,7 +141,7 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 			return fmt.Errorf("setting %s: %w", name, err)
 		}
 	}
-	ring := uint32(16 << 20)
+	ring := spec.Maps["events"].MaxEntries
 	if cfg.RingBytes != 0 {
 		ring = cfg.RingBytes
 		spec.Maps["events"].MaxEntries = cfg.RingBytes
@@ -151,12 +151,15 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 	if err := spec.Variables["cfg_wakeup_bytes"].Set(uint64(min(ring/4, 1<<20))); err != nil {
 		return fmt.Errorf("setting cfg_wakeup_bytes: %w", err)
 	}
+	if err := spec.Variables["cfg_ring_bytes"].Set(uint64(ring)); err != nil {
+		return fmt.Errorf("setting cfg_ring_bytes: %w", err)
+	}
 	// An eighth of the ring (at most 256 KiB) stays free for process events when data floods it.
 	if err := spec.Variables["cfg_ring_reserve"].Set(uint64(min(ring/8, 256<<10))); err != nil {
 		return fmt.Errorf("setting cfg_ring_reserve: %w", err)
 	}
 	if n := cfg.TableSize; n != 0 {
-		for _, m := range []string{"sysinflight", "tails", "targets", "sockstats", "counts", "totals", "map_gens"} {
+		for _, m := range []string{"sysinflight", "targets", "sockstats", "counts", "totals", "map_gens"} {
 			spec.Maps[m].MaxEntries = n
 		}
 		spec.Maps["sampled_blocks"].MaxEntries = 4 * n // live picked blocks outnumber processes

@@ -83,12 +83,13 @@ type StackStats struct {
 	Busy       uint64 // stacks the kernel could not follow: a mapping could not be read (mmap lock held); copied or cut
 	Depth      uint64 // stacks that hit the frame limit
 	ReqLost    uint64 // module requests with no ring room (asked again later)
+	Memo       uint64 // stacks known without walking (the thread's last walk, same registers and stack words)
 }
 
 // StackStats sums the per-CPU stack counters.
 func (t *Tracer) StackStats() (StackStats, error) {
 	var out StackStats
-	dst := []*uint64{&out.Events, &out.Distinct, &out.Fallback, &out.Truncated, &out.Collisions, &out.Busy, &out.Depth, &out.ReqLost}
+	dst := []*uint64{&out.Events, &out.Distinct, &out.Fallback, &out.Truncated, &out.Collisions, &out.Busy, &out.Depth, &out.ReqLost, &out.Memo}
 	for i, p := range dst {
 		var perCPU []uint64
 		if err := t.objs.StackStats.Lookup(uint32(i), &perCPU); err != nil {
@@ -98,6 +99,7 @@ func (t *Tracer) StackStats() (StackStats, error) {
 			*p += n
 		}
 	}
+	out.Events += out.Memo // the kernel counts walks (STK_EVENTS) and memo hits apart
 	return out, nil
 }
 
@@ -125,19 +127,15 @@ func (t *Tracer) Totals() ([]Total, error) {
 }
 
 // DeadThreadStates counts entries left in the kernel's tables by threads or processes that no longer
-// exist (a syscall or tail call in flight, a picked block): state that an exit failed to clear.
+// exist (a syscall in flight, a picked block): state that an exit failed to clear. Per-thread
+// state in task storage (calls in flight, count mode's open batch) dies with its task.
 func (t *Tracer) DeadThreadStates() (int, error) {
-	tid := func(k uint32) uint32 { return k }
-	a, err := deadKeys(t.objs.Sysinflight, tid)
+	a, err := deadKeys(t.objs.Sysinflight, func(k uint32) uint32 { return k })
 	if err != nil {
 		return a, err
 	}
-	b, err := deadKeys(t.objs.Tails, tid)
-	if err != nil {
-		return a + b, err
-	}
-	c, err := deadKeys(t.objs.SampledBlocks, func(k udstraceSampledKey) uint32 { return k.Tgid })
-	return a + b + c, err
+	b, err := deadKeys(t.objs.SampledBlocks, func(k udstraceSampledKey) uint32 { return k.Tgid })
+	return a + b, err
 }
 
 // deadKeys counts the keys of m whose thread or process (named by id) is gone from /proc.

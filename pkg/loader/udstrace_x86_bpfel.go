@@ -166,14 +166,6 @@ type udstraceSysState struct {
 	_         [6]byte
 }
 
-type udstraceTailState struct {
-	_    structs.HostLayout
-	Sp   uint64
-	Ret  uint64
-	Kind uint8
-	_    [7]byte
-}
-
 type udstraceThreadState struct {
 	_    structs.HostLayout
 	Call struct {
@@ -187,6 +179,13 @@ type udstraceThreadState struct {
 		Depth   uint8
 		_       [6]byte
 	}
+	Tail struct {
+		_    structs.HostLayout
+		Sp   uint64
+		Ret  uint64
+		Kind uint8
+		_    [7]byte
+	}
 	Wk struct {
 		_            structs.HostLayout
 		H1           uint64
@@ -197,6 +196,24 @@ type udstraceThreadState struct {
 			Base uint64
 			Len  uint64
 		}
+	}
+	Memo struct {
+		_         structs.HostLayout
+		Pc        uint64
+		Sp        uint64
+		Fp        uint64
+		AllocIp   uint64
+		Mm        uint64
+		Seq       uint64
+		Hi        uint64
+		Id        uint64
+		N         uint32
+		Valid     uint8
+		Recording uint8
+		Overflow  uint8
+		Pad       uint8
+		Addr      [64]uint64
+		Val       [64]uint64
 	}
 	Hdr  udstraceSysEvent
 	From struct {
@@ -261,7 +278,6 @@ const (
 	udstraceMapStackSeen        = "stack_seen"
 	udstraceMapStackStats       = "stack_stats"
 	udstraceMapSysinflight      = "sysinflight"
-	udstraceMapTails            = "tails"
 	udstraceMapTargets          = "targets"
 	udstraceMapThreads          = "threads"
 	udstraceMapTotals           = "totals"
@@ -305,6 +321,7 @@ const (
 	udstraceVarCfgFallbackMax   = "cfg_fallback_max"
 	udstraceVarCfgFilter        = "cfg_filter"
 	udstraceVarCfgFollow        = "cfg_follow"
+	udstraceVarCfgRingBytes     = "cfg_ring_bytes"
 	udstraceVarCfgRingReserve   = "cfg_ring_reserve"
 	udstraceVarCfgSampleBytes   = "cfg_sample_bytes"
 	udstraceVarCfgSelfTgid      = "cfg_self_tgid"
@@ -420,7 +437,6 @@ type udstraceMapSpecs struct {
 	StackSeen     *ebpf.MapSpec `ebpf:"stack_seen"`
 	StackStats    *ebpf.MapSpec `ebpf:"stack_stats"`
 	Sysinflight   *ebpf.MapSpec `ebpf:"sysinflight"`
-	Tails         *ebpf.MapSpec `ebpf:"tails"`
 	Targets       *ebpf.MapSpec `ebpf:"targets"`
 	Threads       *ebpf.MapSpec `ebpf:"threads"`
 	Totals        *ebpf.MapSpec `ebpf:"totals"`
@@ -438,6 +454,7 @@ type udstraceVariableSpecs struct {
 	CfgFallbackMax   *ebpf.VariableSpec `ebpf:"cfg_fallback_max"`
 	CfgFilter        *ebpf.VariableSpec `ebpf:"cfg_filter"`
 	CfgFollow        *ebpf.VariableSpec `ebpf:"cfg_follow"`
+	CfgRingBytes     *ebpf.VariableSpec `ebpf:"cfg_ring_bytes"`
 	CfgRingReserve   *ebpf.VariableSpec `ebpf:"cfg_ring_reserve"`
 	CfgSampleBytes   *ebpf.VariableSpec `ebpf:"cfg_sample_bytes"`
 	CfgSelfTgid      *ebpf.VariableSpec `ebpf:"cfg_self_tgid"`
@@ -493,7 +510,6 @@ type udstraceMaps struct {
 	StackSeen     *ebpf.Map `ebpf:"stack_seen"`
 	StackStats    *ebpf.Map `ebpf:"stack_stats"`
 	Sysinflight   *ebpf.Map `ebpf:"sysinflight"`
-	Tails         *ebpf.Map `ebpf:"tails"`
 	Targets       *ebpf.Map `ebpf:"targets"`
 	Threads       *ebpf.Map `ebpf:"threads"`
 	Totals        *ebpf.Map `ebpf:"totals"`
@@ -519,7 +535,6 @@ func (m *udstraceMaps) Close() error {
 		m.StackSeen,
 		m.StackStats,
 		m.Sysinflight,
-		m.Tails,
 		m.Targets,
 		m.Threads,
 		m.Totals,
@@ -538,6 +553,7 @@ type udstraceVariables struct {
 	CfgFallbackMax   *ebpf.Variable `ebpf:"cfg_fallback_max"`
 	CfgFilter        *ebpf.Variable `ebpf:"cfg_filter"`
 	CfgFollow        *ebpf.Variable `ebpf:"cfg_follow"`
+	CfgRingBytes     *ebpf.Variable `ebpf:"cfg_ring_bytes"`
 	CfgRingReserve   *ebpf.Variable `ebpf:"cfg_ring_reserve"`
 	CfgSampleBytes   *ebpf.Variable `ebpf:"cfg_sample_bytes"`
 	CfgSelfTgid      *ebpf.Variable `ebpf:"cfg_self_tgid"`

@@ -136,6 +136,7 @@ type StackStats struct {
 	// thread held the mmap lock for writing): finished from a copy, or cut (counted as truncated).
 	Busy  uint64 `json:"mmap_lock_busy"`
 	Depth uint64 `json:"depth_limit"` // stacks that hit the 128-frame limit
+	Memo  uint64 `json:"memo"`        // stacks known without walking: the thread's last walk, same registers and stack words
 	// Unwind tables the kernel was given: modules, pages of rows, rows, and the rows it can hold.
 	TableModules  int     `json:"table_modules"`
 	TablePages    int     `json:"table_pages"`

@@ -198,7 +198,7 @@ func (s *Session) lostMeta(lost loader.Lost, st loader.StackStats) (report.LostE
 	s.tables.mu.Unlock()
 	out := report.StackStats{
 		Events: st.Events, Distinct: st.Distinct, Fallback: st.Fallback, Truncated: st.Truncated,
-		Collisions: st.Collisions, Busy: st.Busy, Depth: st.Depth,
+		Collisions: st.Collisions, Busy: st.Busy, Depth: st.Depth, Memo: st.Memo,
 		TableModules: modules, TablePages: pages + cached, TableCached: cached, TableRows: uint64(used), TableCapacity: uint64(capacity), TableSeconds: took.Seconds(),
 	}
 	if s.opts.Stack == "cfi" {
