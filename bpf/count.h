@@ -162,33 +162,3 @@ int alloc_count(struct pt_regs *ctx)
 	__sync_fetch_and_add(&v->bytes, size);
 	return 0;
 }
-
-/* Count mode traces no memory syscalls, but the threads' mapping caches must still hear of
- * mappings going away. */
-SEC("tracepoint/syscalls/sys_enter_munmap")
-int munmap_watch(struct trace_event_raw_sys_enter *ctx)
-{
-	u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	u64 args[4] = { ctx->args[0], ctx->args[1] };
-	if (traced(tgid) && may_replace_code(K_MUNMAP, args))
-		invalidate_maps(tgid);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_mremap")
-int mremap_watch(struct trace_event_raw_sys_enter *ctx)
-{
-	u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (traced(tgid))
-		invalidate_maps(tgid);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_mmap")
-int mmap_watch(struct trace_event_raw_sys_enter *ctx)
-{
-	u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (traced(tgid) && (ctx->args[3] & MAP_FIXED))
-		invalidate_maps(tgid);
-	return 0;
-}

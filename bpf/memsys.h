@@ -9,6 +9,7 @@
 #pragma once
 
 #include "alloc.h"
+#include "sysnr.h"
 
 #define PROT_EXEC 0x4
 
@@ -53,28 +54,12 @@ static __always_inline bool may_replace_code(u8 kind, u64 *args)
 	return end != 0;
 }
 
-static __always_inline int sys_enter(struct trace_event_raw_sys_enter *ctx, u8 kind)
+/* mem_sys_enter remembers a traced thread's memory syscall (kind, its arguments) for its exit. */
+static __always_inline void mem_sys_enter(struct pt_regs *regs, u8 kind, u64 pid_tgid)
 {
-	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 tid = (u32)pid_tgid;
-	if (!traced(pid_tgid >> 32))
-		return 0;
 	struct sys_state st = { .kind = kind };
-	/*
-	 * Read only the arguments this syscall has: the kernel refuses to attach a
-	 * program that reads past its tracepoint's record. kind is a constant here,
-	 * so each program keeps just its own branch.
-	 */
-	st.args[0] = ctx->args[0];
-	if (kind == K_MMAP || kind == K_MUNMAP || kind == K_MREMAP)
-		st.args[1] = ctx->args[1];
-	if (kind == K_MMAP || kind == K_MREMAP) {
-		st.args[2] = ctx->args[2];
-		st.args[3] = ctx->args[3];
-		st.args[4] = ctx->args[4];
-	}
-	if (kind == K_MMAP)
-		st.args[5] = ctx->args[5];
+	sys_args(regs, st.args);
 	st.inside = in_allocator(0);
 	if (may_replace_code(kind, st.args))
 		invalidate_maps(pid_tgid >> 32);
@@ -84,7 +69,6 @@ static __always_inline int sys_enter(struct trace_event_raw_sys_enter *ctx, u8 k
 	}
 	if (bpf_map_update_elem(&sysinflight, &tid, &st, BPF_ANY))
 		count_lost(LOST_INFLIGHT);
-	return 0;
 }
 
 /* emit_map tells user space which file an executable mapping shows, for symbols after the process is gone. */
@@ -118,14 +102,14 @@ static __always_inline void emit_map(u32 pid, u64 addr, u64 len, u64 pgoff, s32 
 	bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP); /* the file is opened while the process lives */
 }
 
-static __always_inline int sys_exit(struct trace_event_raw_sys_exit *ctx)
+/* mem_sys_exit sends the memory syscall the thread entered (if it was traced), with its result. */
+static __always_inline int mem_sys_exit(void *ctx, long ret)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 tid = (u32)pid_tgid;
 	struct sys_state *st = bpf_map_lookup_elem(&sysinflight, &tid);
 	if (!st)
 		return 0;
-	long ret = ctx->ret;
 	bool failed = ret < 0 && ret > -4096;
 	struct thread_state *ts = thread_state(true);
 	if (!ts) {
@@ -180,20 +164,3 @@ static __always_inline int sys_exit(struct trace_event_raw_sys_exit *ctx)
 		emit_map(pid_tgid >> 32, ret, mlen, mpgoff, mfd);
 	return 0;
 }
-
-SEC("tracepoint/syscalls/sys_enter_mmap")
-int mmap_enter(struct trace_event_raw_sys_enter *ctx) { return sys_enter(ctx, K_MMAP); }
-SEC("tracepoint/syscalls/sys_exit_mmap")
-int mmap_exit(struct trace_event_raw_sys_exit *ctx) { return sys_exit(ctx); }
-SEC("tracepoint/syscalls/sys_enter_munmap")
-int munmap_enter(struct trace_event_raw_sys_enter *ctx) { return sys_enter(ctx, K_MUNMAP); }
-SEC("tracepoint/syscalls/sys_exit_munmap")
-int munmap_exit(struct trace_event_raw_sys_exit *ctx) { return sys_exit(ctx); }
-SEC("tracepoint/syscalls/sys_enter_mremap")
-int mremap_enter(struct trace_event_raw_sys_enter *ctx) { return sys_enter(ctx, K_MREMAP); }
-SEC("tracepoint/syscalls/sys_exit_mremap")
-int mremap_exit(struct trace_event_raw_sys_exit *ctx) { return sys_exit(ctx); }
-SEC("tracepoint/syscalls/sys_enter_brk")
-int brk_enter(struct trace_event_raw_sys_enter *ctx) { return sys_enter(ctx, K_BRK); }
-SEC("tracepoint/syscalls/sys_exit_brk")
-int brk_exit(struct trace_event_raw_sys_exit *ctx) { return sys_exit(ctx); }

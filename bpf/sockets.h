@@ -63,44 +63,11 @@ static __always_inline void count_sock(u32 call)
 		__sync_fetch_and_add(&st->counts[call], 1);
 }
 
-static __always_inline int on_fd_call(struct trace_event_raw_sys_enter *ctx, u32 call)
+/* sock_sys_enter counts a traced process's socket syscall (call, its first argument) when it is on
+ * an AF_UNIX socket: socket and socketpair by family, the others by file descriptor. */
+static __always_inline void sock_sys_enter(u32 call, u64 arg0)
 {
-	if (!traced(bpf_get_current_pid_tgid() >> 32))
-		return 0;
-	if (unix_fd(ctx->args[0]))
+	bool unix_sock = call == S_SOCKET || call == S_SOCKETPAIR ? arg0 == AF_UNIX : unix_fd(arg0);
+	if (unix_sock)
 		count_sock(call);
-	return 0;
 }
-
-static __always_inline int on_family_call(struct trace_event_raw_sys_enter *ctx, u32 call)
-{
-	if (!traced(bpf_get_current_pid_tgid() >> 32))
-		return 0;
-	if (ctx->args[0] == AF_UNIX)
-		count_sock(call);
-	return 0;
-}
-
-#define FD_CALL(name, call)                                          \
-	SEC("tracepoint/syscalls/sys_enter_" #name)                  \
-	int name##_enter(struct trace_event_raw_sys_enter *ctx)      \
-	{                                                            \
-		return on_fd_call(ctx, call);                        \
-	}
-
-SEC("tracepoint/syscalls/sys_enter_socket")
-int socket_enter(struct trace_event_raw_sys_enter *ctx) { return on_family_call(ctx, S_SOCKET); }
-SEC("tracepoint/syscalls/sys_enter_socketpair")
-int socketpair_enter(struct trace_event_raw_sys_enter *ctx) { return on_family_call(ctx, S_SOCKETPAIR); }
-FD_CALL(bind, S_BIND)
-FD_CALL(listen, S_LISTEN)
-FD_CALL(accept, S_ACCEPT)
-FD_CALL(accept4, S_ACCEPT4)
-FD_CALL(connect, S_CONNECT)
-FD_CALL(read, S_READ)
-FD_CALL(write, S_WRITE)
-FD_CALL(sendto, S_SENDTO)
-FD_CALL(recvfrom, S_RECVFROM)
-FD_CALL(sendmsg, S_SENDMSG)
-FD_CALL(recvmsg, S_RECVMSG)
-FD_CALL(close, S_CLOSE)

@@ -5,7 +5,9 @@
  * udstrace's BPF programs, one header per concern:
  *   alloc.h    libc allocator uprobes (malloc family, free)
  *   count.h    count mode: calls aggregated in the kernel by stack
- *   memsys.h   mmap/munmap/mremap/brk syscall tracepoints
+ *   syscalls.h the raw sys_enter/sys_exit programs, dispatching by syscall number
+ *   sysnr.h    the architecture's syscall numbers and argument registers
+ *   memsys.h   mmap/munmap/mremap/brk: the request at entry, the result at exit
  *   sockets.h  AF_UNIX socket syscall counters
  *   procs.h    exec/fork/exit: scope, mappings, cleanup
  *   thread.h   per-thread state: the call in flight, mapping cache, scratch frames
@@ -14,7 +16,7 @@
  *   stack.h    user stacks, stack ids, the copy fallback and event output
  */
 #include "procs.h"
-#include "sockets.h"
+#include "syscalls.h"
 #include "count.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -117,7 +117,12 @@ struct signal_struct {
 	atomic_t live;
 };
 
+struct thread_info {
+	u32 status; /* TS_COMPAT: the thread is in a 32-bit syscall */
+};
+
 struct task_struct {
+	struct thread_info thread_info;
 	int pid;
 	int tgid;
 	char comm[16];

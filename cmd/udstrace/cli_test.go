@@ -111,15 +111,21 @@ func TestNotRoot(t *testing.T) {
 func TestRunWorkloadJSONAndTracefs(t *testing.T) {
 	testenv.NeedRoot(t)
 	bin := buildCLI(t)
-	// udstrace must mount tracefs itself when it is not.
-	_ = syscall.Unmount("/sys/kernel/tracing", 0)
+	// udstrace needs no tracefs (raw tracepoints and uprobe PMU links) and mounts nothing.
+	const tracefs = "/sys/kernel/tracing"
+	if _, err := os.Stat(tracefs + "/events"); err == nil {
+		if err := syscall.Unmount(tracefs, 0); err != nil {
+			t.Fatalf("unmounting tracefs for the test: %v", err)
+		}
+		t.Cleanup(func() { _ = syscall.Mount("tracefs", tracefs, "tracefs", 0, "") })
+	}
 	out := filepath.Join(t.TempDir(), "report.json")
 	_, stderr, code := runCLI(t, bin, "run", "--workload", "echo", "--format", "json", "-o", out)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
-	if _, err := os.Stat("/sys/kernel/tracing/events/syscalls"); err != nil {
-		t.Errorf("tracefs not mounted after the run: %v", err)
+	if _, err := os.Stat(tracefs + "/events"); err == nil {
+		t.Errorf("tracefs is mounted after the run: udstrace left a mount behind")
 	}
 	data, err := os.ReadFile(out)
 	if err != nil {

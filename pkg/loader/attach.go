@@ -8,41 +8,15 @@ import (
 	"github.com/cilium/ebpf/link"
 )
 
-// attachKernel attaches the syscall tracepoints and the process life-cycle hooks.
+// attachKernel attaches the syscall programs (raw tracepoints: bpf/syscalls.h says why) and the
+// process life-cycle hooks. Count mode traces no memory syscall results: no sys_exit.
 func (t *Tracer) attachKernel() error {
 	o := &t.objs
-	tps := []struct {
-		name string
-		prog *ebpf.Program
-	}{
-		{"sys_enter_mmap", o.MmapEnter}, {"sys_exit_mmap", o.MmapExit},
-		{"sys_enter_munmap", o.MunmapEnter}, {"sys_exit_munmap", o.MunmapExit},
-		{"sys_enter_mremap", o.MremapEnter}, {"sys_exit_mremap", o.MremapExit},
-		{"sys_enter_brk", o.BrkEnter}, {"sys_exit_brk", o.BrkExit},
-		{"sys_enter_socket", o.SocketEnter}, {"sys_enter_socketpair", o.SocketpairEnter},
-		{"sys_enter_bind", o.BindEnter}, {"sys_enter_listen", o.ListenEnter},
-		{"sys_enter_accept", o.AcceptEnter}, {"sys_enter_accept4", o.Accept4Enter},
-		{"sys_enter_connect", o.ConnectEnter}, {"sys_enter_read", o.ReadEnter},
-		{"sys_enter_write", o.WriteEnter}, {"sys_enter_sendto", o.SendtoEnter},
-		{"sys_enter_recvfrom", o.RecvfromEnter}, {"sys_enter_sendmsg", o.SendmsgEnter},
-		{"sys_enter_recvmsg", o.RecvmsgEnter}, {"sys_enter_close", o.CloseEnter},
+	progs := []*ebpf.Program{o.SysEnter, o.OnExec, o.OnFork, o.OnExit}
+	if !t.count {
+		progs = append(progs, o.SysExit)
 	}
-	if t.count {
-		// Count mode has no per-call depth, so it cannot tell malloc's own mmaps from the program's:
-		// it only watches for mappings going away, for the threads' mapping caches.
-		tps = append(tps[8:], []struct {
-			name string
-			prog *ebpf.Program
-		}{{"sys_enter_munmap", o.MunmapWatch}, {"sys_enter_mremap", o.MremapWatch}, {"sys_enter_mmap", o.MmapWatch}}...)
-	}
-	for _, tp := range tps {
-		l, err := link.Tracepoint("syscalls", tp.name, tp.prog, nil)
-		if err != nil {
-			return fmt.Errorf("attaching tracepoint syscalls/%s: %w", tp.name, err)
-		}
-		t.links = append(t.links, l)
-	}
-	for _, p := range []*ebpf.Program{o.OnExec, o.OnFork, o.OnExit} {
+	for _, p := range progs {
 		l, err := link.AttachTracing(link.TracingOptions{Program: p})
 		if err != nil {
 			return fmt.Errorf("attaching %s: %w", p, err)

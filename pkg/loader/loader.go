@@ -12,7 +12,6 @@ import (
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
-	"golang.org/x/sys/unix"
 )
 
 // StackMode selects how user stacks are captured.
@@ -44,14 +43,13 @@ type Config struct {
 
 // Tracer owns the loaded programs and every link attached to them.
 type Tracer struct {
-	objs       udstraceObjects
-	links      []link.Link
-	multi      bool
-	count      bool
-	attached   map[string][]Probe // libc identity (dev:ino) -> probes placed in it
-	libcPaths  map[string]string
-	tracefsNew bool
-	tables     tables
+	objs      udstraceObjects
+	links     []link.Link
+	multi     bool
+	count     bool
+	attached  map[string][]Probe // libc identity (dev:ino) -> probes placed in it
+	libcPaths map[string]string
+	tables    tables
 	// Event ring traffic so far (Read counts it).
 	ringRecords, ringBytes atomic.Uint64
 }
@@ -67,10 +65,6 @@ func Load(cfg Config) (*Tracer, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("removing memlock limit: %w", err)
 	}
-	mounted, err := ensureTracefs()
-	if err != nil {
-		return nil, err
-	}
 	spec, err := loadUdstrace()
 	if err != nil {
 		return nil, fmt.Errorf("reading embedded BPF object: %w", err)
@@ -78,7 +72,7 @@ func Load(cfg Config) (*Tracer, error) {
 	if err := configure(spec, cfg); err != nil {
 		return nil, err
 	}
-	t := &Tracer{attached: map[string][]Probe{}, libcPaths: map[string]string{}, tracefsNew: mounted, count: cfg.Count}
+	t := &Tracer{attached: map[string][]Probe{}, libcPaths: map[string]string{}, count: cfg.Count}
 	t.multi = features.HaveBPFLinkUprobeMulti() == nil
 	if t.multi {
 		for _, name := range []string{"alloc_enter", "alloc_return", "free_enter", "alloc_count"} {
@@ -133,6 +127,7 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		"cfg_follow":       cfg.Follow,
 		"cfg_self_tgid":    uint32(os.Getpid()),
 		"cfg_stack_mode":   uint32(cfg.StackMode),
+		"cfg_count_mode":   cfg.Count,
 		"cfg_stack_bytes":  cfg.StackBytes,
 		"cfg_sample_bytes": cfg.SampleBytes,
 	}
@@ -197,21 +192,6 @@ func checkFeatures() error {
 func statErr(path string) error {
 	_, err := os.Stat(path)
 	return err
-}
-
-// ensureTracefs mounts tracefs when it is not, since syscall tracepoints are found through it.
-func ensureTracefs() (mounted bool, err error) {
-	const dir = "/sys/kernel/tracing"
-	if _, err := os.Stat(dir + "/events"); err == nil {
-		return false, nil
-	}
-	if _, err := os.Stat("/sys/kernel/debug/tracing/events"); err == nil {
-		return false, nil
-	}
-	if err := unix.Mount("tracefs", dir, "tracefs", 0, ""); err != nil {
-		return false, fmt.Errorf("mounting tracefs on %s: %w", dir, err)
-	}
-	return true, nil
 }
 
 // Close detaches every probe and frees the programs and maps. Links are closed all at once:

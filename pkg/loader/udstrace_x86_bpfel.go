@@ -284,40 +284,18 @@ const (
 	udstraceMapUnwindPages      = "unwind_pages"
 	udstraceMapUnwindRows       = "unwind_rows"
 	udstraceMapUnwindRules      = "unwind_rules"
-	udstraceProgAccept4Enter    = "accept4_enter"
-	udstraceProgAcceptEnter     = "accept_enter"
 	udstraceProgAllocCount      = "alloc_count"
 	udstraceProgAllocEnter      = "alloc_enter"
 	udstraceProgAllocReturn     = "alloc_return"
-	udstraceProgBindEnter       = "bind_enter"
-	udstraceProgBrkEnter        = "brk_enter"
-	udstraceProgBrkExit         = "brk_exit"
-	udstraceProgCloseEnter      = "close_enter"
-	udstraceProgConnectEnter    = "connect_enter"
 	udstraceProgFreeEnter       = "free_enter"
-	udstraceProgListenEnter     = "listen_enter"
-	udstraceProgMmapEnter       = "mmap_enter"
-	udstraceProgMmapExit        = "mmap_exit"
-	udstraceProgMmapWatch       = "mmap_watch"
-	udstraceProgMremapEnter     = "mremap_enter"
-	udstraceProgMremapExit      = "mremap_exit"
-	udstraceProgMremapWatch     = "mremap_watch"
-	udstraceProgMunmapEnter     = "munmap_enter"
-	udstraceProgMunmapExit      = "munmap_exit"
-	udstraceProgMunmapWatch     = "munmap_watch"
 	udstraceProgOnExec          = "on_exec"
 	udstraceProgOnExit          = "on_exit"
 	udstraceProgOnFork          = "on_fork"
-	udstraceProgReadEnter       = "read_enter"
-	udstraceProgRecvfromEnter   = "recvfrom_enter"
-	udstraceProgRecvmsgEnter    = "recvmsg_enter"
-	udstraceProgSendmsgEnter    = "sendmsg_enter"
-	udstraceProgSendtoEnter     = "sendto_enter"
-	udstraceProgSocketEnter     = "socket_enter"
-	udstraceProgSocketpairEnter = "socketpair_enter"
-	udstraceProgWriteEnter      = "write_enter"
+	udstraceProgSysEnter        = "sys_enter"
+	udstraceProgSysExit         = "sys_exit"
 	udstraceVarCfgCgroupId      = "cfg_cgroup_id"
 	udstraceVarCfgComm          = "cfg_comm"
+	udstraceVarCfgCountMode     = "cfg_count_mode"
 	udstraceVarCfgFallbackMax   = "cfg_fallback_max"
 	udstraceVarCfgFilter        = "cfg_filter"
 	udstraceVarCfgFollow        = "cfg_follow"
@@ -384,38 +362,15 @@ type udstraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type udstraceProgramSpecs struct {
-	Accept4Enter    *ebpf.ProgramSpec `ebpf:"accept4_enter"`
-	AcceptEnter     *ebpf.ProgramSpec `ebpf:"accept_enter"`
-	AllocCount      *ebpf.ProgramSpec `ebpf:"alloc_count"`
-	AllocEnter      *ebpf.ProgramSpec `ebpf:"alloc_enter"`
-	AllocReturn     *ebpf.ProgramSpec `ebpf:"alloc_return"`
-	BindEnter       *ebpf.ProgramSpec `ebpf:"bind_enter"`
-	BrkEnter        *ebpf.ProgramSpec `ebpf:"brk_enter"`
-	BrkExit         *ebpf.ProgramSpec `ebpf:"brk_exit"`
-	CloseEnter      *ebpf.ProgramSpec `ebpf:"close_enter"`
-	ConnectEnter    *ebpf.ProgramSpec `ebpf:"connect_enter"`
-	FreeEnter       *ebpf.ProgramSpec `ebpf:"free_enter"`
-	ListenEnter     *ebpf.ProgramSpec `ebpf:"listen_enter"`
-	MmapEnter       *ebpf.ProgramSpec `ebpf:"mmap_enter"`
-	MmapExit        *ebpf.ProgramSpec `ebpf:"mmap_exit"`
-	MmapWatch       *ebpf.ProgramSpec `ebpf:"mmap_watch"`
-	MremapEnter     *ebpf.ProgramSpec `ebpf:"mremap_enter"`
-	MremapExit      *ebpf.ProgramSpec `ebpf:"mremap_exit"`
-	MremapWatch     *ebpf.ProgramSpec `ebpf:"mremap_watch"`
-	MunmapEnter     *ebpf.ProgramSpec `ebpf:"munmap_enter"`
-	MunmapExit      *ebpf.ProgramSpec `ebpf:"munmap_exit"`
-	MunmapWatch     *ebpf.ProgramSpec `ebpf:"munmap_watch"`
-	OnExec          *ebpf.ProgramSpec `ebpf:"on_exec"`
-	OnExit          *ebpf.ProgramSpec `ebpf:"on_exit"`
-	OnFork          *ebpf.ProgramSpec `ebpf:"on_fork"`
-	ReadEnter       *ebpf.ProgramSpec `ebpf:"read_enter"`
-	RecvfromEnter   *ebpf.ProgramSpec `ebpf:"recvfrom_enter"`
-	RecvmsgEnter    *ebpf.ProgramSpec `ebpf:"recvmsg_enter"`
-	SendmsgEnter    *ebpf.ProgramSpec `ebpf:"sendmsg_enter"`
-	SendtoEnter     *ebpf.ProgramSpec `ebpf:"sendto_enter"`
-	SocketEnter     *ebpf.ProgramSpec `ebpf:"socket_enter"`
-	SocketpairEnter *ebpf.ProgramSpec `ebpf:"socketpair_enter"`
-	WriteEnter      *ebpf.ProgramSpec `ebpf:"write_enter"`
+	AllocCount  *ebpf.ProgramSpec `ebpf:"alloc_count"`
+	AllocEnter  *ebpf.ProgramSpec `ebpf:"alloc_enter"`
+	AllocReturn *ebpf.ProgramSpec `ebpf:"alloc_return"`
+	FreeEnter   *ebpf.ProgramSpec `ebpf:"free_enter"`
+	OnExec      *ebpf.ProgramSpec `ebpf:"on_exec"`
+	OnExit      *ebpf.ProgramSpec `ebpf:"on_exit"`
+	OnFork      *ebpf.ProgramSpec `ebpf:"on_fork"`
+	SysEnter    *ebpf.ProgramSpec `ebpf:"sys_enter"`
+	SysExit     *ebpf.ProgramSpec `ebpf:"sys_exit"`
 }
 
 // udstraceMapSpecs contains maps before they are loaded into the kernel.
@@ -451,6 +406,7 @@ type udstraceMapSpecs struct {
 type udstraceVariableSpecs struct {
 	CfgCgroupId      *ebpf.VariableSpec `ebpf:"cfg_cgroup_id"`
 	CfgComm          *ebpf.VariableSpec `ebpf:"cfg_comm"`
+	CfgCountMode     *ebpf.VariableSpec `ebpf:"cfg_count_mode"`
 	CfgFallbackMax   *ebpf.VariableSpec `ebpf:"cfg_fallback_max"`
 	CfgFilter        *ebpf.VariableSpec `ebpf:"cfg_filter"`
 	CfgFollow        *ebpf.VariableSpec `ebpf:"cfg_follow"`
@@ -550,6 +506,7 @@ func (m *udstraceMaps) Close() error {
 type udstraceVariables struct {
 	CfgCgroupId      *ebpf.Variable `ebpf:"cfg_cgroup_id"`
 	CfgComm          *ebpf.Variable `ebpf:"cfg_comm"`
+	CfgCountMode     *ebpf.Variable `ebpf:"cfg_count_mode"`
 	CfgFallbackMax   *ebpf.Variable `ebpf:"cfg_fallback_max"`
 	CfgFilter        *ebpf.Variable `ebpf:"cfg_filter"`
 	CfgFollow        *ebpf.Variable `ebpf:"cfg_follow"`
@@ -578,74 +535,28 @@ type udstraceVariables struct {
 //
 // It can be passed to loadUdstraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type udstracePrograms struct {
-	Accept4Enter    *ebpf.Program `ebpf:"accept4_enter"`
-	AcceptEnter     *ebpf.Program `ebpf:"accept_enter"`
-	AllocCount      *ebpf.Program `ebpf:"alloc_count"`
-	AllocEnter      *ebpf.Program `ebpf:"alloc_enter"`
-	AllocReturn     *ebpf.Program `ebpf:"alloc_return"`
-	BindEnter       *ebpf.Program `ebpf:"bind_enter"`
-	BrkEnter        *ebpf.Program `ebpf:"brk_enter"`
-	BrkExit         *ebpf.Program `ebpf:"brk_exit"`
-	CloseEnter      *ebpf.Program `ebpf:"close_enter"`
-	ConnectEnter    *ebpf.Program `ebpf:"connect_enter"`
-	FreeEnter       *ebpf.Program `ebpf:"free_enter"`
-	ListenEnter     *ebpf.Program `ebpf:"listen_enter"`
-	MmapEnter       *ebpf.Program `ebpf:"mmap_enter"`
-	MmapExit        *ebpf.Program `ebpf:"mmap_exit"`
-	MmapWatch       *ebpf.Program `ebpf:"mmap_watch"`
-	MremapEnter     *ebpf.Program `ebpf:"mremap_enter"`
-	MremapExit      *ebpf.Program `ebpf:"mremap_exit"`
-	MremapWatch     *ebpf.Program `ebpf:"mremap_watch"`
-	MunmapEnter     *ebpf.Program `ebpf:"munmap_enter"`
-	MunmapExit      *ebpf.Program `ebpf:"munmap_exit"`
-	MunmapWatch     *ebpf.Program `ebpf:"munmap_watch"`
-	OnExec          *ebpf.Program `ebpf:"on_exec"`
-	OnExit          *ebpf.Program `ebpf:"on_exit"`
-	OnFork          *ebpf.Program `ebpf:"on_fork"`
-	ReadEnter       *ebpf.Program `ebpf:"read_enter"`
-	RecvfromEnter   *ebpf.Program `ebpf:"recvfrom_enter"`
-	RecvmsgEnter    *ebpf.Program `ebpf:"recvmsg_enter"`
-	SendmsgEnter    *ebpf.Program `ebpf:"sendmsg_enter"`
-	SendtoEnter     *ebpf.Program `ebpf:"sendto_enter"`
-	SocketEnter     *ebpf.Program `ebpf:"socket_enter"`
-	SocketpairEnter *ebpf.Program `ebpf:"socketpair_enter"`
-	WriteEnter      *ebpf.Program `ebpf:"write_enter"`
+	AllocCount  *ebpf.Program `ebpf:"alloc_count"`
+	AllocEnter  *ebpf.Program `ebpf:"alloc_enter"`
+	AllocReturn *ebpf.Program `ebpf:"alloc_return"`
+	FreeEnter   *ebpf.Program `ebpf:"free_enter"`
+	OnExec      *ebpf.Program `ebpf:"on_exec"`
+	OnExit      *ebpf.Program `ebpf:"on_exit"`
+	OnFork      *ebpf.Program `ebpf:"on_fork"`
+	SysEnter    *ebpf.Program `ebpf:"sys_enter"`
+	SysExit     *ebpf.Program `ebpf:"sys_exit"`
 }
 
 func (p *udstracePrograms) Close() error {
 	return _UdstraceClose(
-		p.Accept4Enter,
-		p.AcceptEnter,
 		p.AllocCount,
 		p.AllocEnter,
 		p.AllocReturn,
-		p.BindEnter,
-		p.BrkEnter,
-		p.BrkExit,
-		p.CloseEnter,
-		p.ConnectEnter,
 		p.FreeEnter,
-		p.ListenEnter,
-		p.MmapEnter,
-		p.MmapExit,
-		p.MmapWatch,
-		p.MremapEnter,
-		p.MremapExit,
-		p.MremapWatch,
-		p.MunmapEnter,
-		p.MunmapExit,
-		p.MunmapWatch,
 		p.OnExec,
 		p.OnExit,
 		p.OnFork,
-		p.ReadEnter,
-		p.RecvfromEnter,
-		p.RecvmsgEnter,
-		p.SendmsgEnter,
-		p.SendtoEnter,
-		p.SocketEnter,
-		p.SocketpairEnter,
-		p.WriteEnter,
+		p.SysEnter,
+		p.SysExit,
 	)
 }
 

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/udstrace/udstrace/internal/testenv"
 )
@@ -207,7 +206,6 @@ func interposeEcho(t *testing.T, server, client, so string) map[string]testenv.C
 // assertNoLeftovers checks that no udstrace program outlived its trace and no workload directory remains.
 func assertNoLeftovers(t *testing.T) {
 	t.Helper()
-	time.Sleep(100 * time.Millisecond)
 	if left := testenv.LeftPrograms(); len(left) > 0 {
 		t.Errorf("BPF programs left loaded: %v", left)
 	}
