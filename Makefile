@@ -5,7 +5,8 @@ SUDO    := $(shell [ "$$(id -u)" -eq 0 ] || echo "sudo -E")
 # root-owned files in yours) and your PATH (sudo's secure_path may lack go).
 GOEXEC  := $(if $(SUDO),-exec "$(SUDO) env PATH=$(PATH) GOCACHE=$(CURDIR)/.build/root-gocache",)
 BPF_SRC := $(wildcard bpf/*.c bpf/*.h)
-GEN     := pkg/loader/udstrace_x86_bpfel.go pkg/loader/udstrace_x86_bpfel.o
+GEN     := pkg/loader/udstrace_x86_bpfel.go pkg/loader/udstrace_x86_bpfel.o \
+           bench/floor/floor_x86_bpfel.go bench/floor/floor_x86_bpfel.o
 
 .PHONY: all build workload run test test-quick generate check-generate fuzz vet clean bench stress
 
@@ -33,11 +34,13 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
 
-# Regenerate the committed BPF objects (needs clang-19, llvm-strip-19, libbpf-dev).
+# Regenerate the committed BPF objects (needs clang-19, llvm-strip-19, libbpf-dev): udstrace's, and the
+# bench's trap-floor programs (bench/floor).
 generate:
 	cd pkg/loader && $(GO) generate ./...
+	cd bench/floor && $(GO) generate ./...
 
-# Fails when the committed bpf2go outputs differ from a fresh build of bpf/.
+# Fails when the committed bpf2go outputs differ from a fresh build of bpf/ and bench/floor/.
 check-generate: generate
 	git diff --exit-code -- $(GEN) || { echo "bpf2go outputs are stale: run make generate and commit them"; exit 1; }
 
@@ -49,7 +52,8 @@ fuzz:
 	scripts/fuzz.sh pkg/report FuzzBuilder $(FUZZTIME)
 	scripts/fuzz.sh pkg/probeplace FuzzChoose $(FUZZTIME)
 
-# Side-by-side overhead figures (not part of test): untraced, interposer, bpftrace, heaptrack, udstrace modes.
+# Side-by-side overhead figures (not part of test): untraced, interposer, bpftrace, the trap floors (bench/floor),
+# heaptrack and the udstrace modes on allocbench, then a gcc compile under the same tools. See bench/README.md.
 bench: build
 	@command -v bpftrace >/dev/null && command -v heaptrack >/dev/null || $(SUDO) apt-get install -y bpftrace heaptrack || echo "bench: bpftrace/heaptrack unavailable: their rows are skipped"
 	$(GO) build -o .build/bench ./bench && $(SUDO) .build/bench $(BENCHFLAGS)

@@ -8,6 +8,9 @@
 // Prints: ns_per_pair=<float> pairs=<n> threads=<n> cpu_s=<float> maxrss_kib=<n>
 // ns_per_pair is wall-clock time around the loop only (start-up excluded);
 // cpu_s and maxrss_kib are this process's own getrusage(RUSAGE_SELF).
+// Then: done_realtime=<seconds since the epoch>, CLOCK_REALTIME when the
+// program is done (just before it returns from main), so the bench can time
+// how long a tracer takes to exit after the traced program.
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
@@ -70,5 +73,8 @@ int main(int argc, char **argv)
 		     (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 	printf("ns_per_pair=%.2f pairs=%ld threads=%ld cpu_s=%.3f maxrss_kib=%ld\n",
 	       (t1 - t0) / (double)pairs, pairs, threads, cpu, ru.ru_maxrss);
+	struct timespec done;
+	clock_gettime(CLOCK_REALTIME, &done);
+	printf("done_realtime=%ld.%09ld\n", (long)done.tv_sec, done.tv_nsec);
 	return 0;
 }

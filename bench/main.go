@@ -1,7 +1,9 @@
 // Command bench measures what tracing malloc/free costs: one allocbench (a
 // tight malloc(64)/free loop) untraced, under an LD_PRELOAD counter, under
-// bpftrace count-only uprobes, under heaptrack and under udstrace in each of
-// its modes. Run it as root from the repository root: go run ./bench.
+// bpftrace count-only uprobes, under the bench's own empty uprobes (the trap
+// floors), under heaptrack and under udstrace in each of its modes; then a gcc
+// compile under the same tools. Run it as root from the repository root:
+// go run ./bench.
 package main
 
 import (
@@ -9,42 +11,48 @@ import (
 	_ "embed"
 	"flag"
 	"fmt"
-	"maps"
-	"math"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
-	"sort"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/udstrace/udstrace/bench/floor"
+	"github.com/udstrace/udstrace/pkg/loader"
 )
 
 //go:embed allocbench.c
 var allocbenchSrc []byte
 
-// row is one line of the table: a tool (and mode) with its measured runs.
-type row struct {
-	name    string
-	traced  bool   // runs -pairs-traced pairs instead of -pairs
-	na      string // set when the row is not measured: "n/a (...)"
-	err     error
-	run     func(ctx context.Context, pairs int) (sample, error)
-	samples []sample
+//go:embed timeit.c
+var timeitSrc []byte
+
+// config is the command line.
+type config struct {
+	pairs, pairsTraced, threads, repeat int
+	markdown                            bool
+	compileLines                        int
 }
 
 func main() {
-	pairs := flag.Int("pairs", 2000000, "malloc/free pairs for the untraced and interposer rows")
-	pairsTraced := flag.Int("pairs-traced", 200000, "malloc/free pairs for traced rows (a traced pair costs ~1-13 µs)")
-	threads := flag.Int("threads", 1, "allocbench threads (the pairs are split between them)")
-	repeat := flag.Int("repeat", 3, "runs per row; the table shows the median run")
-	markdown := flag.Bool("markdown", false, "print the table as Markdown")
+	if len(os.Args) > 1 && os.Args[1] == holdArg {
+		hold(os.Args[2:]) // the floor rows' held child: never returns
+	}
+	var c config
+	flag.IntVar(&c.pairs, "pairs", 2000000, "malloc/free pairs for the untraced and interposer rows")
+	flag.IntVar(&c.pairsTraced, "pairs-traced", 200000, "malloc/free pairs for traced rows (a traced pair costs ~1-13 µs)")
+	flag.IntVar(&c.threads, "threads", 1, "allocbench threads (the pairs are split between them)")
+	flag.IntVar(&c.repeat, "repeat", 3, "runs per row; the table shows the median run")
+	flag.BoolVar(&c.markdown, "markdown", false, "print the tables as Markdown")
+	flag.IntVar(&c.compileLines, "compile-lines", 2000, "lines of the generated C file the compile rows build with gcc -O2 -c (0: no compile rows)")
 	udstrace := flag.String("udstrace", "./udstrace", "udstrace binary (make build)")
+	udsFlags := flag.String("udstrace-flags", "", "extra flags for every udstrace run, space-separated (e.g. --no-cache)")
 	allocount := flag.String("allocount", "workload/bin/allocount.so", "LD_PRELOAD counting interposer (make build)")
-	libc := flag.String("libc", "/lib/x86_64-linux-gnu/libc.so.6", "libc the bpftrace uprobes attach to")
+	libc := flag.String("libc", "/lib/x86_64-linux-gnu/libc.so.6", "libc the bpftrace and floor uprobes attach to")
 	cc := flag.String("cc", "cc", "C compiler for allocbench")
+	gcc := flag.String("gcc", "gcc", "the compiler the compile rows measure")
 	timeout := flag.Duration("timeout", 2*time.Minute, "limit for each child process")
 	quiet := flag.Duration("wait-quiet", 2*time.Minute, "before each run, wait up to this long for other tracers (their libc uprobes slow every process) to exit")
 	flag.Parse()
@@ -52,32 +60,39 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench: `make bench` needs root (uprobes, BPF, tracefs): run it as root or with sudo")
 		os.Exit(1)
 	}
-	if *pairs < 1 || *pairsTraced < 1 || *threads < 1 || *repeat < 1 {
-		fmt.Fprintln(os.Stderr, "bench: -pairs, -pairs-traced, -threads and -repeat must be ≥ 1")
+	if c.pairs < 1 || c.pairsTraced < 1 || c.threads < 1 || c.repeat < 1 || c.compileLines < 0 {
+		fmt.Fprintln(os.Stderr, "bench: -pairs, -pairs-traced, -threads and -repeat must be ≥ 1, -compile-lines ≥ 0")
+		os.Exit(2)
+	}
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "bench: unexpected argument %q (flags only; see bench/README.md)\n", flag.Arg(0))
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	e := &env{threads: *threads, libc: *libc, timeout: *timeout, quiet: *quiet}
+	e := &env{threads: c.threads, libc: *libc, gcc: *gcc, timeout: *timeout, quiet: *quiet, udsFlags: strings.Fields(*udsFlags), supported: map[string]string{}}
 	err := setup(ctx, e, *cc, *udstrace, *allocount)
-	if e.tmp != "" {
-		defer os.RemoveAll(e.tmp)
-	}
 	if err == nil {
-		err = bench(ctx, e, *pairs, *pairsTraced, *repeat, *markdown)
+		err = bench(ctx, e, c)
+	}
+	if err == nil && c.compileLines > 0 {
+		err = benchCompile(ctx, e, c)
+	}
+	if e.tmp != "" {
+		os.RemoveAll(e.tmp)
 	}
 	if err != nil {
-		os.RemoveAll(e.tmp)
 		if ctx.Err() != nil {
 			fmt.Fprintln(os.Stderr, "bench: interrupted")
 			os.Exit(130)
 		}
-		fmt.Fprintln(os.Stderr, "bench:", err)
+		fmt.Fprintln(os.Stderr, "bench:", oneLine(err.Error()))
 		os.Exit(1)
 	}
 }
 
-// setup resolves paths, compiles allocbench and makes sure tracefs is mounted.
+// setup resolves paths, compiles allocbench and timeit, finds udstrace's probe
+// offsets in libc and makes sure tracefs is mounted.
 func setup(ctx context.Context, e *env, cc, udstrace, allocount string) error {
 	var err error
 	for _, p := range []struct {
@@ -91,16 +106,28 @@ func setup(ctx context.Context, e *env, cc, udstrace, allocount string) error {
 			return fmt.Errorf("%v (run make build from the repository root)", err)
 		}
 	}
+	if e.self, err = os.Executable(); err != nil {
+		return fmt.Errorf("finding the bench's own binary: %w", err)
+	}
 	if e.tmp, err = os.MkdirTemp("", "udstrace-bench-"); err != nil {
 		return err
 	}
-	src := filepath.Join(e.tmp, "allocbench.c")
-	if err := os.WriteFile(src, allocbenchSrc, 0o644); err != nil {
-		return err
+	for _, prog := range []struct {
+		name string
+		dst  *string
+		src  []byte
+	}{{"allocbench", &e.bench, allocbenchSrc}, {"timeit", &e.timeit, timeitSrc}} {
+		src := filepath.Join(e.tmp, prog.name+".c")
+		if err := os.WriteFile(src, prog.src, 0o644); err != nil {
+			return err
+		}
+		*prog.dst = filepath.Join(e.tmp, prog.name)
+		if _, _, err := e.runChild(ctx, e.tmp, nil, cc, "-O2", "-pthread", "-o", *prog.dst, src); err != nil {
+			return fmt.Errorf("compiling %s: %w", prog.name, err)
+		}
 	}
-	e.bench = filepath.Join(e.tmp, "allocbench")
-	if _, _, err := e.runChild(ctx, e.tmp, nil, cc, "-O2", "-pthread", "-o", e.bench, src); err != nil {
-		return fmt.Errorf("compiling allocbench: %w", err)
+	if e.offsets, err = probeOffsets(e.libc); err != nil {
+		return err
 	}
 	if _, err := os.Stat("/sys/kernel/tracing/events"); err != nil {
 		if err := syscall.Mount("tracefs", "/sys/kernel/tracing", "tracefs", 0, ""); err != nil {
@@ -111,277 +138,53 @@ func setup(ctx context.Context, e *env, cc, udstrace, allocount string) error {
 	return nil
 }
 
-func bench(ctx context.Context, e *env, pairs, pairsTraced, repeat int, markdown bool) error {
-	installed := func(tool string) string {
-		if _, err := exec.LookPath(tool); err != nil {
-			return "n/a (not installed)"
-		}
-		return ""
-	}
-	rows := []*row{
-		{name: "untraced", run: e.runUntraced},
-		{name: "LD_PRELOAD allocount.so", run: e.runInterposer},
-		{name: "bpftrace uprobes (count only)", traced: true, na: installed("bpftrace"), run: e.bpftraceRun("malloc", "free")},
-		{name: "bpftrace uprobe on malloc only (one trap per pair: the floor)", traced: true, na: installed("bpftrace"), run: e.bpftraceRun("malloc")},
-		{name: "heaptrack", traced: true, na: installed("heaptrack"), run: e.runHeaptrack},
-	}
-	for _, mode := range [][]string{{"--stack", "fp"}, {"--stack", "cfi"}, {"--mode", "count"}, {"--mode", "count", "--sample-bytes", "524288"}, {"--sample-bytes", "524288"}} {
-		r := &row{name: "udstrace " + strings.Join(mode, " "), traced: true}
-		r.run = func(ctx context.Context, n int) (sample, error) { return e.runUdstrace(ctx, mode, n) }
-		if r.na = e.udstraceSupported(ctx, mode); ctx.Err() != nil {
-			return ctx.Err()
-		}
-		rows = append(rows, r)
-	}
-
-	// The interposer's counts for a traced-size run are the expected counts:
-	// PAIRS pairs plus the program's few start-up and exit calls.
-	ref, err := e.runInterposer(ctx, pairsTraced)
+// probeOffsets asks udstrace's loader where it probes malloc and free in libc.
+func probeOffsets(libc string) (floor.Offsets, error) {
+	var off floor.Offsets
+	probes, err := loader.FindAllocator(libc)
 	if err != nil {
-		return fmt.Errorf("reference interposer run: %w", err)
+		return off, fmt.Errorf("finding udstrace's probe offsets: %w", err)
 	}
-	others := map[string]bool{}
-	for i := 1; i <= repeat; i++ {
-		for _, r := range rows {
-			if r.na != "" || r.err != nil {
-				continue
+	var haveMalloc, haveFree bool
+	for _, p := range probes {
+		for _, n := range p.Names {
+			switch n {
+			case "malloc":
+				off.Malloc, haveMalloc = p.Offset, true
+			case "free":
+				off.Free, haveFree = p.Offset, true
 			}
-			if err := waitQuiet(ctx, *e, others); err != nil {
-				return err
-			}
-			n := pairs
-			if r.traced {
-				n = pairsTraced
-			}
-			s, err := r.run(ctx, n)
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if err != nil {
-				r.err = err
-				fmt.Fprintf(os.Stderr, "bench: %s: %v\n", r.name, err)
-				continue
-			}
-			otherTracers(others) // one started during the run?
-			r.samples = append(r.samples, s)
-			fmt.Fprintf(os.Stderr, "run %d/%d  %-30s %10.1f ns/pair\n", i, repeat, r.name, s.ns)
 		}
 	}
-	if rows[0].err != nil {
-		return fmt.Errorf("untraced run failed: %w", rows[0].err)
+	if !haveMalloc || !haveFree {
+		return off, fmt.Errorf("udstrace's loader found no malloc or free probe in %s", libc)
 	}
-	printHeader(ctx, e, pairs, pairsTraced, repeat, markdown, others)
-	printTable(table(rows, ref, pairs, pairsTraced), markdown)
-	printNotes(rows, markdown)
-	return nil
+	return off, nil
 }
 
-// printNotes flags rows whose runs disagree a lot: the table's median hides it.
-func printNotes(rows []*row, markdown bool) {
-	first := true
-	for _, r := range rows {
-		if len(r.samples) < 2 {
-			continue
-		}
-		lo, hi := math.Inf(1), math.Inf(-1)
-		for _, s := range r.samples {
-			lo, hi = math.Min(lo, s.ns), math.Max(hi, s.ns)
-		}
-		if hi <= 1.5*lo {
-			continue
-		}
-		if first {
-			fmt.Println()
-			first = false
-		}
-		prefix := "note: "
-		if markdown {
-			prefix = "- note: "
-		}
-		fmt.Printf("%s%s: runs ranged %.1f–%.1f ns/pair (other load on the machine?)\n", prefix, r.name, lo, hi)
+func installed(tool string) string {
+	if _, err := exec.LookPath(tool); err != nil {
+		return "n/a (not installed)"
 	}
+	return ""
 }
 
-// median returns the run with the median ns/pair (the lower middle one when
-// the count is even) and the most events any run lost.
-func median(ss []sample) (sample, int64) {
-	sorted := append([]sample(nil), ss...)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i].ns < sorted[j].ns })
-	lost := int64(-1)
-	for _, s := range ss {
-		lost = max(lost, s.lost)
-	}
-	return sorted[(len(sorted)-1)/2], lost
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return s
 }
 
-var columns = []string{"tool", "pairs", "ns/pair", "× untraced", "overhead ÷ bpftrace's",
-	"malloc seen/expected", "free seen/expected", "lost", "tracer CPU s", "allocbench CPU s", "tracer peak RSS MiB"}
-
-func table(rows []*row, ref sample, pairs, pairsTraced int) [][]string {
-	base, _ := median(rows[0].samples)
-	bpfOver := math.NaN()
-	if r := rows[2]; len(r.samples) > 0 {
-		s, _ := median(r.samples)
-		bpfOver = s.ns - base.ns
-	}
-	// Start-up and exit calls are the same at any PAIRS.
-	startMalloc, startFree := ref.malloc-int64(pairsTraced), ref.free-int64(pairsTraced)
-	out := [][]string{columns}
-	for _, r := range rows {
-		n := pairs
-		if r.traced {
-			n = pairsTraced
-		}
-		line := []string{r.name, fmt.Sprint(n)}
-		switch {
-		case r.na != "":
-			line = append(line, r.na)
-		case len(r.samples) == 0:
-			msg := []rune(firstLine(r.err.Error()))
-			if len(msg) > 40 {
-				msg = append(msg[:39], '…')
-			}
-			line = append(line, "error: "+string(msg))
-		default:
-			s, lost := median(r.samples)
-			wantFree := startFree + int64(n)
-			if strings.HasPrefix(r.name, "udstrace") {
-				wantFree -= ref.null // udstrace does not report free(NULL)
-			}
-			over := "—"
-			if r != rows[0] && !math.IsNaN(bpfOver) && bpfOver > 0 {
-				over = ratio((s.ns - base.ns) / bpfOver)
-			}
-			line = append(line, fmt.Sprintf("%.1f", s.ns), ratio(s.ns/base.ns), over,
-				seen(s.malloc, startMalloc+int64(n)), seen(s.free, wantFree), count(lost),
-				num(s.tracerCPU, "%.2f"), num(s.benchCPU, "%.2f"), num(float64(s.rssKiB)/1024, "%.1f"))
-			if r.err != nil { // failed after some good runs
-				line[0] += fmt.Sprintf(" (%d runs)", len(r.samples))
-			}
-		}
-		for len(line) < len(columns) {
-			line = append(line, "—")
-		}
-		out = append(out, line)
-	}
-	return out
+// oneLine folds a message onto one line.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
 }
 
-func seen(got, want int64) string {
-	if got < 0 {
-		return "—"
+// lastLine is the last non-empty line of a child's output: usually its error.
+func lastLine(out string) string {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	l := strings.TrimSpace(lines[len(lines)-1])
+	if r := []rune(l); len(r) > 200 {
+		l = string(r[:199]) + "…"
 	}
-	return fmt.Sprintf("%d/%d", got, want)
-}
-
-// ratio prints two decimals, or two significant digits below 0.1.
-func ratio(v float64) string {
-	if math.Abs(v) < 0.1 {
-		return fmt.Sprintf("%.2g", v)
-	}
-	return fmt.Sprintf("%.2f", v)
-}
-
-func count(v int64) string {
-	if v < 0 {
-		return "—"
-	}
-	return fmt.Sprint(v)
-}
-
-// num formats v, or "—" when v is NaN or negative (not applicable).
-func num(v float64, format string) string {
-	if math.IsNaN(v) || v < 0 {
-		return "—"
-	}
-	return fmt.Sprintf(format, v)
-}
-
-// otherTracers adds tracers someone else is running to seen: processes named
-// like one, or holding a BPF program. Between our runs none of ours is alive,
-// so any found is not ours. Their uprobes on libc can make every process's
-// malloc trap, the untraced run's too.
-func otherTracers(seen map[string]bool) {
-	procs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, p := range procs {
-		comm, err := os.ReadFile(p + "/comm")
-		c := strings.TrimSpace(string(comm))
-		if err != nil || p == fmt.Sprintf("/proc/%d", os.Getpid()) {
-			continue
-		}
-		found := strings.Contains(c, "udstrace") || strings.Contains(c, "bpftrace") || strings.Contains(c, "heaptrack")
-		fds, _ := os.ReadDir(p + "/fd")
-		for _, fd := range fds {
-			if found {
-				break
-			}
-			l, _ := os.Readlink(p + "/fd/" + fd.Name())
-			found = strings.Contains(l, "bpf-prog") || strings.Contains(l, "bpf_link")
-		}
-		if found {
-			seen[c+" (pid "+filepath.Base(p)+")"] = true
-		}
-	}
-}
-
-// waitQuiet waits up to e.quiet for other tracers to go away, then records
-// any still running.
-func waitQuiet(ctx context.Context, e env, others map[string]bool) error {
-	deadline := time.Now().Add(e.quiet)
-	for {
-		now := map[string]bool{}
-		otherTracers(now)
-		if len(now) == 0 || time.Now().After(deadline) {
-			maps.Copy(others, now)
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-func printHeader(ctx context.Context, e *env, pairs, pairsTraced, repeat int, markdown bool, others map[string]bool) {
-	cpu := "unknown CPU"
-	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, l := range strings.Split(string(data), "\n") {
-			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
-				cpu = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	version := func(argv ...string) string {
-		out, _, err := e.runChild(ctx, e.tmp, nil, argv...)
-		if err != nil {
-			return "not installed"
-		}
-		return strings.TrimSpace(firstLine(out))
-	}
-	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	lines := []string{
-		"date: " + time.Now().Format("2006-01-02 15:04:05 MST"),
-		"kernel: " + strings.TrimSpace(string(kernel)) + ", " + version("getconf", "GNU_LIBC_VERSION"),
-		fmt.Sprintf("CPU: %s, %d cores", cpu, runtime.NumCPU()),
-		"bpftrace: " + version("bpftrace", "--version") + ", heaptrack: " + version("heaptrack", "--version"),
-		fmt.Sprintf("allocbench: malloc(64)+free pairs, %d thread(s), cc -O2; %d pairs untraced/interposer, %d traced; median of %d runs",
-			e.threads, pairs, pairsTraced, repeat),
-	}
-	if len(others) > 0 {
-		list := make([]string, 0, len(others))
-		for o := range others {
-			list = append(list, o)
-		}
-		sort.Strings(list)
-		lines = append(lines, "WARNING: other tracers ran during the benchmark, the figures may be inflated: "+strings.Join(list, ", "))
-	}
-	for _, l := range lines {
-		if markdown {
-			l = "- " + l
-		}
-		fmt.Println(l)
-	}
-	fmt.Println()
+	return l
 }

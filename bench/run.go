@@ -1,13 +1,9 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"os"
 	"os/exec"
@@ -17,55 +13,79 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/udstrace/udstrace/bench/floor"
 )
 
-// sample is one measured run of allocbench under one tool.
+// sample is one measured run of allocbench (or of the compile) under one tool.
 type sample struct {
 	ns        float64 // ns per malloc+free pair, timed inside allocbench
+	wall      float64 // compile rows: seconds the compile took (timeit's stamps)
 	benchCPU  float64 // allocbench's own user+system CPU seconds (getrusage SELF)
 	tracerCPU float64 // the tracer's user+system CPU seconds; NaN: not applicable
 	rssKiB    int64   // the tracer's peak RSS; -1: not applicable
 	malloc    int64   // malloc calls the tool counted; -1: not applicable
 	free      int64   // free calls the tool counted; -1: not applicable
+	returns   int64   // malloc returns the three-trap floor counted; -1: not applicable
 	null      int64   // free(NULL) calls (interposer only)
 	lost      int64   // events the tool lost; -1: not applicable
+	perEventB float64 // udstrace: ring bytes per traced call; NaN: not applicable
+	perEventU float64 // udstrace: µs of its own CPU per traced call, start-up baseline subtracted; NaN
+	exitLag   float64 // seconds from the traced command's end to the tracer's exit; NaN
+	reportLag float64 // udstrace: seconds from the traced command's end to its report file's mtime; NaN
+	cached    string  // udstrace: unwind table pages taken from its cache, of all pages; "" unknown
 }
 
 func newSample() sample {
-	return sample{tracerCPU: math.NaN(), rssKiB: -1, malloc: -1, free: -1, lost: -1}
+	nan := math.NaN()
+	return sample{wall: nan, tracerCPU: nan, rssKiB: -1, malloc: -1, free: -1, returns: -1, lost: -1,
+		perEventB: nan, perEventU: nan, exitLag: nan, reportLag: nan}
 }
 
 // env holds what every runner needs.
 type env struct {
 	tmp       string // scratch directory, removed at exit
+	self      string // this binary: the floor rows' held child
 	bench     string // compiled allocbench
+	timeit    string // compiled timeit (the compile rows' stamps)
 	threads   int
 	udstrace  string
+	udsFlags  []string          // -udstrace-flags
+	supported map[string]string // udstrace row name: "" or why it is n/a
 	allocount string
 	libc      string
+	gcc       string
+	offsets   floor.Offsets // udstrace's probe offsets in libc
 	timeout   time.Duration
 	quiet     time.Duration // -wait-quiet
 }
 
-var benchLine = regexp.MustCompile(`ns_per_pair=([0-9.]+) pairs=(\d+) threads=\d+ cpu_s=([0-9.]+)`)
+var (
+	benchLine = regexp.MustCompile(`ns_per_pair=([0-9.]+) pairs=(\d+) threads=\d+ cpu_s=([0-9.]+)`)
+	doneLine  = regexp.MustCompile(`done_realtime=([0-9.]+)`)
+)
 
-// parseBench reads allocbench's result line from a child's output.
-func parseBench(out string, s *sample) error {
+// parseBench reads allocbench's result lines from a child's output; done is
+// when allocbench finished (CLOCK_REALTIME seconds), 0 if it did not say.
+func parseBench(out string, s *sample) (done float64, err error) {
 	m := benchLine.FindStringSubmatch(out)
 	if m == nil {
-		return fmt.Errorf("no allocbench result line in output:\n%s", tail(out, 800))
+		return 0, fmt.Errorf("no allocbench result line in output: %s", lastLine(out))
 	}
 	s.ns, _ = strconv.ParseFloat(m[1], 64)
 	s.benchCPU, _ = strconv.ParseFloat(m[3], 64)
-	return nil
+	if d := doneLine.FindStringSubmatch(out); d != nil {
+		done, _ = strconv.ParseFloat(d[1], 64)
+	}
+	return done, nil
 }
 
-func tail(s string, n int) string {
-	s = strings.TrimSpace(s)
-	if len(s) > n {
-		return "…" + s[len(s)-n:]
+// since is the seconds from a CLOCK_REALTIME stamp to t; NaN without a stamp.
+func since(stamp float64, t time.Time) float64 {
+	if stamp <= 0 {
+		return math.NaN()
 	}
-	return s
+	return float64(t.UnixNano())/1e9 - stamp
 }
 
 func (e *env) args(pairs int) []string {
@@ -85,30 +105,82 @@ func inGroup(cmd *exec.Cmd) {
 	cmd.WaitDelay = 5 * time.Second
 }
 
+// child is a finished child process.
+type child struct {
+	out    string          // stdout and stderr together
+	ru     *syscall.Rusage // covers the descendants it waited for
+	exited time.Time       // when the bench saw it exit
+}
+
 // runChild runs argv to completion in its own process group, bounded by the
-// timeout, and returns its combined output and rusage (which covers the
-// descendants it waited for).
+// timeout, and returns its combined output and rusage.
 func (e *env) runChild(ctx context.Context, dir string, extraEnv []string, argv ...string) (string, *syscall.Rusage, error) {
+	c, err := e.launch(ctx, launch{dir: dir, env: extraEnv}, argv...)
+	return c.out, c.ru, err
+}
+
+// launch is how to start a child.
+type launch struct {
+	dir   string          // working directory; "" for the scratch directory
+	env   []string        // added to the bench's environment
+	files []*os.File      // the child's fds 3, 4, …
+	ready func(int) error // if set, runs with the child's PID once it started; an error kills it
+}
+
+// start runs argv like runChild, in dir, and says when it exited.
+func (e *env) start(ctx context.Context, dir string, argv ...string) (child, error) {
+	return e.launch(ctx, launch{dir: dir}, argv...)
+}
+
+// startWith runs argv like runChild with extra fds and a ready hook.
+func (e *env) startWith(ctx context.Context, files []*os.File, ready func(int) error, argv ...string) (child, error) {
+	return e.launch(ctx, launch{files: files, ready: ready}, argv...)
+}
+
+func (e *env) launch(ctx context.Context, l launch, argv ...string) (child, error) {
+	var c child
 	ctx, cancel := context.WithTimeout(ctx, e.timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	inGroup(cmd)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), extraEnv...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
+	cmd.Dir = l.dir
+	if cmd.Dir == "" {
+		cmd.Dir = e.tmp
+	}
+	cmd.Env = append(os.Environ(), l.env...)
+	cmd.ExtraFiles = l.files
+	// Output goes to a file, not a pipe: Wait then returns when the child
+	// exits, not when the last holder of a pipe closes it.
+	f, err := os.CreateTemp(e.tmp, "out-")
+	if err != nil {
+		return c, err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	cmd.Stdout, cmd.Stderr = f, f
+	if err = cmd.Start(); err == nil {
+		if l.ready != nil {
+			if err = l.ready(cmd.Process.Pid); err != nil {
+				syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				cmd.Wait()
+				return c, err
+			}
+		}
+		err = cmd.Wait()
+	}
+	c.exited = time.Now()
+	data, _ := os.ReadFile(f.Name())
+	c.out = string(data)
 	if ctx.Err() == context.DeadlineExceeded {
 		err = fmt.Errorf("timed out after %v", e.timeout)
 	}
 	if err != nil {
-		return out.String(), nil, fmt.Errorf("%s: %w\n%s", filepath.Base(argv[0]), err, tail(out.String(), 800))
+		return c, fmt.Errorf("%s: %w: %s", filepath.Base(argv[0]), err, lastLine(c.out))
 	}
-	ru, _ := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-	if ru == nil {
-		return out.String(), nil, errors.New("no rusage")
+	if c.ru, _ = cmd.ProcessState.SysUsage().(*syscall.Rusage); c.ru == nil {
+		return c, errors.New("no rusage")
 	}
-	return out.String(), ru, nil
+	return c, nil
 }
 
 func (e *env) runUntraced(ctx context.Context, pairs int) (sample, error) {
@@ -117,7 +189,8 @@ func (e *env) runUntraced(ctx context.Context, pairs int) (sample, error) {
 	if err != nil {
 		return s, err
 	}
-	return s, parseBench(out, &s)
+	_, err = parseBench(out, &s)
+	return s, err
 }
 
 // runInterposer runs allocbench under allocount.so and reads its counts.
@@ -128,148 +201,55 @@ func (e *env) runInterposer(ctx context.Context, pairs int) (sample, error) {
 		return s, err
 	}
 	defer os.RemoveAll(dir)
-	out, _, err := e.runChild(ctx, e.tmp, []string{"LD_PRELOAD=" + e.allocount, "ALLOCOUNT_DIR=" + dir},
-		append([]string{e.bench}, e.args(pairs)...)...)
+	out, _, err := e.runChild(ctx, e.tmp, e.allocountEnv(dir), append([]string{e.bench}, e.args(pairs)...)...)
 	if err != nil {
 		return s, err
 	}
-	if err := parseBench(out, &s); err != nil {
+	if _, err := parseBench(out, &s); err != nil {
 		return s, err
 	}
-	files, _ := filepath.Glob(filepath.Join(dir, "allocount.*"))
-	if len(files) != 1 {
-		return s, fmt.Errorf("allocount: want 1 count file, found %d", len(files))
-	}
-	data, err := os.ReadFile(files[0])
+	counts, files, err := readAllocount(dir)
 	if err != nil {
 		return s, err
 	}
-	s.malloc, s.free = 0, 0
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) != 4 {
-			continue
-		}
-		calls, _ := strconv.ParseInt(f[1], 10, 64)
-		null, _ := strconv.ParseInt(f[3], 10, 64)
-		switch f[0] {
-		case "malloc":
-			s.malloc = calls
-		case "free":
-			s.free, s.null = calls, null
-		}
+	if files != 1 {
+		return s, fmt.Errorf("allocount: want 1 count file, found %d", files)
 	}
+	s.malloc, s.free, s.null = counts["malloc"][0], counts["free"][0], counts["free"][1]
 	return s, nil
 }
 
-var bpftraceCount = regexp.MustCompile(`@\[uprobe:[^\]]*:(malloc|free)\]: (\d+)`)
-
-// runBpftrace counts malloc and free with bpftrace uprobes while allocbench runs.
-// bpftraceRun counts calls of funcs (e.g. "malloc,free") with bpftrace uprobes.
-func (e *env) bpftraceRun(funcs ...string) func(context.Context, int) (sample, error) {
-	return func(ctx context.Context, pairs int) (sample, error) { return e.runBpftrace(ctx, pairs, funcs) }
+func (e *env) allocountEnv(dir string) []string {
+	return []string{"LD_PRELOAD=" + e.allocount, "ALLOCOUNT_DIR=" + dir}
 }
 
-func (e *env) runBpftrace(ctx context.Context, pairs int, funcs []string) (sample, error) {
-	s := newSample()
-	// The uprobes are on libc itself, so they fire in every process on the
-	// machine: the comm filter keeps other processes out of the counts.
-	var probes []string
-	for _, f := range funcs {
-		probes = append(probes, fmt.Sprintf("uprobe:%s:%s", e.libc, f))
-	}
-	prog := fmt.Sprintf(`%s /comm == "allocbench"/ { @[probe] = count(); }`, strings.Join(probes, ","))
-	cmd := exec.Command("bpftrace", "-e", prog)
-	inGroup(cmd)
-	cmd.Cancel = nil
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return s, err
-	}
-	cmd.Stdout, cmd.Stderr = pw, pw
-	if err := cmd.Start(); err != nil {
-		pr.Close()
-		pw.Close()
-		return s, err
-	}
-	pw.Close()
-	waited := make(chan error, 1)
-	exited := false
-	defer func() { // never leave bpftrace running
-		if !exited {
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-waited
+// readAllocount sums the counts of every allocount.PID (and allocount.PID.exec:
+// a process's calls before an execve) file in dir, by function: calls and NULL
+// results (for free, NULL pointers). files is how many processes wrote counts.
+func readAllocount(dir string) (map[string][2]int64, int, error) {
+	paths, _ := filepath.Glob(filepath.Join(dir, "allocount.*"))
+	sum := map[string][2]int64{}
+	files := 0
+	for _, p := range paths {
+		if !strings.HasSuffix(p, ".exec") {
+			files++
 		}
-	}()
-
-	attached := make(chan struct{})
-	var out bytes.Buffer
-	readDone := make(chan struct{})
-	go func() {
-		defer close(readDone)
-		sc := bufio.NewScanner(pr)
-		seen := false
-		for sc.Scan() {
-			out.WriteString(sc.Text() + "\n")
-			if !seen && strings.HasPrefix(sc.Text(), "Attaching ") {
-				seen = true
-				close(attached)
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, 0, err
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			f := strings.Fields(line)
+			if len(f) != 4 || strings.HasPrefix(f[0], "#") {
+				continue
 			}
-		}
-		io.Copy(io.Discard, pr)
-		pr.Close()
-	}()
-	go func() { <-readDone; waited <- cmd.Wait() }()
-
-	select {
-	case <-attached:
-	case err := <-waited:
-		exited = true
-		return s, fmt.Errorf("bpftrace exited before attaching: %v\n%s", err, tail(out.String(), 800))
-	case <-time.After(e.timeout):
-		return s, errors.New("bpftrace did not attach in time")
-	case <-ctx.Done():
-		return s, ctx.Err()
-	}
-	// "Attaching N probes..." is printed as attaching starts; give the two
-	// uprobes a moment. The counts column shows any pair missed anyway.
-	time.Sleep(500 * time.Millisecond)
-
-	bout, _, err := e.runChild(ctx, e.tmp, nil, append([]string{e.bench}, e.args(pairs)...)...)
-	if err != nil {
-		return s, err
-	}
-	if err := parseBench(bout, &s); err != nil {
-		return s, err
-	}
-	syscall.Kill(cmd.Process.Pid, syscall.SIGINT)
-	select {
-	case err = <-waited:
-		exited = true
-	case <-time.After(e.timeout):
-		return s, errors.New("bpftrace did not exit after SIGINT")
-	case <-ctx.Done():
-		return s, ctx.Err()
-	}
-	if err != nil {
-		return s, fmt.Errorf("bpftrace: %v\n%s", err, tail(out.String(), 800))
-	}
-	s.malloc, s.free = 0, 0
-	if len(funcs) == 1 {
-		s.free = -1 // not traced
-	}
-	for _, m := range bpftraceCount.FindAllStringSubmatch(out.String(), -1) {
-		n, _ := strconv.ParseInt(m[2], 10, 64)
-		if m[1] == "malloc" {
-			s.malloc = n
-		} else {
-			s.free = n
+			calls, _ := strconv.ParseInt(f[1], 10, 64)
+			null, _ := strconv.ParseInt(f[3], 10, 64)
+			c := sum[f[0]]
+			sum[f[0]] = [2]int64{c[0] + calls, c[1] + null}
 		}
 	}
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		s.tracerCPU, s.rssKiB = cpuSec(ru), ru.Maxrss
-	}
-	return s, nil
+	return sum, files, nil
 }
 
 // runHeaptrack runs allocbench under heaptrack (its output file goes to a
@@ -282,87 +262,14 @@ func (e *env) runHeaptrack(ctx context.Context, pairs int) (sample, error) {
 		return s, err
 	}
 	defer os.RemoveAll(dir)
-	out, ru, err := e.runChild(ctx, dir, nil, append([]string{"heaptrack", e.bench}, e.args(pairs)...)...)
+	c, err := e.start(ctx, dir, append([]string{"heaptrack", e.bench}, e.args(pairs)...)...)
 	if err != nil {
 		return s, err
 	}
-	if err := parseBench(out, &s); err != nil {
-		return s, err
-	}
-	s.tracerCPU, s.rssKiB = math.Max(0, cpuSec(ru)-s.benchCPU), ru.Maxrss
-	return s, nil
-}
-
-// udsReport is the part of udstrace's JSON report the benchmark reads.
-type udsReport struct {
-	LostEvents int64 `json:"lost_events"`
-	Processes  []struct {
-		Comm  string                           `json:"comm"`
-		Exe   string                           `json:"exe"`
-		Calls map[string]struct{ Calls int64 } `json:"heap_calls_by_kind"`
-	} `json:"processes"`
-}
-
-// udstraceSupported probes whether this udstrace accepts the mode flags: ""
-// when it does, else the reason for an n/a row.
-func (e *env) udstraceSupported(ctx context.Context, flags []string) string {
-	// Never -o /dev/null: udstrace renames its report over the target.
-	report := filepath.Join(e.tmp, "probe.json")
-	defer os.Remove(report)
-	argv := append(append([]string{e.udstrace, "run"}, flags...), "--format", "json", "-o", report, "--", "true")
-	short := *e
-	short.timeout = min(e.timeout, 30*time.Second)
-	out, _, err := short.runChild(ctx, e.tmp, nil, argv...)
-	var ee *exec.ExitError
-	if errors.As(err, &ee) && ee.ExitCode() == 2 &&
-		(strings.Contains(out, "flag provided but not defined") || strings.Contains(out, "invalid value")) {
-		return "n/a (unsupported)"
-	}
-	if err != nil { // not a verdict on the flags: the measured runs will tell
-		fmt.Fprintf(os.Stderr, "bench: probing udstrace %s: %v\n", strings.Join(flags, " "), firstLine(err.Error()))
-	}
-	return ""
-}
-
-func firstLine(s string) string {
-	s, _, _ = strings.Cut(s, "\n")
-	return s
-}
-
-// runUdstrace traces allocbench with udstrace and reads the JSON report.
-func (e *env) runUdstrace(ctx context.Context, flags []string, pairs int) (sample, error) {
-	s := newSample()
-	report := filepath.Join(e.tmp, "udstrace.json")
-	defer os.Remove(report)
-	argv := append(append([]string{e.udstrace, "run"}, flags...), "--format", "json", "-o", report, "--", e.bench)
-	out, ru, err := e.runChild(ctx, e.tmp, nil, append(argv, e.args(pairs)...)...)
+	done, err := parseBench(c.out, &s)
 	if err != nil {
 		return s, err
 	}
-	if err := parseBench(out, &s); err != nil {
-		return s, err
-	}
-	// udstrace waits for allocbench, so its rusage includes allocbench's.
-	s.tracerCPU, s.rssKiB = math.Max(0, cpuSec(ru)-s.benchCPU), ru.Maxrss
-	data, err := os.ReadFile(report)
-	if err != nil {
-		return s, err
-	}
-	var r udsReport
-	if err := json.Unmarshal(data, &r); err != nil {
-		return s, fmt.Errorf("udstrace report: %w", err)
-	}
-	s.lost, s.malloc, s.free = r.LostEvents, 0, 0
-	found := false
-	for _, p := range r.Processes {
-		if p.Exe == e.bench || p.Comm == "allocbench" {
-			found = true
-			s.malloc += p.Calls["malloc"].Calls
-			s.free += p.Calls["free"].Calls
-		}
-	}
-	if !found {
-		return s, errors.New("udstrace report has no allocbench process")
-	}
+	s.tracerCPU, s.rssKiB, s.exitLag = math.Max(0, cpuSec(c.ru)-s.benchCPU), c.ru.Maxrss, since(done, c.exited)
 	return s, nil
 }

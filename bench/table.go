@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -38,4 +39,46 @@ func printTable(rows [][]string, markdown bool) {
 		fmt.Fprintln(w, strings.Join(r, "\t")+"\t")
 	}
 	w.Flush()
+}
+
+func seen(got, want int64) string {
+	if got < 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%d/%d", got, want)
+}
+
+// ratio prints two decimals, or two significant digits below 0.1.
+func ratio(v float64) string {
+	if math.Abs(v) < 0.1 {
+		return fmt.Sprintf("%.2g", v)
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+func count(v int64) string {
+	if v < 0 {
+		return "—"
+	}
+	return fmt.Sprint(v)
+}
+
+// num formats v, or "—" when v is NaN or negative (not applicable).
+func num(v float64, format string) string {
+	if math.IsNaN(v) || v < 0 {
+		return "—"
+	}
+	return fmt.Sprintf(format, v)
+}
+
+// signed formats a difference v: "≈0" when it came out below zero (under the
+// noise of what was subtracted), "—" when v is NaN.
+func signed(v float64, format string) string {
+	if math.IsNaN(v) {
+		return "—"
+	}
+	if v < 0 {
+		return "≈0" // below the baseline's noise (bench/README.md)
+	}
+	return fmt.Sprintf(format, v)
 }
