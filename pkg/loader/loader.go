@@ -83,7 +83,7 @@ func Load(cfg Config) (*Tracer, error) {
 	if cfg.Debug {
 		opts.Programs.LogLevel = ebpf.LogLevelBranch
 	}
-	if err := spec.LoadAndAssign(&t.objs, opts); err != nil {
+	if err := loadMode(spec, cfg.Count, opts, &t.objs); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			if cfg.Debug {
