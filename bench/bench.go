@@ -216,7 +216,7 @@ func table(rows []*row, ref sample, c config) [][]string {
 			}
 			line = append(line, fmt.Sprintf("%.1f", s.ns), ratio(s.ns/base.ns), vsBpf, vsFloor,
 				seen(s.malloc, startMalloc+int64(n)), seen(s.free, wantFree), count(lost),
-				num(s.perEventB, "%.1f"), signed(s.perEventU, "%.2f"),
+				bytesPer(s.perEventB), signed(s.perEventU, "%.2f"),
 				num(s.tracerCPU, "%.2f"), num(s.benchCPU, "%.2f"), num(float64(s.rssKiB)/1024, "%.1f"),
 				signed(s.exitLag, "%.2f"))
 			if r.err != nil { // failed after some good runs

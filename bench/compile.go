@@ -256,7 +256,7 @@ func (k *compile) table(rows []*row) [][]string {
 				cached = "—"
 			}
 			line = append(line, fmt.Sprintf("%.2f", s.wall), ratio(s.wall/base.wall), seen(s.malloc, k.expected),
-				count(lost), num(s.perEventB, "%.1f"), signed(s.perEventU, "%.2f"),
+				count(lost), bytesPer(s.perEventB), signed(s.perEventU, "%.2f"),
 				num(float64(s.rssKiB)/1024, "%.1f"), signed(s.exitLag, "%.2f"), cached)
 			if r.err != nil {
 				line[0] += fmt.Sprintf(" (%d runs)", len(r.samples))

@@ -71,6 +71,15 @@ func num(v float64, format string) string {
 	return fmt.Sprintf(format, v)
 }
 
+// bytesPer formats bytes per call: one decimal, or two significant digits below 1 (count mode
+// sends a stack record, not a record per call).
+func bytesPer(v float64) string {
+	if !math.IsNaN(v) && v > 0 && v < 1 {
+		return fmt.Sprintf("%.2g", v)
+	}
+	return num(v, "%.1f")
+}
+
 // signed formats a difference v: "≈0" when it came out below zero (under the
 // noise of what was subtracted), "—" when v is NaN.
 func signed(v float64, format string) string {
