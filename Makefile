@@ -51,6 +51,9 @@ fuzz:
 	scripts/fuzz.sh pkg/unwind FuzzUnwind $(FUZZTIME)
 	scripts/fuzz.sh pkg/report FuzzBuilder $(FUZZTIME)
 	scripts/fuzz.sh pkg/probeplace FuzzChoose $(FUZZTIME)
+	scripts/fuzz.sh pkg/report FuzzSiteJSON $(FUZZTIME)
+	scripts/fuzz.sh pkg/kstack FuzzID $(FUZZTIME)
+	scripts/fuzz.sh pkg/ktable FuzzDecodeEntry $(FUZZTIME)
 
 # Side-by-side overhead figures (not part of test): untraced, interposer, bpftrace, the trap floors (bench/floor),
 # heaptrack and the udstrace modes on allocbench, then a gcc compile under the same tools. See bench/README.md.

@@ -33,20 +33,18 @@ func (r *Report) WriteJSON(w io.Writer) error {
 	bw := bufio.NewWriterSize(w, 1<<16)
 	bw.Write(doc[:at])
 	bw.WriteString("\n  \"sites\": [")
-	var site bytes.Buffer
-	senc := json.NewEncoder(&site)
-	senc.SetIndent("    ", "  ")
-	senc.SetEscapeHTML(false)
+	var site []byte
 	for i := range r.Sites {
-		site.Reset()
-		if err := senc.Encode(&r.Sites[i]); err != nil {
-			return err
+		out, ok := appendSite(site[:0], &r.Sites[i], "    ", "  ")
+		if !ok {
+			return fmt.Errorf("writing site %d: its oldest_outstanding_age_seconds is %v, which JSON cannot hold", r.Sites[i].ID, r.Sites[i].OldestOutstandingAgeSeconds)
 		}
+		site = out
 		if i > 0 {
 			bw.WriteByte(',')
 		}
 		bw.WriteString("\n    ")
-		bw.Write(bytes.TrimRight(site.Bytes(), "\n"))
+		bw.Write(site)
 	}
 	bw.WriteString("\n  ],\n")
 	bw.Write(doc[at+len(empty):])
