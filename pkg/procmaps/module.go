@@ -175,6 +175,13 @@ func (m *Module) Symbolize(off uint64) []symbolize.Frame {
 	return m.sym.Symbolize(va)
 }
 
+// PreloadSymbols reads the module's symbols and debug information now (see symbolize.Preload).
+func (m *Module) PreloadSymbols() {
+	if m.sym != nil {
+		m.sym.Preload()
+	}
+}
+
 // HasSymbols reports whether any function names are known for this module.
 func (m *Module) HasSymbols() bool { return m.sym != nil && m.sym.HasSymbols() }
 

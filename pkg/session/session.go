@@ -272,9 +272,12 @@ func (s *Session) setRole(pid int, role report.Role) {
 
 // finish stops reading, drains the ring buffer, detaches everything and builds the report.
 func (s *Session) finish() (*report.Report, error) {
+	began := time.Now()
 	s.cancel()
 	readErr := <-s.done
+	s.opts.Log.Debug("events drained", "took", time.Since(began))
 	close(s.unwinds)
+	warmed := s.stacks.stopWarming()
 	s.tables.stop()
 	if n, err := s.tracer.DeadThreadStates(); err == nil && n > 0 {
 		s.warn("%d entries of exited threads or processes were left in the kernel's tables (stale state)", n)
@@ -288,7 +291,10 @@ func (s *Session) finish() (*report.Report, error) {
 	socks, serr := s.tracer.SocketStats()
 	s.meta.Lost, s.meta.Stacks = s.lostMeta(lost, stk)
 	s.detach(s.tracer, s.tables.saveCache)
-	defer s.maps.Close()
+	defer func() {
+		warmed()
+		s.maps.Close()
+	}()
 	if err := errors.Join(readErr, kerr, lerr, serr); err != nil {
 		return nil, err
 	}
@@ -315,7 +321,9 @@ func (s *Session) finish() (*report.Report, error) {
 	for path, why := range s.maps.Failures() {
 		s.warn("no symbols for %s: %s", path, why)
 	}
-	return s.builder.Finish(&symbolizer{maps: s.maps}, s.meta), nil
+	rep := s.builder.Finish(&symbolizer{maps: s.maps}, s.meta)
+	s.opts.Log.Debug("report built", "took", time.Since(began), "sites", len(rep.Sites))
+	return rep, nil
 }
 
 // closing counts traces still detaching from the kernel.
@@ -347,6 +355,7 @@ func (s *Session) abort() {
 	close(s.unwinds)
 	s.tables.stop()
 	s.tracer.Close()
+	s.stacks.stopWarming()()
 	s.maps.Close()
 }
 

@@ -19,6 +19,7 @@ type stackStore struct {
 	maps    *procmaps.Table
 	raw     map[uint64]stackEntry
 	decoded map[uint64][]event.Frame
+	warm    symbolWarmer
 }
 
 type stackEntry struct {
@@ -28,7 +29,9 @@ type stackEntry struct {
 }
 
 func newStackStore(maps *procmaps.Table) *stackStore {
-	return &stackStore{maps: maps, raw: map[uint64]stackEntry{}, decoded: map[uint64][]event.Frame{}}
+	st := &stackStore{maps: maps, raw: map[uint64]stackEntry{}, decoded: map[uint64][]event.Frame{}}
+	st.warm.start(maps)
+	return st
 }
 
 // put records the kernel's frames of a stack id (sent again after an eviction: same frames).
@@ -37,6 +40,7 @@ func (st *stackStore) put(id uint64, frames []kstack.Frame, truncated bool) {
 	defer st.mu.Unlock()
 	if _, ok := st.raw[id]; !ok {
 		st.raw[id] = stackEntry{frames: frames, truncated: truncated}
+		st.warm.modulesOf(frames)
 	}
 }
 
@@ -74,6 +78,7 @@ func (st *stackStore) store(frames []kstack.Frame, flags uint8, e stackEntry) ui
 	defer st.mu.Unlock()
 	if _, ok := st.raw[id]; !ok {
 		st.raw[id] = e
+		st.warm.modulesOf(frames)
 	}
 	return id
 }
@@ -118,4 +123,12 @@ func (st *stackStore) resolve(id uint64) []event.Frame {
 		st.mu.Unlock()
 	}
 	return out
+}
+
+// stopWarming stops queuing modules to warm and returns a wait for the loads under way.
+func (st *stackStore) stopWarming() func() {
+	st.mu.Lock()
+	st.warm.stop()
+	st.mu.Unlock()
+	return st.warm.wait
 }

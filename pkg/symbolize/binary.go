@@ -178,6 +178,10 @@ func (b *Binary) Symbolize(vaddr uint64) (frames []Frame) {
 	return append(frames, outer)
 }
 
+// Preload reads the symbols now, not at the first lookup: a tracer warms a binary this way while
+// the trace runs, so the report does not wait for it.
+func (b *Binary) Preload() { b.load() }
+
 // load reads symbol tables, the separate debug file and DWARF once.
 func (b *Binary) load() {
 	b.once.Do(func() {
