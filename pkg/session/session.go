@@ -190,39 +190,6 @@ func (s *Session) snapshot() *report.Report {
 	return rep
 }
 
-// lostMeta turns the kernel's counters into the report's: lost events, and how stacks came out.
-func (s *Session) lostMeta(lost loader.Lost, st loader.StackStats) (report.LostEvents, report.StackStats) {
-	used, capacity := s.tracer.TableUse()
-	s.tables.mu.Lock()
-	modules, pages, cached, took := s.tables.modules, s.tables.pages, s.tables.cached, s.tables.took
-	s.tables.mu.Unlock()
-	out := report.StackStats{
-		Events: st.Events, Distinct: st.Distinct, Fallback: st.Fallback, Truncated: st.Truncated,
-		Collisions: st.Collisions, Busy: st.Busy, Depth: st.Depth, Memo: st.Memo,
-		TableModules: modules, TablePages: pages + cached, TableCached: cached, TableRows: uint64(used), TableCapacity: uint64(capacity), TableSeconds: took.Seconds(),
-	}
-	if s.opts.Stack == "cfi" {
-		out.Fallback = st.Events
-	}
-	return report.LostEvents{
-		RingBuffer: lost.RingBuffer, Other: lost.Untracked + lost.Stale,
-		StackTruncated: lost.NoStack + st.Truncated + st.Depth,
-	}, out
-}
-
-// selfCost reads what the trace has cost udstrace itself: ring traffic, CPU, peak memory.
-func (s *Session) selfCost() report.TracerStats {
-	var out report.TracerStats
-	out.RingRecords, out.RingBytes = s.tracer.RingTraffic()
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		out.CPUUserSeconds = time.Duration(ru.Utime.Nano()).Seconds()
-		out.CPUSysSeconds = time.Duration(ru.Stime.Nano()).Seconds()
-		out.PeakRSSBytes = uint64(ru.Maxrss) << 10
-	}
-	return out
-}
-
 func modeName(m string) string {
 	if m == "" {
 		return "full"
