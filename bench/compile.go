@@ -224,16 +224,7 @@ func benchCompile(ctx context.Context, e *env, c config) error {
 			strings.Join(k.comms, ", "), c.repeat),
 		fmt.Sprintf("expected malloc calls (all processes, LD_PRELOAD allocount.so reference run): %d", k.expected),
 	}
-	if w := warning(others); w != "" {
-		lines = append(lines, w)
-	}
-	for _, l := range lines {
-		if c.markdown {
-			l = "- " + l
-		}
-		fmt.Println(l)
-	}
-	fmt.Println()
+	printLines(lines, others, c.markdown)
 	printTable(k.table(rows), c.markdown)
 	fmt.Println()
 	note(c.markdown, "udstrace rows: every run starts without unwind state of its own (cc1's tables are compiled cold), unless udstrace's unwind cache held them: \"unwind pages cached\" counts the pages it took from there")

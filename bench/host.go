@@ -88,11 +88,17 @@ func printHeader(ctx context.Context, e *env, c config, others map[string]bool) 
 	if len(e.udsFlags) > 0 {
 		lines = append(lines, "extra udstrace flags: "+strings.Join(e.udsFlags, " "))
 	}
+	printLines(lines, others, c.markdown)
+}
+
+// printLines prints a table's header lines (as a Markdown list with -markdown), then the warning
+// about other tracers seen during the runs, if any, then a blank line.
+func printLines(lines []string, others map[string]bool, markdown bool) {
 	if w := warning(others); w != "" {
 		lines = append(lines, w)
 	}
 	for _, l := range lines {
-		if c.markdown {
+		if markdown {
 			l = "- " + l
 		}
 		fmt.Println(l)

@@ -74,31 +74,18 @@ static __always_inline void mem_sys_enter(struct pt_regs *regs, u8 kind, u64 pid
 /* emit_map tells user space which file an executable mapping shows, for symbols after the process is gone. */
 static __always_inline void emit_map(u32 pid, u64 addr, u64 len, u64 pgoff, s32 fd)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	if (fd < 0 || (u32)fd >= BPF_CORE_READ(fdt, max_fds))
-		return;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
-	struct file *f = 0;
-	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	struct file *f = fd_file(fd);
 	if (!f)
 		return;
-	struct proc_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
-	if (!ev) {
-		count_lost(LOST_RINGBUF);
+	struct proc_event *ev = new_proc_event(EV_MAP, pid);
+	if (!ev)
 		return;
-	}
-	__builtin_memset(ev, 0, sizeof(*ev));
-	ev->type = EV_MAP;
-	ev->pid = pid;
-	ev->ts = bpf_ktime_get_ns();
 	ev->addr = addr;
 	ev->len = len;
 	ev->pgoff = pgoff;
 	ev->ino = BPF_CORE_READ(f, f_inode, i_ino);
 	ev->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
 	ev->flags = copy_path(thread_state(false), f, ev->name);
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP); /* the file is opened while the process lives */
 }
 

@@ -13,21 +13,6 @@
 #define AT_NULL 0
 #define AT_BASE 7
 
-static __always_inline struct proc_event *new_proc_event(u8 type, u32 pid)
-{
-	struct proc_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
-	if (!ev) {
-		count_lost(LOST_RINGBUF);
-		return 0;
-	}
-	__builtin_memset(ev, 0, sizeof(*ev));
-	ev->type = type;
-	ev->pid = pid;
-	ev->ts = bpf_ktime_get_ns();
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	return ev;
-}
-
 SEC("tp_btf/sched_process_exec")
 int on_exec(u64 *ctx)
 {

@@ -16,13 +16,7 @@
 /* unix_fd reports whether the current process's fd is an AF_UNIX socket. */
 static __always_inline bool unix_fd(u64 fd)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	if (fd >= BPF_CORE_READ(fdt, max_fds))
-		return false;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
-	struct file *f = 0;
-	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	struct file *f = fd_file(fd);
 	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
 		return false;
 	struct socket *sock = BPF_CORE_READ(f, private_data);
@@ -33,14 +27,9 @@ static __always_inline bool unix_fd(u64 fd)
  * happens: allocations before it need not be remembered to tell which came after (EV_SOCK). */
 static __always_inline void first_socket_call(u32 tgid, u64 t)
 {
-	struct proc_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
-	if (!ev) {
-		count_lost(LOST_RINGBUF);
+	struct proc_event *ev = new_proc_event(EV_SOCK, tgid);
+	if (!ev)
 		return;
-	}
-	__builtin_memset(ev, 0, sizeof(*ev));
-	ev->type = EV_SOCK;
-	ev->pid = tgid;
 	ev->ts = t;
 	bpf_ringbuf_submit(ev, 0);
 }

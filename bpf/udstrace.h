@@ -290,3 +290,33 @@ static __always_inline bool traced(u32 tgid)
 	u8 *state = bpf_map_lookup_elem(&targets, &tgid);
 	return state && *state == T_TRACED;
 }
+
+/* new_proc_event reserves a process event (exec, exit, a mapping, a socket call...) on the events
+ * ring, stamped and named, or counts it lost. */
+static __always_inline struct proc_event *new_proc_event(u8 type, u32 pid)
+{
+	struct proc_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count_lost(LOST_RINGBUF);
+		return 0;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->type = type;
+	ev->pid = pid;
+	ev->ts = bpf_ktime_get_ns();
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	return ev;
+}
+
+/* fd_file is the current process's open file fd, or 0. */
+static __always_inline struct file *fd_file(s64 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = 0;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}

@@ -51,34 +51,25 @@ func TestDlopenedConstructorStacks(t *testing.T) {
 		t.Fatal(err)
 	}
 	var fellBack uint64
-	var failed []int
-	for run := 1; run <= losslessRuns; run++ {
-		ok := t.Run(fmt.Sprintf("run%d", run), func(t *testing.T) {
-			o := testOptions(t)
-			o.Command = argv
-			rep, err := Run(context.Background(), o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("lost %d %+v; stacks %+v", rep.LostEvents, rep.LostDetail, rep.Stacks)
-			fellBack += rep.Stacks.Fallback + rep.Stacks.Truncated
-			checkDlopened(t, bins.DlCtorLib, rep, ctor)
-			// The library's table was loaded on demand, during the trace: one module more than
-			// the same program's own files.
-			if rep.Stacks.TableModules != base.Stacks.TableModules+1 {
-				t.Errorf("unwind tables for %d modules, want the %d of the program's own files and the library's", rep.Stacks.TableModules, base.Stacks.TableModules)
-			}
-			if t.Failed() {
-				keepReport(t, rep)
-			}
-		})
-		if !ok {
-			failed = append(failed, run)
+	repeatRuns(t, func(t *testing.T) {
+		o := testOptions(t)
+		o.Command = argv
+		rep, err := Run(context.Background(), o)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if len(failed) > 0 {
-		t.Errorf("runs %v of %d failed", failed, losslessRuns)
-	}
+		t.Logf("lost %d %+v; stacks %+v", rep.LostEvents, rep.LostDetail, rep.Stacks)
+		fellBack += rep.Stacks.Fallback + rep.Stacks.Truncated
+		checkDlopened(t, bins.DlCtorLib, rep, ctor)
+		// The library's table was loaded on demand, during the trace: one module more than
+		// the same program's own files.
+		if rep.Stacks.TableModules != base.Stacks.TableModules+1 {
+			t.Errorf("unwind tables for %d modules, want the %d of the program's own files and the library's", rep.Stacks.TableModules, base.Stacks.TableModules)
+		}
+		if t.Failed() {
+			keepReport(t, rep)
+		}
+	})
 	// Not asserted: whether a stack needed the fallback depends on whether the table loader or
 	// the constructor gets there first (both seen).
 	t.Logf("stacks finished from a copy or cut, over %d runs: %d", losslessRuns, fellBack)

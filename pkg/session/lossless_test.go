@@ -143,41 +143,32 @@ func checkLossless(t *testing.T, bins workload.Paths, c losslessCase) {
 	if calls < c.minCalls {
 		t.Fatalf("the interposer counted %d allocator calls, want at least %d: the workload is not the flood this test means", calls, c.minCalls)
 	}
-	var failed []int
-	for run := 1; run <= losslessRuns; run++ {
-		ok := t.Run(fmt.Sprintf("run%d", run), func(t *testing.T) {
-			o := testOptions(t)
-			o.Command = c.argv
-			o.Env = append([]string{"LD_PRELOAD=" + strings.Repeat(" ", envLen[0]), "ALLOCOUNT_DIR=" + strings.Repeat("x", envLen[1])}, c.env...)
-			rep, err := Run(context.Background(), o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("lost %d %+v; stacks %+v", rep.LostEvents, rep.LostDetail, rep.Stacks)
-			if rep.LostEvents != 0 {
-				t.Errorf("lost_events = %d (%+v), want 0", rep.LostEvents, rep.LostDetail)
-			}
-			if p := rep.Processes; len(p) == 0 || p[0].ExitCode == nil || *p[0].ExitCode != 0 {
-				t.Errorf("the command did not exit 0: %+v", p)
-			}
-			compareWithInterposer(t, rep, truth, c.callocBytes)
-			for _, g := range garbageFrames(rep) {
-				t.Error(g)
-			}
-			if c.check != nil {
-				c.check(t, rep)
-			}
-			if t.Failed() {
-				keepReport(t, rep)
-			}
-		})
-		if !ok {
-			failed = append(failed, run)
+	repeatRuns(t, func(t *testing.T) {
+		o := testOptions(t)
+		o.Command = c.argv
+		o.Env = append([]string{"LD_PRELOAD=" + strings.Repeat(" ", envLen[0]), "ALLOCOUNT_DIR=" + strings.Repeat("x", envLen[1])}, c.env...)
+		rep, err := Run(context.Background(), o)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if len(failed) > 0 {
-		t.Errorf("runs %v of %d failed", failed, losslessRuns)
-	}
+		t.Logf("lost %d %+v; stacks %+v", rep.LostEvents, rep.LostDetail, rep.Stacks)
+		if rep.LostEvents != 0 {
+			t.Errorf("lost_events = %d (%+v), want 0", rep.LostEvents, rep.LostDetail)
+		}
+		if p := rep.Processes; len(p) == 0 || p[0].ExitCode == nil || *p[0].ExitCode != 0 {
+			t.Errorf("the command did not exit 0: %+v", p)
+		}
+		compareWithInterposer(t, rep, truth, c.callocBytes)
+		for _, g := range garbageFrames(rep) {
+			t.Error(g)
+		}
+		if c.check != nil {
+			c.check(t, rep)
+		}
+		if t.Failed() {
+			keepReport(t, rep)
+		}
+	})
 }
 
 // interposeTwice runs c untraced under the interposer twice and returns the counts, per process
@@ -345,5 +336,20 @@ func checkOneStack(t *testing.T, rep *report.Report, kind string, want []string,
 	}
 	if got != n {
 		t.Errorf("%d %s calls have a stack starting %s, want %d; the other %s sites:\n  %s", got, kind, strings.Join(want, " <- "), n, kind, strings.Join(others, "\n  "))
+	}
+}
+
+// repeatRuns runs check losslessRuns times as subtests and fails t, naming the runs, when any failed:
+// "5 runs out of 5" is the bar.
+func repeatRuns(t *testing.T, check func(t *testing.T)) {
+	t.Helper()
+	var failed []int
+	for run := 1; run <= losslessRuns; run++ {
+		if !t.Run(fmt.Sprintf("run%d", run), check) {
+			failed = append(failed, run)
+		}
+	}
+	if len(failed) > 0 {
+		t.Errorf("runs %v of %d failed", failed, losslessRuns)
 	}
 }
