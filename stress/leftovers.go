@@ -235,7 +235,7 @@ func (e *env) failedAttach() []*result {
 	rows = append(rows, e.tryEnding(ending{name: "attach-halfway", tried: res.tried,
 		args:     []string{"attach", "--pid", fmt.Sprintf("%d,%d", a.Process.Pid, b.Process.Pid), "--duration", "10s"},
 		wantCode: 1, wantLog: "no malloc symbol"}, func(r *result, u *udRun) {
-		r.note("links seen in udstrace's descriptors before it failed: %d (the kernel hooks alone are 25; A's libc adds 3)", len(u.ids.link))
+		r.note("links seen in udstrace's descriptors before it failed: %d (the kernel hooks alone are 5: sys_enter, sys_exit, exec, fork, exit; A's libc adds 3)", len(u.ids.link))
 	}))
 	return rows
 }
