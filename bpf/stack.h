@@ -205,7 +205,7 @@ static __always_inline void capture(void *ctx, struct walk *w, struct thread_sta
 	ts->memo.recording = 0;
 	if (!w->pending) {
 		out->id = stack_id(w, 0);
-		if (out->id && !out->flags && !w->depth && !ts->memo.overflow && ts->memo.recording == 0 && !(seq & 1)) {
+		if (out->id && !out->flags && !w->depth && !ts->memo.overflow && !(seq & 1)) {
 			struct memo *m = &ts->memo;
 			m->pc = s->pc;
 			m->sp = s->sp;
