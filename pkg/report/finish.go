@@ -112,26 +112,6 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 	return r
 }
 
-// lossWarnings says first what was lost, what it makes unreliable and what would have helped.
-func lossWarnings(meta Meta) []string {
-	var out []string
-	l := meta.Lost
-	if l.RingBuffer > 0 {
-		ring := "a larger --ring-size"
-		if meta.RingBytes > 0 {
-			ring = fmt.Sprintf("--ring-size %d (4× this one)", uint64(meta.RingBytes)*4)
-		}
-		out = append(out, fmt.Sprintf("%s lost: the ring buffer was full; outstanding blocks and unmatched frees are unreliable (use %s, or --sample-bytes 524288 to trace a sample)", plural(l.RingBuffer, "event"), ring))
-	}
-	if l.Other > 0 {
-		out = append(out, fmt.Sprintf("%s not traced: the kernel's tables were full or a call's return was missed; outstanding blocks and unmatched frees are unreliable (use a larger --table-size)", plural(l.Other, "call")))
-	}
-	if s := meta.Stacks; s.Truncated > 0 {
-		out = append(out, fmt.Sprintf("%s stop early, at a frame whose unwind table was still loading (no event was lost; traced again, the unwind cache has the tables)", plural(s.Truncated, "stack")))
-	}
-	return out
-}
-
 func nonNil[T any](s []T) []T {
 	if s == nil {
 		return []T{}

@@ -141,7 +141,7 @@ func start(opts Options, filter bool) (*Session, error) {
 	s.builder = report.NewBuilder(report.Options{TopSites: opts.TopSites, MinAge: opts.MinAge, MaxProcs: opts.MaxProcs,
 		FoldAtEnd: opts.Mode == "count", Stacks: s.stacks.resolve, CallerStack: s.callerStack, LiveSockets: true})
 	s.meta = report.Meta{Mode: modeName(opts.Mode), SampleBytes: opts.SampleBytes, StackMode: stackName(opts.Stack), Start: time.Now(), Roles: map[uint32]report.Role{},
-		RingBytes: cmp.Or(opts.RingBytes, 16<<20)}
+		RingBytes: cmp.Or(opts.RingBytes, 16<<20), TableSize: cmp.Or(opts.TableSize, 65536)}
 	if !tr.UsesUprobeMulti() {
 		s.meta.Warnings = append(s.meta.Warnings, "kernel lacks uprobe_multi (needs ≥ 6.6): using one uprobe link per function")
 	}
