@@ -25,6 +25,9 @@ type Options struct {
 	// MaxProcs: the first MaxProcs processes seen are reported one by one; later ones are folded,
 	// once exited, into one entry per (comm, executable) with their sites merged by stack (0: no bound).
 	MaxProcs int
+	// MaxSites: past this many call sites, the coldest of each process are folded in the report
+	// into one entry per process, kind and calling module, totals exact (0: no bound).
+	MaxSites int
 	// FoldAtEnd defers folding to Settle: in count mode the calls arrive after the processes exit.
 	FoldAtEnd bool
 	// LiveSockets: a process's first socket call is told (Sockets with FirstTime) as it happens,
@@ -259,6 +262,9 @@ type Site struct {
 	// Added after the first v1 release; a leak keeps getting older, a cache stops growing.
 	OldestOutstandingAgeSeconds float64    `json:"oldest_outstanding_age_seconds"`
 	OutstandingOlderThanMinAge  BlockCount `json:"outstanding_older_than_min_age"`
+	// FoldedSites > 0: this entry stands for that many cold sites past --max-sites, of one process,
+	// kind and calling module; its stack is one frame naming the module.
+	FoldedSites int `json:"folded_sites,omitempty"`
 }
 
 // BlockCount counts live blocks and their bytes.

@@ -119,6 +119,9 @@ func (r *Report) sites(b *bytes.Buffer) {
 		if s.Failed > 0 {
 			fmt.Fprintf(b, "  failed %s", commas(s.Failed))
 		}
+		if s.FoldedSites > 0 {
+			fmt.Fprintf(b, "  (%s folded)", plural(uint64(s.FoldedSites), "call site"))
+		}
 		b.WriteByte('\n')
 		for i, f := range s.Stack {
 			if i == maxTextFrames {
