@@ -30,6 +30,10 @@ func lossWarnings(meta Meta) []string {
 		out = append(out, fmt.Sprintf("%s not traced: kernel tables were full (%s); outstanding blocks and unmatched frees are unreliable (use %s)",
 			plural(n, "call"), tableList(t.lossy()), tables))
 	}
+	if l.Stale > 0 {
+		out = append(out, fmt.Sprintf("%s lost their return probe (state discarded): their allocations are missing; outstanding blocks and unmatched frees are unreliable",
+			plural(l.Stale, "allocator call")))
+	}
 	if noLoss := t.harmless(); len(noLoss) > 0 {
 		out = append(out, fmt.Sprintf("kernel tables were full, no event lost: %s (use %s)", tableList(noLoss), tables))
 	}

@@ -282,9 +282,6 @@ func (s *Session) finish() (*report.Report, error) {
 	}
 	s.meta.End = time.Now()
 	s.meta.Tracer = s.selfCost()
-	if lost.Stale > 0 {
-		s.warn("%d allocator calls lost their return probe (state discarded); their allocations are missing", lost.Stale)
-	}
 	s.builder.Settle()
 	for path, why := range s.maps.Failures() {
 		s.warn("no symbols for %s: %s", path, why)
