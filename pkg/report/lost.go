@@ -30,6 +30,9 @@ func lossWarnings(meta Meta) []string {
 		out = append(out, fmt.Sprintf("%s not traced: kernel tables were full (%s); outstanding blocks and unmatched frees are unreliable (use %s)",
 			plural(n, "call"), tableList(t.lossy()), tables))
 	}
+	if rest := l.Other - min(l.Other, t.LostCalls()+l.Stale+l.UntracedCalls); rest > 0 { // a cause not broken down
+		out = append(out, fmt.Sprintf("%s not traced; outstanding blocks and unmatched frees are unreliable (use %s)", plural(rest, "call"), tables))
+	}
 	if l.Stale > 0 {
 		out = append(out, fmt.Sprintf("%s lost their return probe (state discarded): their allocations are missing; outstanding blocks and unmatched frees are unreliable",
 			plural(l.Stale, "allocator call")))
