@@ -32,6 +32,7 @@ type options struct {
 	verify     bool
 	topSites   int
 	maxProcs   int
+	maxSites   int
 	sample     uint64
 	pids       string
 	duration   time.Duration
@@ -65,6 +66,7 @@ func newFlags(o *options) *flag.FlagSet {
 	fs.BoolVar(&o.verify, "verify", false, "run: also run the command under udstrace's LD_PRELOAD counter and compare counts per process")
 	fs.IntVar(&o.topSites, "top", 20, "text: call sites to print")
 	fs.Uint64Var(&o.sample, "sample-bytes", 0, "take stacks (and in full mode track blocks) only for calls picked about once every `N` bytes allocated (Poisson, unbiased weights; per-process totals stay exact); 0: every call")
+	fs.IntVar(&o.maxSites, "max-sites", 4096, "call sites reported one by one (the hottest); the colder ones of each process are folded by kind and calling module, totals exact, which bounds the report and its memory (0: no bound)")
 	fs.IntVar(&o.maxProcs, "max-procs", 100, "processes reported one by one (the first seen); later ones are folded by command and executable once they exit, which bounds memory (0: no bound)")
 	fs.StringVar(&o.pids, "pid", "", "attach, trace: `PID[,PID...]` of running processes to trace")
 	fs.DurationVar(&o.duration, "duration", 0, "attach, trace, top: stop after this long (e.g. 30s; 0: until Ctrl-C)")
@@ -113,6 +115,8 @@ func (o *options) validate(sub string, rest []string) string {
 		return fmt.Sprintf("--table-size %d: use 1024 to 16777216 entries", o.tableSize)
 	case o.maxProcs < 0:
 		return "--max-procs must be 0 (no bound) or more"
+	case o.maxSites < 0:
+		return "--max-sites must be 0 (no bound) or more"
 	case o.messages < 1:
 		return "--messages must be at least 1"
 	case o.format == "ndjson" && o.interval <= 0:

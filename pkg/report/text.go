@@ -52,6 +52,9 @@ func (r *Report) header(b *bytes.Buffer) {
 	if d := r.LostDetail; r.LostEvents != 0 || d.StackTruncated != 0 {
 		lost += fmt.Sprintf(" (ring buffer %s, other %s; %s stacks truncated)", commas(d.RingBuffer), commas(d.Other), commas(d.StackTruncated))
 	}
+	if d := r.LostDetail; d.UntracedProcesses > 0 {
+		lost += fmt.Sprintf("; %s not traced (%s of them)", plural(d.UntracedProcesses, "process"), plural(d.UntracedCalls, "allocator call"))
+	}
 	fmt.Fprintf(tw, "lost events:\t%s\n", lost)
 	if st := r.Stacks; st.Fallback > 0 || st.Truncated > 0 {
 		fmt.Fprintf(tw, "stacks:\t%s; %s finished from a stack copy while unwind tables loaded, %s cut short\n",
@@ -115,6 +118,9 @@ func (r *Report) sites(b *bytes.Buffer) {
 		}
 		if s.Failed > 0 {
 			fmt.Fprintf(b, "  failed %s", commas(s.Failed))
+		}
+		if s.FoldedSites > 0 {
+			fmt.Fprintf(b, "  (%s folded)", plural(uint64(s.FoldedSites), "call site"))
 		}
 		b.WriteByte('\n')
 		for i, f := range s.Stack {
