@@ -2,6 +2,7 @@ package launch
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"syscall"
 )
@@ -9,13 +10,25 @@ import (
 // pinArg, after helperArg and before the command, gives the FileID the command's binary must have.
 const pinArg = "__udstrace_pin"
 
-// FileID names one file for the life of a run: its device and inode.
-type FileID struct{ Dev, Ino uint64 }
+// FileID names one file for the life of a run: its device and inode, kept from reuse by an open
+// descriptor (a file deleted while open keeps its inode, so no replacement can get the same number).
+type FileID struct {
+	Dev, Ino uint64
+	hold     *os.File
+}
+
+// Close lets go of the file once no process will be started from it any more.
+func (f *FileID) Close() error {
+	if f == nil || f.hold == nil {
+		return nil
+	}
+	return f.hold.Close()
+}
 
 func (f FileID) String() string { return fmt.Sprintf("%d:%d", f.Dev, f.Ino) }
 
 // Pin checks that path is a binary only root can change, in a directory only root can change, and
-// returns its identity for Options.Pinned.
+// returns its identity for Options.Pinned, holding the file open until Close.
 //
 // The helper checks the identity again right before it execs, after it dropped to the workload's
 // user. That the file and its directory belong to root and are writable by root alone is what makes
@@ -26,6 +39,16 @@ func Pin(path string) (*FileID, error) {
 	if err != nil {
 		return nil, fmt.Errorf("checking workload binary %s: %w", path, err)
 	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("checking workload binary %s: %w", path, err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil || st.Dev != id.Dev || st.Ino != id.Ino {
+		f.Close()
+		return nil, fmt.Errorf("checking workload binary %s: it changed while being checked", path)
+	}
+	id.hold = f
 	return id, nil
 }
 

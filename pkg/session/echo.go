@@ -68,10 +68,12 @@ func runEcho(ctx context.Context, opts Options) (*report.Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer server.Close()
 	client, err := launch.Pin(bins.Client)
 	if err != nil {
 		return nil, err
 	}
+	defer client.Close()
 	s, err := startFor(bins.Client, opts)
 	if err != nil {
 		return nil, err
