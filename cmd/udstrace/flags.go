@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/udstrace/udstrace/pkg/session"
 )
 
 // options is the flat set of command-line options.
@@ -41,6 +43,7 @@ type options struct {
 	minSize    uint64
 	comm       string
 	cgroup     string
+	killAfter  time.Duration
 }
 
 var formats = []string{"text", "json", "ndjson", "pprof", "folded"}
@@ -75,6 +78,7 @@ func newFlags(o *options) *flag.FlagSet {
 	fs.Uint64Var(&o.minSize, "min-size", 0, "leave out allocations smaller than this many bytes")
 	fs.StringVar(&o.comm, "comm", "", "trace only processes with this name")
 	fs.StringVar(&o.cgroup, "cgroup", "", "trace only processes in this cgroup v2 `PATH` (absolute or under /sys/fs/cgroup)")
+	fs.DurationVar(&o.killAfter, "kill-after", session.DefaultKillAfter, "run: on Ctrl-C or SIGTERM the command's process group gets SIGTERM, then SIGKILL after this long (0: at once; a second Ctrl-C: at once)")
 	return fs
 }
 
@@ -119,6 +123,8 @@ func (o *options) validate(sub string, rest []string) string {
 		return "--max-sites must be 0 (no bound) or more"
 	case o.messages < 1:
 		return "--messages must be at least 1"
+	case o.killAfter < 0:
+		return fmt.Sprintf("--kill-after %s: use a duration of 0 or more (e.g. --kill-after 5s)", o.killAfter)
 	case o.format == "ndjson" && o.interval <= 0:
 		return "--format ndjson needs --interval (e.g. --interval 1s)"
 	case o.verify && o.sample > 0:

@@ -6,9 +6,12 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"unicode"
 	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
 )
 
 // maxTextFrames bounds the frames printed per site; JSON has them all.
@@ -98,7 +101,7 @@ func exitText(p Process) string {
 	case p.ExitCode != nil:
 		return strconv.Itoa(*p.ExitCode)
 	case p.ExitSignal != 0:
-		return "sig " + strconv.Itoa(p.ExitSignal)
+		return "sig " + strconv.Itoa(p.ExitSignal) + " (" + unix.SignalName(syscall.Signal(p.ExitSignal)) + ")"
 	}
 	return "-"
 }

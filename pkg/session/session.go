@@ -57,6 +57,10 @@ type Options struct {
 	Stdout      io.Writer // where the traced commands' output goes
 	Stderr      io.Writer
 	Log         *slog.Logger
+	// KillAfter is how long an interrupted command's process group has between SIGTERM and SIGKILL
+	// (0: DefaultKillAfter; negative: none, SIGKILL right after SIGTERM).
+	KillAfter time.Duration
+	KillNow   <-chan struct{} // closed: an interrupted command's group gets SIGKILL at once (a second Ctrl-C)
 }
 
 // ErrCountCopy: count mode aggregates stacks in the kernel, which a copied stack cannot be.
