@@ -67,6 +67,9 @@ func run(ctx context.Context, args []string) int {
 	out, commit, err := openOutput(o.output)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "udstrace: %s\n", explain(err))
+		if errors.Is(err, errOutput) {
+			return exitUsage
+		}
 		return exitFailure
 	}
 	sopts := o.sessionOptions(fs.Args())

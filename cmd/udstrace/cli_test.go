@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -160,42 +159,5 @@ func assertClean(t *testing.T, bin string) {
 	}
 	if out, _ := exec.Command("pgrep", "-f", bin).Output(); len(out) > 0 {
 		t.Errorf("udstrace processes left running: %s", out)
-	}
-}
-
-// TestOutputFile: -o replaces a regular file atomically, writes into devices, and refuses symlinks.
-func TestOutputFile(t *testing.T) {
-	dir := t.TempDir()
-	regular := filepath.Join(dir, "r.json")
-	os.WriteFile(regular, []byte("old"), 0o600)
-	w, commit, err := openOutput(regular)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.WriteString(w, "new")
-	if err := commit(true); err != nil {
-		t.Fatal(err)
-	}
-	if b, _ := os.ReadFile(regular); string(b) != "new" {
-		t.Errorf("report file holds %q", b)
-	}
-	w, commit, err = openOutput(os.DevNull)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.WriteString(w, "x")
-	if err := commit(true); err != nil {
-		t.Fatal(err)
-	}
-	if fi, err := os.Stat(os.DevNull); err != nil || fi.Mode()&os.ModeDevice == 0 {
-		t.Fatalf("%s is no longer a device: %v", os.DevNull, err)
-	}
-	link := filepath.Join(dir, "link")
-	os.Symlink(regular, link)
-	if _, _, err := openOutput(link); err == nil {
-		t.Error("wrote through a symlink")
-	}
-	if left, _ := filepath.Glob(filepath.Join(dir, ".udstrace-report-*")); len(left) > 0 {
-		t.Errorf("temporary files left: %v", left)
 	}
 }
