@@ -50,7 +50,7 @@ func run(ctx context.Context, args []string) int {
 		return exitUsage
 	}
 	if err := fs.Parse(args[1:]); err != nil {
-		fmt.Fprintf(os.Stderr, "udstrace: %v (see udstrace help)\n", err)
+		fmt.Fprintf(os.Stderr, "udstrace: %v%s (see udstrace help)\n", err, parseHint(err))
 		return exitUsage
 	}
 	if sub == "top" && o.interval <= 0 {
@@ -174,4 +174,13 @@ func explain(err error) string {
 		return msg + ": needs root (CAP_BPF+CAP_PERFMON): run it with sudo"
 	}
 	return translateKernel(err, msg)
+}
+
+// parseHint adds a numeric flag's range to the flag package's "invalid value" error.
+func parseHint(err error) string {
+	_, name, ok := strings.Cut(err.Error(), " for flag -")
+	if name, _, _ = strings.Cut(name, ":"); ok && flagRanges[name] != "" {
+		return ": use " + flagRanges[name]
+	}
+	return ""
 }

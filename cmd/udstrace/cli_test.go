@@ -56,14 +56,14 @@ func TestBadInput(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"run", "--workload", "nope"}, exitFailure, "unknown workload"},
+		{[]string{"run", "--workload", "nope"}, exitUsage, "--workload"},
 		{[]string{"run", "--", "/no/such/command"}, exitFailure, "command not found"},
 		{[]string{"run", "--", "no-such-command-anywhere"}, exitFailure, "command not found"},
 		{[]string{"frobnicate"}, exitUsage, "unknown command"},
 		{[]string{"run"}, exitUsage, "nothing to trace"},
 		{[]string{"run", "--format", "xml", "--workload", "echo"}, exitUsage, "unknown format"},
 		{[]string{"run", "--stack", "magic", "--workload", "echo"}, exitUsage, "unknown stack mode"},
-		{[]string{"attach", "--pid", "999999999"}, exitFailure, "no such process"},
+		{[]string{"attach", "--pid", "4194000"}, exitFailure, "no such process"},
 		{[]string{"attach", "--pid", "2"}, exitFailure, "kernel thread"},
 		{[]string{"attach"}, exitUsage, "--pid"},
 		{[]string{"run", "--user", "no-such-user-here", "--workload", "echo"}, exitFailure, "no-such-user-here"},

@@ -76,61 +76,6 @@ func newFlags(o *options) *flag.FlagSet {
 	return fs
 }
 
-func (o *options) validate(sub string, rest []string) string {
-	if sub == "attach" {
-		if _, err := parsePIDs(o.pids); err != nil {
-			return err.Error()
-		}
-	}
-	if sub == "trace" && o.pids != "" {
-		if _, err := parsePIDs(o.pids); err != nil {
-			return err.Error()
-		}
-	}
-	if sub != "run" && (o.workload != "" || len(rest) > 0) {
-		return sub + " takes no command or workload: use udstrace run for that"
-	}
-	ok := false
-	for _, f := range formats {
-		ok = ok || f == o.format
-	}
-	switch {
-	case !ok:
-		return fmt.Sprintf("unknown format %q: use --format %s", o.format, strings.Join(formats, ", "))
-	case sub == "run" && o.workload == "" && len(rest) == 0:
-		return "nothing to trace: give --workload echo or -- COMMAND [ARG...]"
-	case o.workload != "" && len(rest) > 0:
-		return "give either --workload or a command, not both"
-	case o.stack != "fp" && o.stack != "cfi" && o.stack != "auto" && o.stack != "table":
-		return fmt.Sprintf("unknown stack mode %q: use --stack auto, table, cfi or fp", o.stack)
-	case o.mode == "count" && o.stack == "cfi":
-		return "--mode count aggregates stacks in the kernel, which copied stacks cannot be: use --stack auto or fp"
-	case o.unwindRows < 1<<16 || o.unwindRows > 1<<27:
-		return fmt.Sprintf("--unwind-rows %d: use 65536 to 134217728 rows", o.unwindRows)
-	case o.mode != "full" && o.mode != "count":
-		return fmt.Sprintf("unknown mode %q: use --mode full or --mode count", o.mode)
-	case o.tableSize < 1024 || o.tableSize > 1<<24:
-		return fmt.Sprintf("--table-size %d: use 1024 to 16777216 entries", o.tableSize)
-	case o.maxProcs < 0:
-		return "--max-procs must be 0 (no bound) or more"
-	case o.messages < 1:
-		return "--messages must be at least 1"
-	case o.format == "ndjson" && o.interval <= 0:
-		return "--format ndjson needs --interval (e.g. --interval 1s)"
-	case o.verify && o.sample > 0:
-		return "--verify compares exact counts per call site: drop --sample-bytes"
-	case o.verify && (sub != "run" || o.mode != "full"):
-		return "--verify works with udstrace run in full mode"
-	case o.ringBytes < 4096 || o.ringBytes&(o.ringBytes-1) != 0:
-		return fmt.Sprintf("--ring-size %d: use a power of two of at least 4096", o.ringBytes)
-	case o.stack != "fp" && o.ringBytes < 16*o.stackBytes:
-		// Stacks are copied while unwind tables load (and always with cfi); copies may fill only
-		// half the ring.
-		return fmt.Sprintf("--ring-size %d holds too few %d-byte stack copies: use at least %d, or a smaller --stack-bytes", o.ringBytes, o.stackBytes, 16*o.stackBytes)
-	}
-	return ""
-}
-
 // cache is the unwind cache directory to use, "" for none.
 func (o *options) cache() string {
 	if o.noCache {
@@ -158,8 +103,8 @@ func parsePIDs(s string) ([]int, error) {
 	var out []int
 	for _, f := range strings.Split(s, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n <= 0 {
-			return nil, fmt.Errorf("--pid: %q is not a process ID", f)
+		if err != nil || n <= 0 || n > maxPID {
+			return nil, fmt.Errorf("--pid %q: use %s", f, flagRanges["pid"])
 		}
 		out = append(out, n)
 	}
