@@ -8,8 +8,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// btfPath is where the kernel publishes its types; cilium/ebpf reads it for CO-RE.
+const btfPath = "/sys/kernel/btf/vmlinux"
+
 // translateKernel words loader errors for users.
 func translateKernel(err error, msg string) string {
+	if _, cause, ok := strings.Cut(msg, "load kernel spec: "); ok {
+		// cilium/ebpf could not parse the kernel's types, which every CO-RE program needs.
+		return "cannot read the kernel's type information (" + btfPath + ": " + cause + "): the file is unreadable or damaged; " +
+			"udstrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y and an intact " + btfPath
+	}
 	switch {
 	case errors.Is(err, loader.ErrMissingFeature):
 		return msg + " (udstrace needs Linux ≥ 5.15 with BTF, uprobes and ring buffers)"
