@@ -60,8 +60,8 @@ func run(ctx context.Context, args []string) int {
 		fmt.Fprintf(os.Stderr, "udstrace: %s\n", msg)
 		return exitUsage
 	}
-	if os.Geteuid() != 0 && !hasBPFCaps() {
-		fmt.Fprintln(os.Stderr, "udstrace: needs root (or CAP_BPF+CAP_PERFMON+CAP_SYS_ADMIN): run it with sudo")
+	if msg := capsProblem(sub, o); msg != "" {
+		fmt.Fprintf(os.Stderr, "udstrace: %s\n", msg)
 		return exitFailure
 	}
 	out, commit, err := openOutput(o.output)
@@ -159,7 +159,8 @@ func printUsage(w io.Writer) {
 	fs := newFlags(&o)
 	fs.SetOutput(w)
 	fs.PrintDefaults()
-	fmt.Fprintln(w, "\nExit status: 0 traced and reported, 1 tracing failed (or --verify found a mismatch), 2 bad command line.")
+	fmt.Fprintln(w, "\nWithout root: CAP_BPF+CAP_PERFMON; attach, trace and top also CAP_SYS_PTRACE; --workload echo also CAP_SETUID+CAP_SETGID.")
+	fmt.Fprintln(w, "Exit status: 0 traced and reported, 1 tracing failed (or --verify found a mismatch), 2 bad command line.")
 }
 
 // explain turns an error into the one line a user needs: what is wrong and what to do.
@@ -171,7 +172,7 @@ func explain(err error) string {
 	case errors.Is(err, session.ErrCommandNotFound):
 		return msg + ": check the name and PATH"
 	case os.Geteuid() != 0 && (errors.Is(err, os.ErrPermission) || strings.Contains(msg, "operation not permitted")):
-		return msg + ": needs root (CAP_BPF+CAP_PERFMON): run it with sudo"
+		return msg + ": needs root (or the capabilities in udstrace help): run it with sudo"
 	}
 	return translateKernel(err, msg)
 }

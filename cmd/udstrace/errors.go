@@ -5,7 +5,6 @@ import (
 	"strings"
 
 	"github.com/udstrace/udstrace/pkg/loader"
-	"golang.org/x/sys/unix"
 )
 
 // btfPath is where the kernel publishes its types; cilium/ebpf reads it for CO-RE.
@@ -33,15 +32,4 @@ func translateKernel(err error, msg string) string {
 		return msg + ": mount it with `mount -t tracefs tracefs /sys/kernel/tracing`"
 	}
 	return msg
-}
-
-// hasBPFCaps reports whether the process holds CAP_BPF and CAP_PERFMON without being root.
-func hasBPFCaps() bool {
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return false
-	}
-	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
-	return has(unix.CAP_BPF) && has(unix.CAP_PERFMON) && has(unix.CAP_SYS_ADMIN)
 }
