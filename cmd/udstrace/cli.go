@@ -50,7 +50,7 @@ func run(ctx context.Context, args []string) int {
 		return exitUsage
 	}
 	if err := fs.Parse(args[1:]); err != nil {
-		fmt.Fprintf(os.Stderr, "udstrace: %v (see udstrace help)\n", err)
+		fmt.Fprintf(os.Stderr, "udstrace: %v%s (see udstrace help)\n", err, parseHint(err))
 		return exitUsage
 	}
 	if sub == "top" && o.interval <= 0 {
@@ -60,13 +60,16 @@ func run(ctx context.Context, args []string) int {
 		fmt.Fprintf(os.Stderr, "udstrace: %s\n", msg)
 		return exitUsage
 	}
-	if os.Geteuid() != 0 && !hasBPFCaps() {
-		fmt.Fprintln(os.Stderr, "udstrace: needs root (or CAP_BPF+CAP_PERFMON+CAP_SYS_ADMIN): run it with sudo")
+	if msg := capsProblem(sub, o); msg != "" {
+		fmt.Fprintf(os.Stderr, "udstrace: %s\n", msg)
 		return exitFailure
 	}
 	out, commit, err := openOutput(o.output)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "udstrace: %s\n", explain(err))
+		if errors.Is(err, errOutput) {
+			return exitUsage
+		}
 		return exitFailure
 	}
 	sopts := o.sessionOptions(fs.Args())
@@ -157,7 +160,8 @@ func printUsage(w io.Writer) {
 	fs := newFlags(&o)
 	fs.SetOutput(w)
 	fs.PrintDefaults()
-	fmt.Fprintln(w, "\nExit status: 0 traced and reported, 1 tracing failed (or --verify found a mismatch), 2 bad command line.")
+	fmt.Fprintln(w, "\nWithout root: CAP_BPF+CAP_PERFMON; attach, trace and top also CAP_SYS_PTRACE; --workload echo also CAP_SETUID+CAP_SETGID.")
+	fmt.Fprintln(w, "Exit status: 0 traced and reported, 1 tracing failed (or --verify found a mismatch), 2 bad command line.")
 }
 
 // explain turns an error into the one line a user needs: what is wrong and what to do.
@@ -169,7 +173,16 @@ func explain(err error) string {
 	case errors.Is(err, session.ErrCommandNotFound):
 		return msg + ": check the name and PATH"
 	case os.Geteuid() != 0 && (errors.Is(err, os.ErrPermission) || strings.Contains(msg, "operation not permitted")):
-		return msg + ": needs root (CAP_BPF+CAP_PERFMON): run it with sudo"
+		return msg + ": needs root (or the capabilities in udstrace help): run it with sudo"
 	}
 	return translateKernel(err, msg)
+}
+
+// parseHint adds a numeric flag's range to the flag package's "invalid value" error.
+func parseHint(err error) string {
+	_, name, ok := strings.Cut(err.Error(), " for flag -")
+	if name, _, _ = strings.Cut(name, ":"); ok && flagRanges[name] != "" {
+		return ": use " + flagRanges[name]
+	}
+	return ""
 }

@@ -54,7 +54,8 @@ func (s *streamer) final(r *report.Report) error {
 	return s.errs
 }
 
-// draw repaints the terminal with the busiest sites, by bytes allocated.
+// draw repaints the terminal with the busiest sites, by bytes allocated. Every name a traced
+// process chooses is escaped: a comm or symbol must not drive the viewer's terminal.
 func (s *streamer) draw(r *report.Report) {
 	sites := append([]report.Site(nil), r.Sites...)
 	sort.SliceStable(sites, func(i, j int) bool { return sites[i].Bytes > sites[j].Bytes })
@@ -67,7 +68,7 @@ func (s *streamer) draw(r *report.Report) {
 		if i == 20 {
 			break
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%s\n", site.PID, site.Comm, site.Kind, site.Count, site.Bytes, site.OutstandingBytes, caller(site))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%s\n", site.PID, report.Escape(site.Comm), site.Kind, site.Count, site.Bytes, site.OutstandingBytes, caller(site))
 	}
 	tw.Flush()
 }
@@ -78,7 +79,7 @@ func caller(s report.Site) string {
 		if i == 0 && len(s.Stack) > 1 {
 			continue
 		}
-		return f.Symbol
+		return report.Escape(f.Symbol) // symbols and comms are chosen by the traced programs
 	}
 	return "?"
 }

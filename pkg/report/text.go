@@ -233,6 +233,9 @@ func cmpOr(s, def string) string {
 	return s
 }
 
+// Escape is esc for other writers of names that processes choose (udstrace top): one rule.
+func Escape(s string) string { return esc(s) }
+
 // esc makes s safe for a terminal: control characters and invalid UTF-8 get Go escapes.
 func esc(s string) string {
 	clean := utf8.ValidString(s)
