@@ -99,7 +99,6 @@ func (n noSections) ReadAt(p []byte, off int64) (int, error) {
 	return m, err
 }
 
-
 // maxDynamic bounds the PT_DYNAMIC and string table read from a file without sections.
 const maxDynamic = 1 << 20
 
