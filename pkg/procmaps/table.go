@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/udstrace/udstrace/internal/safeopen"
 )
 
 type mapping struct {
@@ -129,6 +131,19 @@ func (t *Table) Failures() map[string]string {
 	for path, f := range t.failures {
 		if m := t.mods[f.key]; m == nil || !m.Opened() {
 			out[path] = f.why
+		}
+	}
+	return out
+}
+
+// Partial lists the modules that parsed only in part, by path, with what is missing.
+func (t *Table) Partial() map[string]string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := map[string]string{}
+	for _, m := range t.mods {
+		if m.Lost != nil {
+			out[m.Path] = m.Lost.Error()
 		}
 	}
 	return out
@@ -275,8 +290,10 @@ func (t *Table) open(pid uint32, key, path string, start, end uint64) *Module {
 		tries = append(tries, path)
 	}
 	var lastErr error
-	for _, name := range tries {
-		f, err := os.Open(name)
+	for i, name := range tries {
+		// map_files is the kernel's link to the very file mapped; the paths after it are names a
+		// user may have replaced since (a FIFO, a symlink): those are not followed.
+		f, err := safeopen.Open(name, safeopen.Options{Follow: i == 0})
 		if err != nil {
 			lastErr = err
 			continue

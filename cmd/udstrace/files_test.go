@@ -1,0 +1,135 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/udstrace/udstrace/internal/fileattack"
+	"github.com/udstrace/udstrace/internal/testenv"
+	"github.com/udstrace/udstrace/pkg/loader"
+)
+
+// traceDuration is the --duration of the attacked system-wide traces.
+const traceDuration = 4 * time.Second
+
+// jsonReport is what these tests read of a report.
+type jsonReport struct {
+	Schema    string   `json:"schema"`
+	Warnings  []string `json:"warnings"`
+	Processes []struct {
+		PID  int    `json:"pid"`
+		Comm string `json:"comm"`
+		Exe  string `json:"exe"`
+	} `json:"processes"`
+}
+
+func readReport(t *testing.T, path string) jsonReport {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("no report: %v", err)
+	}
+	var r jsonReport
+	if err := json.Unmarshal(b, &r); err != nil || r.Schema != "udstrace.report/v1" {
+		t.Fatalf("report %s does not parse as udstrace.report/v1: %v", path, err)
+	}
+	return r
+}
+
+// attackedTrace runs a root `udstrace trace --duration 4s` while attack runs (started once
+// tracing began) and requires it to end within its duration plus a second with a report.
+func attackedTrace(t *testing.T, bin string, attack func(ctx context.Context) error) jsonReport {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "report.json")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	attackErr := make(chan error, 1)
+	r := fileattack.RunTracer(bin, []string{"trace", "--debug", "--duration", traceDuration.String(), "--format", "json", "-o", out},
+		traceDuration+90*time.Second, func() { attackErr <- attack(ctx) })
+	cancel()
+	if r.Killed || !r.Traced || r.Code != exitOK {
+		t.Fatalf("udstrace trace: killed %v, tracing began %v, exit %d\n%s", r.Killed, r.Traced, r.Code, tail(r.Stderr))
+	}
+	t.Logf("udstrace trace ended %s after tracing began (--duration %s)", r.SinceTracing.Round(time.Millisecond), traceDuration)
+	if r.SinceTracing > traceDuration+time.Second {
+		t.Errorf("udstrace trace ended %s after tracing began, over its --duration %s plus a second", r.SinceTracing.Round(time.Millisecond), traceDuration)
+	}
+	select {
+	case err := <-attackErr:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the attack did not end")
+	}
+	return readReport(t, out)
+}
+
+func tail(s string) string {
+	lines := strings.Split(s, "\n")
+	return strings.Join(lines[max(0, len(lines)-30):], "\n")
+}
+
+func hasComm(r jsonReport, comm string) bool {
+	for _, p := range r.Processes {
+		if strings.HasPrefix(p.Comm, comm) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestFIFOAttacks: a local user (nobody) puts a FIFO where root udstrace opens a file on its
+// behalf: its executable's path once it exited, its binary's .gnu_debuglink target, a fake
+// libc.so.6 it mapped. Each once blocked udstrace in open(2) for good, past --duration and
+// signals, with no report; each must now end on time with a report.
+func TestFIFOAttacks(t *testing.T) {
+	testenv.NeedRoot(t)
+	bin := buildCLI(t)
+	kit, err := fileattack.Build("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(kit.Dir) })
+
+	t.Run("exec path", func(t *testing.T) {
+		r := attackedTrace(t, bin, func(ctx context.Context) error { return kit.Loop(ctx, kit.ExecSelf, 300) })
+		if !hasComm(r, "v") {
+			t.Errorf("no exec-self process (comm v<N>) in the report: the attack was not traced")
+		}
+	})
+	t.Run("debuglink trace", func(t *testing.T) {
+		r := attackedTrace(t, bin, func(ctx context.Context) error { return kit.Loop(ctx, kit.Debuglink, 200) })
+		if !hasComm(r, "debuglinked") {
+			t.Errorf("no debuglinked process in the report: the attack was not traced")
+		}
+	})
+	t.Run("debuglink run", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "report.json")
+		r := fileattack.RunTracer(bin, []string{"run", "--debug", "--format", "json", "-o", out, "--", kit.Debuglink}, 90*time.Second, nil)
+		if r.Killed || r.Code != exitOK {
+			t.Fatalf("udstrace run: killed %v, exit %d\n%s", r.Killed, r.Code, tail(r.Stderr))
+		}
+		if rep := readReport(t, out); !hasComm(rep, "debuglinked") {
+			t.Errorf("no debuglinked process in the report")
+		}
+	})
+	t.Run("fake libc", func(t *testing.T) {
+		libc, err := loader.ResolveLibc("/bin/true")
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop, err := kit.StartFakeLibc(libc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stop()
+		attackedTrace(t, bin, func(context.Context) error { return nil })
+	})
+	assertClean(t, bin)
+}
