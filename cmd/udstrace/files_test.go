@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -132,4 +135,72 @@ func TestFIFOAttacks(t *testing.T) {
 		attackedTrace(t, bin, func(context.Context) error { return nil })
 	})
 	assertClean(t, bin)
+}
+
+// TestOddPathsNamedExactly: programs whose paths hold two spaces in a row or a newline are
+// named exactly in their frames (JSON), traced with run and attached to, not as /proc/PID/maps
+// prints them (spaces squeezed by splitting, the newline escaped as \012).
+func TestOddPathsNamedExactly(t *testing.T) {
+	testenv.NeedRoot(t)
+	bin := buildCLI(t)
+	// Asleep first, so that attach finds it running and reads its mappings.
+	prog := testenv.CompileC(t, "alloc", "#include <stdlib.h>\n#include <unistd.h>\nint main(void) { sleep(1); for (int i = 0; i < 30; i++) { volatile char *p = malloc(1000); p[0] = 1; free((void *)p); usleep(100000); } return 0; }\n")
+	b, err := os.ReadFile(prog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for _, name := range []string{"prog  name", "prog\nname", `prog\012name`} {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, how := range []string{"run", "attach"} {
+			out := filepath.Join(t.TempDir(), "report.json")
+			args := []string{"run", "--format", "json", "-o", out, "--", path}
+			if how == "attach" {
+				cmd := exec.Command(path)
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				defer cmd.Wait()
+				args = []string{"attach", "--pid", strconv.Itoa(cmd.Process.Pid), "--duration", "2500ms", "--format", "json", "-o", out}
+			}
+			if _, stderr, code := runCLI(t, bin, args...); code != exitOK {
+				t.Fatalf("udstrace %s %q: exit %d\n%s", how, path, code, stderr)
+			}
+			if mods := mainModules(t, out); !slices.Contains(mods, path) {
+				t.Errorf("%s %q: no frame of main in that module; main's frames name %q", how, path, mods)
+			}
+		}
+	}
+}
+
+// mainModules lists the modules the report's frames of main name.
+func mainModules(t *testing.T, report string) []string {
+	t.Helper()
+	raw, err := os.ReadFile(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Sites []struct {
+			Stack []struct {
+				Module   string `json:"module"`
+				Function string `json:"function"`
+			} `json:"stack"`
+		} `json:"sites"`
+	}
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatal(err)
+	}
+	var mods []string
+	for _, s := range rep.Sites {
+		for _, f := range s.Stack {
+			if f.Function == "main" && !slices.Contains(mods, f.Module) {
+				mods = append(mods, f.Module)
+			}
+		}
+	}
+	return mods
 }

@@ -241,6 +241,8 @@ func (t *Table) load(pid uint32) error {
 		}
 		m := t.mods[key]
 		if m == nil {
+			// The text squeezes spaces and escapes newlines; the kernel's link has the exact name.
+			path = t.pathOf(pid, start, end, path)
 			m = t.open(pid, key, path, start, end)
 		}
 		if m != nil {
