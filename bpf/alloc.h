@@ -16,9 +16,11 @@ SEC("uprobe")
 int alloc_enter(struct pt_regs *ctx)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!traced(pid_tgid >> 32))
-		return 0;
 	u64 sp = ctx->sp;
+	if (!traced(pid_tgid >> 32)) {
+		untraced_enter(pid_tgid >> 32, sp);
+		return 0;
+	}
 	struct thread_state *ts = thread_state(true);
 	struct call_state *cur = ts ? &ts->call : 0;
 	if (!cur) {
@@ -119,7 +121,11 @@ int alloc_return(struct pt_regs *ctx)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct thread_state *ts = thread_state(false);
-	if (!ts || !ts->call.depth)
+	if (!ts) {
+		untraced_return();
+		return 0;
+	}
+	if (!ts->call.depth)
 		return 0;
 	struct call_state *cur = &ts->call;
 	if (cur->depth > 1) {

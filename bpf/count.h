@@ -103,9 +103,11 @@ SEC("uprobe")
 int alloc_count(struct pt_regs *ctx)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!traced(pid_tgid >> 32))
-		return 0;
 	u8 kind = bpf_get_attach_cookie(ctx);
+	if (!traced(pid_tgid >> 32)) {
+		untraced_count(pid_tgid >> 32, kind, ctx->sp);
+		return 0;
+	}
 	struct thread_state *ts = thread_state(true);
 	if (!ts) {
 		count_lost(LOST_INFLIGHT);
@@ -154,7 +156,7 @@ int alloc_count(struct pt_regs *ctx)
 		bpf_map_update_elem(&counts, &key, &zero, BPF_NOEXIST);
 		v = bpf_map_lookup_elem(&counts, &key);
 		if (!v) {
-			count_lost(LOST_INFLIGHT);
+			count_lost(LOST_COUNTS);
 			return 0;
 		}
 	}

@@ -68,7 +68,7 @@ static __always_inline void mem_sys_enter(struct pt_regs *regs, u8 kind, u64 pid
 		st.brk_before = BPF_CORE_READ(task, mm, brk);
 	}
 	if (bpf_map_update_elem(&sysinflight, &tid, &st, BPF_ANY))
-		count_lost(LOST_INFLIGHT);
+		count_lost(LOST_SYSCALLS);
 }
 
 /* emit_map tells user space which file an executable mapping shows, for symbols after the process is gone. */

@@ -56,6 +56,7 @@ const volatile u32 cfg_fallback_max = 512; /* copy fallbacks per module before s
 
 u32 next_mod_id = MOD_KERNEL_IDS;
 u64 next_gen = 1;
+u64 gen_epoch = 0; /* moves when map_gens is full: every process's mappings are then new */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -95,14 +96,18 @@ struct {
 static __always_inline void invalidate_maps(u32 tgid)
 {
 	u64 gen = __sync_fetch_and_add(&next_gen, 1) + 1;
-	bpf_map_update_elem(&map_gens, &tgid, &gen, BPF_ANY);
+	if (bpf_map_update_elem(&map_gens, &tgid, &gen, BPF_ANY)) {
+		/* No room to move this process alone: move them all, a stale cache would name wrong frames. */
+		__sync_fetch_and_add(&gen_epoch, 1);
+		count_lost(TBL_MAP_GENS);
+	}
 }
 
 /* cache_begin drops the thread's cached mappings if its address space (mm) or generation changed. */
 static __always_inline void cache_begin(struct thread_state *ts, u32 tgid, u64 mm)
 {
 	u64 *g = bpf_map_lookup_elem(&map_gens, &tgid);
-	u64 gen = g ? *g : 0;
+	u64 gen = (g ? *g : 0) + (gen_epoch << 40);
 	if (ts->mm != mm || ts->gen != gen) {
 		ts->mm = mm;
 		ts->gen = gen;
@@ -238,8 +243,10 @@ static __always_inline u32 module_of(struct thread_state *ts, u32 tgid, struct v
 		return 0;
 	}
 	if (bpf_map_update_elem(&modules, &key, &fresh, BPF_NOEXIST)) {
-		bpf_ringbuf_discard(ev, BPF_RB_NO_WAKEUP); /* another thread named it first */
+		bpf_ringbuf_discard(ev, BPF_RB_NO_WAKEUP); /* another thread named it first, or the table is full */
 		id = bpf_map_lookup_elem(&modules, &key);
+		if (!id)
+			count_lost(TBL_MODULES);
 		return id ? *id : 0;
 	}
 	__builtin_memset(ev, 0, sizeof(*ev));
@@ -327,7 +334,8 @@ static __always_inline void proc_add(struct thread_state *ts, u32 tgid, struct m
 		return; /* full: the threads' own caches still work */
 	pc->maps[n] = *e;
 	pc->n = n + 1;
-	bpf_map_update_elem(&proc_maps, &tgid, pc, BPF_ANY);
+	if (bpf_map_update_elem(&proc_maps, &tgid, pc, BPF_ANY))
+		count_lost(TBL_PROC_MAPS);
 }
 
 /*

@@ -55,13 +55,24 @@ int on_fork(u64 *ctx)
 	struct task_struct *child = (struct task_struct *)ctx[1];
 	u32 ptgid = BPF_CORE_READ(parent, tgid);
 	u32 ctgid = BPF_CORE_READ(child, tgid);
-	if (ptgid == ctgid || !traced(ptgid))
-		return 0; /* a new thread, or a process outside the trace */
+	if (ptgid == ctgid) { /* a new thread: of a process that could not be traced, untraced too */
+		if (any_untraced && bpf_task_storage_get(&untraced_tasks, parent, 0, 0))
+			mark_untraced(child, false);
+		return 0;
+	}
+	if (!traced(ptgid)) { /* outside the trace, or a child of a process that could not be traced */
+		if (cfg_follow && any_untraced && bpf_task_storage_get(&untraced_tasks, parent, 0, 0))
+			mark_untraced(child, true);
+		return 0;
+	}
 	if (cfg_filter) {
 		if (!cfg_follow)
 			return 0;
 		u8 state = T_TRACED;
-		bpf_map_update_elem(&targets, &ctgid, &state, BPF_ANY);
+		if (bpf_map_update_elem(&targets, &ctgid, &state, BPF_ANY)) {
+			mark_untraced(child, true); /* the table is full: counted, with its calls */
+			return 0;
+		}
 	}
 	struct proc_event *ev = new_proc_event(EV_FORK, ctgid);
 	if (!ev)

@@ -63,7 +63,7 @@ static __always_inline void count_total(u32 tgid, u8 kind, u64 size)
 		__sync_fetch_and_add(&v->count, 1);
 		__sync_fetch_and_add(&v->bytes, size);
 	} else {
-		count_lost(LOST_INFLIGHT);
+		count_lost(LOST_TOTALS);
 	}
 }
 
@@ -114,7 +114,7 @@ static __always_inline bool remember_sampled(u32 tgid, u64 addr)
 	struct sampled_key k = { .tgid = tgid, .addr = addr };
 	u8 one = 1;
 	if (bpf_map_update_elem(&sampled_blocks, &k, &one, BPF_ANY)) {
-		count_lost(LOST_INFLIGHT);
+		count_lost(LOST_SAMPLED);
 		return false;
 	}
 	return true;

@@ -44,7 +44,7 @@ static __always_inline void count_sock(u32 call)
 			first_socket_call(tgid, fresh.first_ns);
 		st = bpf_map_lookup_elem(&sockstats, &tgid);
 		if (!st) {
-			count_lost(LOST_INFLIGHT);
+			count_lost(LOST_SOCKETS);
 			return;
 		}
 	}

@@ -67,8 +67,11 @@ static __always_inline u64 stack_id(struct walk *w, u8 flags)
 	u64 *seen = bpf_map_lookup_elem(&stack_seen, &id);
 	if (!seen) {
 		stored = bpf_map_update_elem(&stack_seen, &id, &h2, BPF_NOEXIST) == 0;
-		if (!stored)
+		if (!stored) {
 			seen = bpf_map_lookup_elem(&stack_seen, &id); /* another CPU stored it meanwhile */
+			if (!seen)
+				count_lost(TBL_STACK_IDS);
+		}
 	}
 	if (seen) {
 		if (*seen == h2)

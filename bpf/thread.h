@@ -124,3 +124,87 @@ static __always_inline u8 in_allocator(u64 sp)
 		return ts->call.kind;
 	return K_NONE;
 }
+
+/*
+ * A thread of a process the targets table had no room for (bpf/procs.h): not traced, but its
+ * allocator calls are counted as lost, so a full table is never silent. Marked at fork, inherited
+ * by its threads and children; task storage dies with the task. Outermost calls only, told as
+ * the traced path tells them: by depth in full mode, by glibc's tail calls in count mode.
+ */
+struct untraced {
+	u64 sp;    /* full mode: sp at the outermost call's entry; count mode: the last realloc-family entry's */
+	u64 ret;   /* count mode: that entry's return address */
+	u8 depth;  /* full mode: allocator calls nested; count mode: the kind of that entry */
+	u8 _pad[7];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct untraced);
+} untraced_tasks SEC(".maps");
+
+u32 any_untraced = 0; /* set once a process could not be traced: until then none of this costs */
+
+/* mark_untraced marks task t untraced; process: t starts a process, counted as one not traced. */
+static __always_inline void mark_untraced(struct task_struct *t, bool process)
+{
+	any_untraced = 1;
+	if (process)
+		count_lost(LOST_PROCS);
+	bpf_task_storage_get(&untraced_tasks, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+}
+
+/* untraced_self is the current thread's mark, if its process could not be traced. */
+static __always_inline struct untraced *untraced_self(u32 tgid)
+{
+	if (!cfg_filter || !any_untraced)
+		return 0;
+	struct untraced *u = bpf_task_storage_get(&untraced_tasks, bpf_get_current_task_btf(), 0, 0);
+	return u && in_scope(tgid) ? u : 0;
+}
+
+/* untraced_enter counts an untraced thread's outermost allocator call (full mode, at entry). */
+static __always_inline void untraced_enter(u32 tgid, u64 sp)
+{
+	struct untraced *u = untraced_self(tgid);
+	if (!u)
+		return;
+	if (u->depth && sp <= u->sp) { /* nested: realloc(NULL, n) calling malloc */
+		if (u->depth < 255)
+			u->depth++;
+		return;
+	}
+	u->sp = sp;
+	u->depth = 1;
+	count_lost(LOST_PROC_CALLS);
+}
+
+/* untraced_return ends an untraced thread's allocator call (full mode). */
+static __always_inline void untraced_return(void)
+{
+	if (!any_untraced)
+		return;
+	struct untraced *u = bpf_task_storage_get(&untraced_tasks, bpf_get_current_task_btf(), 0, 0);
+	if (u && u->depth)
+		u->depth--;
+}
+
+/* untraced_count counts an untraced thread's call in count mode: an entry with the sp and return
+ * address of its last realloc-family entry is glibc's tail call from it, not a call (bpf/count.h). */
+static __always_inline void untraced_count(u32 tgid, u8 kind, u64 sp)
+{
+	struct untraced *u = untraced_self(tgid);
+	if (!u)
+		return;
+	u64 ret = 0;
+	bpf_probe_read_user(&ret, sizeof(ret), (void *)sp);
+	bool tail = u->sp == sp && u->ret == ret &&
+		    ((kind == K_MALLOC && u->depth == K_REALLOC) || (kind == K_REALLOC && u->depth == K_REALLOCARRAY));
+	u->depth = kind == K_REALLOC || kind == K_REALLOCARRAY ? kind : 0;
+	u->sp = sp;
+	u->ret = ret;
+	if (!tail)
+		count_lost(LOST_PROC_CALLS);
+}

@@ -33,12 +33,28 @@ enum event_flag {
 	F_UNTRACKED = 64   /* a picked block the full table could not hold: counted, not tracked */
 };
 
-/* Why an event could not be delivered; indexes of the per-CPU lost counter. */
+/*
+ * Why an event could not be delivered or tracked, and every failed insert into a kernel table;
+ * indexes of the per-CPU lost counter (pkg/loader.Lost reads them in this order). A full table
+ * never drops silently: each insert that fails is counted here by table.
+ */
 enum lost_reason {
-	LOST_RINGBUF,  /* ring buffer full */
-	LOST_INFLIGHT, /* no room for per-thread call state or a counter: the call was not traced */
-	LOST_STALE,    /* a call state left behind by a missed return was discarded */
-	LOST_STACK,    /* the user stack could not be read at all */
+	LOST_RINGBUF,    /* ring buffer full */
+	LOST_INFLIGHT,   /* no memory for a thread's state (task storage): the call was not traced */
+	LOST_STALE,      /* a call state left behind by a missed return was discarded */
+	LOST_STACK,      /* the user stack could not be read at all */
+	LOST_SYSCALLS,   /* sysinflight full: a memory syscall was not traced */
+	LOST_COUNTS,     /* count mode's per-site table full: the call was not counted */
+	LOST_TOTALS,     /* sampling's per-process totals full: the call is missing from them */
+	LOST_SAMPLED,    /* picked-block table full: the block's free cannot be reported */
+	LOST_SOCKETS,    /* sockstats full: an AF_UNIX socket call was not counted */
+	LOST_PROCS,      /* targets full: a process that should have been followed is not traced */
+	LOST_PROC_CALLS, /* allocator calls made by those processes (none of them traced) */
+	/* Failed inserts that lose no event: */
+	TBL_MODULES,     /* modules full: frames in that file stay raw addresses */
+	TBL_PROC_MAPS,   /* proc_maps full: a process's threads share no mapping cache (slower) */
+	TBL_MAP_GENS,    /* map_gens full: every mapping cache is dropped instead of one process's */
+	TBL_STACK_IDS,   /* stack_seen could not take an id: its frames are sent again next time */
 	LOST_REASONS
 };
 
@@ -268,8 +284,9 @@ static __always_inline u64 ring_queued(void)
 	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
 }
 
-/* traced reports whether tgid is in scope: every process but ours, or only targets. */
-static __always_inline bool traced(u32 tgid)
+/* in_scope reports whether the current process passes the scope filters (not the tracer, cgroup,
+ * name), whether or not it is one of the targets. */
+static __always_inline bool in_scope(u32 tgid)
 {
 	if (tgid == cfg_self_tgid)
 		return false;
@@ -285,6 +302,14 @@ static __always_inline bool traced(u32 tgid)
 				break;
 		}
 	}
+	return true;
+}
+
+/* traced reports whether tgid is in scope: every process but ours, or only targets. */
+static __always_inline bool traced(u32 tgid)
+{
+	if (!in_scope(tgid))
+		return false;
 	if (!cfg_filter)
 		return true;
 	u8 *state = bpf_map_lookup_elem(&targets, &tgid);

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -280,7 +281,61 @@ func (e *env) floodOnce(bin string, count int64, what string, extra []string, be
 	if name == "tiny" && lost == 0 {
 		res.fail("a 64 KiB ring buffer lost nothing: the loss path was not exercised")
 	}
+	if fr.rep.LostDetail.RingBuffer > 0 {
+		// Heavy loss must lead the report: the first warning says what was lost and the remedy.
+		if w := fr.rep.Warnings; len(w) == 0 || !strings.Contains(w[0], "ring buffer was full") || !strings.Contains(w[0], "--ring-size") {
+			res.fail("JSON: %d events lost to the ring buffer, but the first warning (%q) does not say so with --ring-size", fr.rep.LostDetail.RingBuffer, first(w))
+		}
+	}
+	if name == "tiny" {
+		e.floodText(res, bin, count, extra)
+	}
 	return res
+}
+
+func first(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return s[0]
+}
+
+// floodText traces the lossy flood again in text format: the loss must lead the text report (the
+// line after the title, before any figure) and a warning line must name the remedy.
+func (e *env) floodText(res *result, bin string, count int64, extra []string) {
+	out := filepath.Join(e.work, "flood-tiny.txt")
+	args := append([]string{"run", "--format", "text", "-o", out}, extra...)
+	args = append(args, "--", bin, strconv.FormatInt(count, 10))
+	u, err := e.startUd("flood-tiny-text", args, nil, false)
+	if err != nil {
+		res.fail("text run: %v", err)
+		return
+	}
+	if code, sig, timedOut := u.wait(10 * time.Minute); code != 0 || timedOut {
+		res.fail("text run: udstrace exit %d signal %v timed out %v: %s", code, sig, timedOut, u.lastLines(3))
+		return
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		res.fail("text run: %v", err)
+		return
+	}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) < 2 || !strings.HasPrefix(lines[1], "*** ") || !strings.Contains(lines[1], "EVENTS LOST") {
+		res.fail("text: the line after the title is %q, want the *** N EVENTS LOST banner", lines[min(1, len(lines)-1)])
+	}
+	warned := false
+	for _, l := range lines {
+		if strings.HasPrefix(l, "warning:") && strings.Contains(l, "ring buffer was full") && strings.Contains(l, "--ring-size") {
+			warned = true
+			break
+		}
+	}
+	if !warned {
+		res.fail("text: no warning line says the ring buffer was full and names --ring-size")
+	} else {
+		res.note("text: the loss banner leads the report and a warning names --ring-size")
+	}
 }
 
 // nonHeapMissing counts the flood's other events that the lossless baseline had and this run lacks:

@@ -347,11 +347,14 @@ func (e *env) privileges() *result {
 			}
 		}
 		if dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), fmt.Sprintf("udstrace-echo-%d-*", u.pid))); len(dirs) == 1 && seen["dir"] == "" {
-			if fi, err := os.Stat(dirs[0]); err == nil {
-				st := fi.Sys().(*syscall.Stat_t)
-				seen["dir"] = fmt.Sprintf("%s mode %v uid %d", filepath.Base(dirs[0]), fi.Mode().Perm(), st.Uid)
-				if fi.Mode().Perm() != 0o700 || st.Uid != 65534 {
-					res.fail("workload directory %s, want mode 0700 owned by nobody (65534)", seen["dir"])
+			fi, err1 := os.Stat(dirs[0])
+			wi, err2 := os.Stat(filepath.Join(dirs[0], "work"))
+			if err1 == nil && err2 == nil {
+				st, wt := fi.Sys().(*syscall.Stat_t), wi.Sys().(*syscall.Stat_t)
+				seen["dir"] = fmt.Sprintf("%s mode %v uid %d, work/ mode %v uid %d", filepath.Base(dirs[0]), fi.Mode().Perm(), st.Uid, wi.Mode().Perm(), wt.Uid)
+				// The binaries' directory is root's; only the socket's is the workload user's.
+				if fi.Mode().Perm() != 0o755 || st.Uid != 0 || wi.Mode().Perm() != 0o700 || wt.Uid != 65534 {
+					res.fail("workload directory %s, want mode 0755 owned by root, work/ mode 0700 owned by nobody (65534)", seen["dir"])
 				}
 			}
 		}

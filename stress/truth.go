@@ -45,6 +45,9 @@ type report struct {
 		RingBuffer     uint64 `json:"ring_buffer"`
 		StackTruncated uint64 `json:"stack_truncated"`
 		Other          uint64 `json:"other"`
+		// Processes the kernel's table had no room for, and their allocator calls (part of other).
+		UntracedProcesses uint64 `json:"untraced_processes"`
+		UntracedCalls     uint64 `json:"untraced_process_calls"`
 	} `json:"lost_detail"`
 	Warnings  []string `json:"warnings"`
 	Processes []proc   `json:"processes"`

@@ -38,32 +38,18 @@ type Paths struct {
 // workload binaries (plain `go build` without running make first).
 var ErrMissing = errors.New("workload binaries missing from this build: build udstrace with make")
 
-// Extract writes the embedded binaries into dir, which the caller created
-// (mode 0700). Files are created exclusively with mode 0755, so a workload
-// that runs as an unprivileged user owning dir can read and execute them
-// while only their creator can change them.
+// Extract writes the embedded binaries into dir, which the caller created.
+// Files are created exclusively with mode 0555: anyone may read and run them,
+// and only their creator may change them (by changing their mode first) — as
+// long as dir, too, is writable by the creator alone, since whoever may write
+// dir may rename or replace what is in it.
 func Extract(dir string) (Paths, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return Paths{}, err
 	}
 	var p Paths
-	for _, f := range []struct {
-		name string
-		dst  *string
-	}{
-		{"echo-server", &p.Server},
-		{"echo-client", &p.Client},
-		{"allocpattern", &p.AllocPattern},
-		{"chain", &p.Chain},
-		{"allocount.so", &p.Allocount},
-		{"threadalloc", &p.ThreadAlloc},
-		{"burst", &p.Burst},
-		{"dlctor", &p.DlCtor},
-		{"libdlctor.so", &p.DlCtorLib},
-		{"norandom", &p.NoRandom},
-		{"twins", &p.Twins},
-	} {
+	for _, f := range p.files() {
 		data, err := binFS.ReadFile("bin/" + f.name)
 		if errors.Is(err, fs.ErrNotExist) || (err == nil && len(data) == 0) {
 			return Paths{}, fmt.Errorf("%w (bin/%s not embedded)", ErrMissing, f.name)
@@ -80,14 +66,45 @@ func Extract(dir string) (Paths, error) {
 	return p, nil
 }
 
+// Names lists the files Extract writes.
+func Names() []string {
+	var p Paths
+	var out []string
+	for _, f := range p.files() {
+		out = append(out, f.name)
+	}
+	return out
+}
+
+type file struct {
+	name string
+	dst  *string
+}
+
+func (p *Paths) files() []file {
+	return []file{
+		{"echo-server", &p.Server},
+		{"echo-client", &p.Client},
+		{"allocpattern", &p.AllocPattern},
+		{"chain", &p.Chain},
+		{"allocount.so", &p.Allocount},
+		{"threadalloc", &p.ThreadAlloc},
+		{"burst", &p.Burst},
+		{"dlctor", &p.DlCtor},
+		{"libdlctor.so", &p.DlCtorLib},
+		{"norandom", &p.NoRandom},
+		{"twins", &p.Twins},
+	}
+}
+
 func writeExcl(path string, data []byte) error {
-	fd, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o755)
+	fd, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o500)
 	if err != nil {
 		return err
 	}
 	_, err = fd.Write(data)
 	if err == nil {
-		err = fd.Chmod(0o755) // not subject to umask
+		err = fd.Chmod(0o555) // not subject to umask
 	}
 	if cerr := fd.Close(); err == nil {
 		err = cerr

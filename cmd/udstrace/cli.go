@@ -109,13 +109,14 @@ func (o *options) sessionOptions(command []string) session.Options {
 		Command: command, Workload: o.workload, Messages: o.messages, Size: o.size, User: o.user,
 		Stack: o.stack, StackBytes: uint32(o.stackBytes), RingBytes: uint32(o.ringBytes), TableSize: uint32(o.tableSize), UnwindRows: uint32(o.unwindRows), CacheDir: o.cache(), DetachLater: true,
 		Follow: o.follow, Debug: o.debug, Mode: o.mode, MinAge: o.minAge, MinSize: o.minSize,
-		Comm: o.comm, Cgroup: o.cgroup, TopSites: o.topSites, MaxProcs: o.maxProcs, SampleBytes: o.sample,
-		Stdout: os.Stderr, Stderr: os.Stderr,
+		Comm: o.comm, Cgroup: o.cgroup, TopSites: o.topSites, MaxProcs: o.maxProcs, MaxSites: o.maxSites, SampleBytes: o.sample,
+		Stdout: os.Stderr, Stderr: os.Stderr, KillAfter: killAfter(o.killAfter), KillNow: killNow,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	}
 	sopts.OnTracing = func() { sopts.Log.Debug("tracing") } // tests time --duration from here
 	if o.verify {
 		sopts.Env = session.VerifyEnv() // the same variables as the interposer's run
+		sopts.MaxSites = 0              // differences are explained by each site's stack: none folded
 	}
 	if o.workload != "" && !o.debug {
 		sopts.Stdout = io.Discard // the echo lines say nothing the report does not; --debug shows them

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/udstrace/udstrace/pkg/session"
 )
 
 // options is the flat set of command-line options.
@@ -32,6 +34,7 @@ type options struct {
 	verify     bool
 	topSites   int
 	maxProcs   int
+	maxSites   int
 	sample     uint64
 	pids       string
 	duration   time.Duration
@@ -40,6 +43,7 @@ type options struct {
 	minSize    uint64
 	comm       string
 	cgroup     string
+	killAfter  time.Duration
 }
 
 var formats = []string{"text", "json", "ndjson", "pprof", "folded"}
@@ -65,6 +69,7 @@ func newFlags(o *options) *flag.FlagSet {
 	fs.BoolVar(&o.verify, "verify", false, "run: also run the command under udstrace's LD_PRELOAD counter and compare counts per process")
 	fs.IntVar(&o.topSites, "top", 20, "text: call sites to print")
 	fs.Uint64Var(&o.sample, "sample-bytes", 0, "take stacks (and in full mode track blocks) only for calls picked about once every `N` bytes allocated (Poisson, unbiased weights; per-process totals stay exact); 0: every call")
+	fs.IntVar(&o.maxSites, "max-sites", 4096, "call sites reported one by one (the hottest); the colder ones of each process are folded by kind and calling module, totals exact, which bounds the report and its memory (0: no bound)")
 	fs.IntVar(&o.maxProcs, "max-procs", 100, "processes reported one by one (the first seen); later ones are folded by command and executable once they exit, which bounds memory (0: no bound)")
 	fs.StringVar(&o.pids, "pid", "", "attach, trace: `PID[,PID...]` of running processes to trace")
 	fs.DurationVar(&o.duration, "duration", 0, "attach, trace, top: stop after this long (e.g. 30s; 0: until Ctrl-C)")
@@ -73,6 +78,7 @@ func newFlags(o *options) *flag.FlagSet {
 	fs.Uint64Var(&o.minSize, "min-size", 0, "leave out allocations smaller than this many bytes")
 	fs.StringVar(&o.comm, "comm", "", "trace only processes with this name")
 	fs.StringVar(&o.cgroup, "cgroup", "", "trace only processes in this cgroup v2 `PATH` (absolute or under /sys/fs/cgroup)")
+	fs.DurationVar(&o.killAfter, "kill-after", session.DefaultKillAfter, "run: on Ctrl-C or SIGTERM the command's process group gets SIGTERM, then SIGKILL after this long (0: at once; a second Ctrl-C: at once)")
 	return fs
 }
 
@@ -113,8 +119,12 @@ func (o *options) validate(sub string, rest []string) string {
 		return fmt.Sprintf("--table-size %d: use 1024 to 16777216 entries", o.tableSize)
 	case o.maxProcs < 0:
 		return "--max-procs must be 0 (no bound) or more"
+	case o.maxSites < 0:
+		return "--max-sites must be 0 (no bound) or more"
 	case o.messages < 1:
 		return "--messages must be at least 1"
+	case o.killAfter < 0:
+		return fmt.Sprintf("--kill-after %s: use a duration of 0 or more (e.g. --kill-after 5s)", o.killAfter)
 	case o.format == "ndjson" && o.interval <= 0:
 		return "--format ndjson needs --interval (e.g. --interval 1s)"
 	case o.verify && o.sample > 0:

@@ -2,14 +2,11 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/signal"
 	"runtime/pprof"
 	rtrace "runtime/trace"
 	"strings"
-	"syscall"
 
 	"github.com/udstrace/udstrace/pkg/launch"
 	"github.com/udstrace/udstrace/pkg/session"
@@ -21,7 +18,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "udstrace: starting command: %v\n", err)
 		os.Exit(127)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := notifyTwice()                                   // a second Ctrl-C kills the traced command at once
 	stopCPU := startCPUProfile(os.Getenv("UDSTRACE_CPUPROFILE")) // for finding where the tracer's CPU goes
 	code := run(ctx, os.Args[1:])
 	session.Wait() // the report is out; the probes finish detaching

@@ -1,5 +1,6 @@
 // Package launch starts traced commands held just before exec, so tracing covers their first instruction,
-// and keeps the scratch directory of a run from outliving udstrace (see Janitor).
+// each in a process group that ends with the run or with udstrace (see group.go), and keeps the scratch
+// directory of a run from outliving udstrace (see Janitor).
 package launch
 
 import (
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 )
@@ -26,8 +28,11 @@ func IsHelper() bool { return len(os.Args) > 2 && os.Args[1] == helperArg }
 // RunHelper says it runs on fd 4, waits for the go-ahead on fd 3, then replaces itself with the command;
 // it returns only on failure. Started as the janitor instead, it does the janitor's work and exits.
 func RunHelper() error {
-	if os.Args[2] == janitorArg {
+	switch os.Args[2] {
+	case janitorArg:
 		return runJanitor(os.Args[3:])
+	case keeperArg:
+		return runKeeper()
 	}
 	if running := os.NewFile(4, "running"); running != nil {
 		running.Write([]byte{1})
@@ -40,9 +45,18 @@ func RunHelper() error {
 	}
 	release.Close()
 	argv := os.Args[2:]
+	var pin string
+	if argv[0] == pinArg && len(argv) > 2 {
+		pin, argv = argv[1], argv[2:]
+	}
 	path, err := exec.LookPath(argv[0])
 	if err != nil {
 		return err
+	}
+	if pin != "" {
+		if err := checkPinned(path, pin); err != nil {
+			return err
+		}
 	}
 	return syscall.Exec(path, argv, os.Environ())
 }
@@ -58,13 +72,20 @@ type Options struct {
 	// The kernel keeps it across the credential change (Go sets it after setuid) and across the exec of
 	// a binary that is not set-user-ID; it is sent when the udstrace thread that started the process ends.
 	DeathSignal syscall.Signal
+	// Pinned, when set, is the file argv[0] must still be when the helper execs it (see Pin).
+	Pinned *FileID
 }
 
-// Process is a command held before exec until Release.
+// Process is a command held before exec until Release. It leads a process group of its own.
 type Process struct {
 	Cmd     *exec.Cmd
 	release *os.File
+	keeper  *keeper
+	name    string // argv[0]
 }
+
+// Name is the command's argv[0].
+func (p *Process) Name() string { return p.name }
 
 // Start starts argv held before exec; its PID is known and stays the same across the exec.
 //
@@ -84,7 +105,11 @@ func Start(argv []string, opts Options) (*Process, error) {
 	if err != nil {
 		return nil, fmt.Errorf("starting %s: %w", argv[0], err)
 	}
-	cmd := exec.Command(selfExe, append([]string{helperArg}, argv...)...)
+	args := []string{helperArg}
+	if opts.Pinned != nil {
+		args = append(args, pinArg, opts.Pinned.String())
+	}
+	cmd := exec.Command(selfExe, append(args, argv...)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = opts.Stdin, opts.Stdout, opts.Stderr
 	cmd.Dir, cmd.Env = opts.Dir, opts.Env
 	runR, runW, err := os.Pipe()
@@ -99,7 +124,7 @@ func Start(argv []string, opts Options) (*Process, error) {
 	if sig == 0 {
 		sig = syscall.SIGKILL
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: opts.Credential, Pdeathsig: sig}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: opts.Credential, Pdeathsig: sig, Setpgid: true}
 	err = cmd.Start()
 	r.Close()
 	runW.Close()
@@ -107,12 +132,17 @@ func Start(argv []string, opts Options) (*Process, error) {
 		w.Close()
 		return nil, fmt.Errorf("starting %s: %w", argv[0], err)
 	}
-	p := &Process{Cmd: cmd, release: w}
+	p := &Process{Cmd: cmd, release: w, name: argv[0]}
 	runR.SetReadDeadline(time.Now().Add(30 * time.Second))
 	var b [1]byte
 	if n, err := runR.Read(b[:]); n != 1 {
 		p.Abort()
 		return nil, fmt.Errorf("starting %s: udstrace's launch helper did not start: %v", argv[0], err)
+	}
+	// The helper has exec'd, so it leads its group by now (os/exec's child sets it before the exec).
+	if p.keeper, err = startKeeper(p.PID()); err != nil {
+		p.Abort()
+		return nil, fmt.Errorf("starting %s: %w", argv[0], err)
 	}
 	return p, nil
 }
@@ -129,15 +159,21 @@ func (p *Process) Release() error {
 	return nil
 }
 
-// Abort kills a process that was never released and reaps it.
+// Abort kills a process that was never released, with its group, and reaps it.
 func (p *Process) Abort() {
 	p.release.Close()
+	_ = p.Signal(syscall.SIGKILL)
 	_ = p.Cmd.Process.Kill()
 	_ = p.Cmd.Wait()
+	p.keeper.close(false)
+	p.keeper = nil
 }
 
 // janitorArg, after helperArg, starts udstrace as the janitor.
 const janitorArg = "__udstrace_janitor"
+
+// workDir names the janitor's directory's subdirectory for the workload user.
+const workDir = "work"
 
 // Janitor owns a private scratch directory for the length of a run. It is a helper process, started
 // before the directory exists, that creates the directory and removes it, with whatever is in it,
@@ -146,14 +182,19 @@ const janitorArg = "__udstrace_janitor"
 // and ignores SIGINT, SIGTERM and SIGHUP, so Ctrl-C or a signal to udstrace's group does not stop it
 // before it has cleaned up. Only udstrace holds the pipe's write end (close-on-exec), so no launched
 // process can keep the janitor waiting.
+//
+// The directory itself is udstrace's (mode 0755), for what the workload may run but not change; its
+// subdirectory Work (mode 0700) is the workload user's, for what the workload writes (its socket).
 type Janitor struct {
-	Dir  string // the directory, mode 0700, owned by the uid and gid given to StartJanitor
+	Dir  string // the directory, mode 0755, owned by udstrace's user
+	Work string // Dir/work, mode 0700, owned by the uid and gid given to StartJanitor
 	cmd  *exec.Cmd
 	hold *os.File // udstrace's end of the pipe; closing it tells the janitor to clean up
 }
 
 // StartJanitor starts the janitor, which creates a directory in os.TempDir() named after pattern
-// (os.MkdirTemp's rules), chowns it to uid:gid (-1: leave as is), and reports it.
+// (os.MkdirTemp's rules) and its Work subdirectory, chowns Work to uid:gid (-1: leave as is), and
+// reports them.
 func StartJanitor(pattern string, uid, gid int) (*Janitor, error) {
 	holdR, holdW, err := os.Pipe()
 	if err != nil {
@@ -193,6 +234,7 @@ func StartJanitor(pattern string, uid, gid int) (*Janitor, error) {
 		return nil, fmt.Errorf("creating the workload directory: %s", trimNL(msg))
 	}
 	j.Dir = dir[:len(dir)-1]
+	j.Work = filepath.Join(j.Dir, workDir)
 	return j, nil
 }
 
@@ -240,12 +282,16 @@ func runJanitor(args []string) error {
 		fmt.Fprintf(os.Stdout, "%v\n", err)
 		os.Exit(1)
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fail(err)
+	}
+	work := filepath.Join(dir, workDir)
+	if err := os.Mkdir(work, 0o700); err != nil {
 		fail(err)
 	}
 	if uid >= 0 || gid >= 0 {
-		if err := os.Lchown(dir, uid, gid); err != nil {
-			fail(fmt.Errorf("giving %s to uid %d: %w", dir, uid, err))
+		if err := os.Lchown(work, uid, gid); err != nil {
+			fail(fmt.Errorf("giving %s to uid %d: %w", work, uid, err))
 		}
 	}
 	fmt.Fprintf(os.Stdout, "%s\n", dir)

@@ -10,18 +10,38 @@ import (
 	"github.com/udstrace/udstrace/pkg/event"
 )
 
-// Lost is what the kernel side could not deliver or track, by reason.
+// Lost is what the kernel side could not deliver or track, by reason, and every insert into a
+// kernel table that failed, by table (bpf/udstrace.h enum lost_reason, in its order).
 type Lost struct {
 	RingBuffer uint64 // events dropped: ring buffer full
-	Untracked  uint64 // calls not traced: no room for per-thread state or a counter
+	Untracked  uint64 // calls not traced: no memory for a thread's state
 	Stale      uint64 // call states discarded after a missed return
 	NoStack    uint64 // events delivered without a user stack
+
+	Syscalls      uint64 // memory syscalls not traced: sysinflight full
+	Counts        uint64 // count-mode calls not counted: counts full
+	Totals        uint64 // sampled calls missing from the exact totals: totals full
+	SampledBlocks uint64 // picked blocks whose free cannot be reported: sampled_blocks full
+	Sockets       uint64 // AF_UNIX socket calls not counted: sockstats full
+	Processes     uint64 // processes not traced: targets full
+	ProcessCalls  uint64 // allocator calls those processes made
+
+	// Failed inserts that lose no event.
+	Modules  uint64 // files whose frames stay raw addresses: modules full
+	ProcMaps uint64 // mapping caches not shared: proc_maps full
+	MapGens  uint64 // every mapping cache dropped at once: map_gens full
+	StackIDs uint64 // stack ids sent again: stack_seen could not take them
 }
 
 // Lost sums the per-CPU loss counters.
 func (t *Tracer) Lost() (Lost, error) {
 	var out Lost
-	dst := []*uint64{&out.RingBuffer, &out.Untracked, &out.Stale, &out.NoStack}
+	dst := []*uint64{&out.RingBuffer, &out.Untracked, &out.Stale, &out.NoStack,
+		&out.Syscalls, &out.Counts, &out.Totals, &out.SampledBlocks, &out.Sockets, &out.Processes, &out.ProcessCalls,
+		&out.Modules, &out.ProcMaps, &out.MapGens, &out.StackIDs}
+	if n := int(t.objs.Lost.MaxEntries()); n != len(dst) {
+		return out, fmt.Errorf("reading loss counters: the object has %d, udstrace knows %d", n, len(dst))
+	}
 	for i, p := range dst {
 		var perCPU []uint64
 		if err := t.objs.Lost.Lookup(uint32(i), &perCPU); err != nil {

@@ -244,6 +244,14 @@ type udstraceTotalKey struct {
 	Kind uint32
 }
 
+type udstraceUntraced struct {
+	_     structs.HostLayout
+	Sp    uint64
+	Ret   uint64
+	Depth uint8
+	Pad   [7]uint8
+}
+
 type udstraceUnwindRule struct {
 	_       structs.HostLayout
 	CfaKind uint8
@@ -281,6 +289,7 @@ const (
 	udstraceMapTargets          = "targets"
 	udstraceMapThreads          = "threads"
 	udstraceMapTotals           = "totals"
+	udstraceMapUntracedTasks    = "untraced_tasks"
 	udstraceMapUnwindPages      = "unwind_pages"
 	udstraceMapUnwindRows       = "unwind_rows"
 	udstraceMapUnwindRules      = "unwind_rules"
@@ -293,6 +302,7 @@ const (
 	udstraceProgOnFork          = "on_fork"
 	udstraceProgSysEnter        = "sys_enter"
 	udstraceProgSysExit         = "sys_exit"
+	udstraceVarAnyUntraced      = "any_untraced"
 	udstraceVarCfgCgroupId      = "cfg_cgroup_id"
 	udstraceVarCfgComm          = "cfg_comm"
 	udstraceVarCfgCountMode     = "cfg_count_mode"
@@ -306,6 +316,7 @@ const (
 	udstraceVarCfgStackBytes    = "cfg_stack_bytes"
 	udstraceVarCfgStackMode     = "cfg_stack_mode"
 	udstraceVarCfgWakeupBytes   = "cfg_wakeup_bytes"
+	udstraceVarGenEpoch         = "gen_epoch"
 	udstraceVarNextGen          = "next_gen"
 	udstraceVarNextModId        = "next_mod_id"
 	udstraceVarUnusedAllocEvent = "unused_alloc_event"
@@ -395,6 +406,7 @@ type udstraceMapSpecs struct {
 	Targets       *ebpf.MapSpec `ebpf:"targets"`
 	Threads       *ebpf.MapSpec `ebpf:"threads"`
 	Totals        *ebpf.MapSpec `ebpf:"totals"`
+	UntracedTasks *ebpf.MapSpec `ebpf:"untraced_tasks"`
 	UnwindPages   *ebpf.MapSpec `ebpf:"unwind_pages"`
 	UnwindRows    *ebpf.MapSpec `ebpf:"unwind_rows"`
 	UnwindRules   *ebpf.MapSpec `ebpf:"unwind_rules"`
@@ -404,6 +416,7 @@ type udstraceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type udstraceVariableSpecs struct {
+	AnyUntraced      *ebpf.VariableSpec `ebpf:"any_untraced"`
 	CfgCgroupId      *ebpf.VariableSpec `ebpf:"cfg_cgroup_id"`
 	CfgComm          *ebpf.VariableSpec `ebpf:"cfg_comm"`
 	CfgCountMode     *ebpf.VariableSpec `ebpf:"cfg_count_mode"`
@@ -417,6 +430,7 @@ type udstraceVariableSpecs struct {
 	CfgStackBytes    *ebpf.VariableSpec `ebpf:"cfg_stack_bytes"`
 	CfgStackMode     *ebpf.VariableSpec `ebpf:"cfg_stack_mode"`
 	CfgWakeupBytes   *ebpf.VariableSpec `ebpf:"cfg_wakeup_bytes"`
+	GenEpoch         *ebpf.VariableSpec `ebpf:"gen_epoch"`
 	NextGen          *ebpf.VariableSpec `ebpf:"next_gen"`
 	NextModId        *ebpf.VariableSpec `ebpf:"next_mod_id"`
 	UnusedAllocEvent *ebpf.VariableSpec `ebpf:"unused_alloc_event"`
@@ -469,6 +483,7 @@ type udstraceMaps struct {
 	Targets       *ebpf.Map `ebpf:"targets"`
 	Threads       *ebpf.Map `ebpf:"threads"`
 	Totals        *ebpf.Map `ebpf:"totals"`
+	UntracedTasks *ebpf.Map `ebpf:"untraced_tasks"`
 	UnwindPages   *ebpf.Map `ebpf:"unwind_pages"`
 	UnwindRows    *ebpf.Map `ebpf:"unwind_rows"`
 	UnwindRules   *ebpf.Map `ebpf:"unwind_rules"`
@@ -494,6 +509,7 @@ func (m *udstraceMaps) Close() error {
 		m.Targets,
 		m.Threads,
 		m.Totals,
+		m.UntracedTasks,
 		m.UnwindPages,
 		m.UnwindRows,
 		m.UnwindRules,
@@ -504,6 +520,7 @@ func (m *udstraceMaps) Close() error {
 //
 // It can be passed to loadUdstraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type udstraceVariables struct {
+	AnyUntraced      *ebpf.Variable `ebpf:"any_untraced"`
 	CfgCgroupId      *ebpf.Variable `ebpf:"cfg_cgroup_id"`
 	CfgComm          *ebpf.Variable `ebpf:"cfg_comm"`
 	CfgCountMode     *ebpf.Variable `ebpf:"cfg_count_mode"`
@@ -517,6 +534,7 @@ type udstraceVariables struct {
 	CfgStackBytes    *ebpf.Variable `ebpf:"cfg_stack_bytes"`
 	CfgStackMode     *ebpf.Variable `ebpf:"cfg_stack_mode"`
 	CfgWakeupBytes   *ebpf.Variable `ebpf:"cfg_wakeup_bytes"`
+	GenEpoch         *ebpf.Variable `ebpf:"gen_epoch"`
 	NextGen          *ebpf.Variable `ebpf:"next_gen"`
 	NextModId        *ebpf.Variable `ebpf:"next_mod_id"`
 	UnusedAllocEvent *ebpf.Variable `ebpf:"unused_alloc_event"`

@@ -61,9 +61,13 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 	ages := b.ages(now)
 	sc := &symCache{sym: sym, m: make(map[frameID][]SymFrame)}
 	stacks := make(map[*site][]StackFrame, len(b.order))
+	plan := b.planFold(b.opts.MaxSites)
 	for _, s := range b.order {
 		if s.gone {
 			continue
+		}
+		if plan.cold(s) {
+			continue // in a folded entry: its stack is never expanded
 		}
 		st := sc.expand(b.frames(s.stack))
 		if s.kind == event.Free {
@@ -83,6 +87,10 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 		}
 		r.Sites = append(r.Sites, out)
 	}
+	if plan != nil {
+		r.Sites = append(r.Sites, plan.folded(b.lastID, ages, now)...)
+		r.Warnings = append(r.Warnings, plan.warning(b.opts.MaxSites))
+	}
 	slices.SortFunc(r.UnmatchedFreeSites, func(a, b FreeSite) int {
 		return cmp.Or(cmp.Compare(b.Count, a.Count), cmp.Compare(a.PID, b.PID))
 	})
@@ -90,7 +98,15 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 		return cmp.Or(cmp.Compare(b.Bytes, a.Bytes), cmp.Compare(b.Count, a.Count), cmp.Compare(a.ID, b.ID))
 	})
 
-	r.SocketPath = b.verdict(procs, meta.Roles, stacks, r.LostEvents)
+	stackOf := func(s *site) []StackFrame { // a folded site's stack, only if the verdict needs it
+		st, ok := stacks[s]
+		if !ok {
+			st = sc.expand(b.frames(s.stack))
+			stacks[s] = st
+		}
+		return st
+	}
+	r.SocketPath = b.verdict(procs, meta.Roles, stackOf, r.LostEvents)
 	for _, sp := range r.SocketPath.Processes {
 		if sp.AfterIsUpperBound {
 			r.Warnings = append(r.Warnings, fmt.Sprintf("pid %d: allocations after its first socket call are an upper bound (more than %d allocations before the counters arrived)", sp.PID, b.opts.MaxTimeline))
@@ -110,26 +126,6 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 		r.Warnings = append(r.Warnings, "stacks were not symbolized")
 	}
 	return r
-}
-
-// lossWarnings says first what was lost, what it makes unreliable and what would have helped.
-func lossWarnings(meta Meta) []string {
-	var out []string
-	l := meta.Lost
-	if l.RingBuffer > 0 {
-		ring := "a larger --ring-size"
-		if meta.RingBytes > 0 {
-			ring = fmt.Sprintf("--ring-size %d (4× this one)", uint64(meta.RingBytes)*4)
-		}
-		out = append(out, fmt.Sprintf("%s lost: the ring buffer was full; outstanding blocks and unmatched frees are unreliable (use %s, or --sample-bytes 524288 to trace a sample)", plural(l.RingBuffer, "event"), ring))
-	}
-	if l.Other > 0 {
-		out = append(out, fmt.Sprintf("%s not traced: the kernel's tables were full or a call's return was missed; outstanding blocks and unmatched frees are unreliable (use a larger --table-size)", plural(l.Other, "call")))
-	}
-	if s := meta.Stacks; s.Truncated > 0 {
-		out = append(out, fmt.Sprintf("%s stop early, at a frame whose unwind table was still loading (no event was lost; traced again, the unwind cache has the tables)", plural(s.Truncated, "stack")))
-	}
-	return out
 }
 
 func nonNil[T any](s []T) []T {

@@ -147,6 +147,9 @@ func appendSite(dst []byte, s *Site, prefix, indent string) (out []byte, ok bool
 	w.uint("count", s.OutstandingOlderThanMinAge.Count)
 	w.uint("bytes", s.OutstandingOlderThanMinAge.Bytes)
 	w.close('}')
+	if s.FoldedSites != 0 {
+		w.int("folded_sites", int64(s.FoldedSites))
+	}
 	w.close('}')
 	return w.b, true
 }

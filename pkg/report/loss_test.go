@@ -37,3 +37,35 @@ func TestLossShouted(t *testing.T) {
 		t.Errorf("a lossless report: unreliable %v, warnings %v", clean.Unreliable, clean.Warnings)
 	}
 }
+
+// TestTableFullShouted: each kernel table that refused inserts is counted in lost_detail and
+// named in a warning with --table-size; lossy ones count in lost_events, the others do not.
+func TestTableFullShouted(t *testing.T) {
+	b := NewBuilder(testOpts(Options{}))
+	feed(t, b, al(1, 1, event.Malloc, 10, 0x10, stMain))
+	tf := TableFull{Processes: 3, Counts: 5, Sockets: 1, Modules: 2}
+	lost := LostEvents{Other: tf.LostCalls() + 40 + 2, Stale: 2, UntracedProcesses: 3, UntracedCalls: 40, TableFull: tf}
+	r := b.Finish(&fakeSym{}, Meta{Lost: lost, TableSize: 1024})
+	if r.LostEvents != 48 || r.LostDetail.TableFull != tf || r.LostDetail.UntracedCalls != 40 {
+		t.Errorf("lost_events %d (want 48), detail %+v", r.LostEvents, r.LostDetail)
+	}
+	all := strings.Join(r.Warnings, "\n")
+	for _, want := range []string{
+		"3 processes not traced", "40 allocator calls are missing", "6 calls not traced: kernel tables were full (count-mode sites 5, socket counters 1)",
+		"2 allocator calls lost their return probe", "no event lost: modules, frames left as addresses 2", "--table-size 4096",
+	} {
+		if !strings.Contains(all, want) {
+			t.Errorf("warnings %q: none says %q", r.Warnings, want)
+		}
+	}
+	if !strings.HasPrefix(r.Warnings[0], "3 processes not traced") {
+		t.Errorf("first warning %q: the untraced processes must lead", r.Warnings[0])
+	}
+	var buf bytes.Buffer
+	if err := r.WriteText(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if txt := buf.String(); !strings.Contains(txt, "48 EVENTS LOST") || !strings.Contains(txt, "3 processes not traced (40 allocator calls of them)") {
+		t.Errorf("text header does not tell the loss and the untraced processes:\n%s", txt)
+	}
+}

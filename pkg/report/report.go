@@ -25,6 +25,9 @@ type Options struct {
 	// MaxProcs: the first MaxProcs processes seen are reported one by one; later ones are folded,
 	// once exited, into one entry per (comm, executable) with their sites merged by stack (0: no bound).
 	MaxProcs int
+	// MaxSites: past this many call sites, the coldest of each process are folded in the report
+	// into one entry per process, kind and calling module, totals exact (0: no bound).
+	MaxSites int
 	// FoldAtEnd defers folding to Settle: in count mode the calls arrive after the processes exit.
 	FoldAtEnd bool
 	// LiveSockets: a process's first socket call is told (Sockets with FirstTime) as it happens,
@@ -59,6 +62,7 @@ type Meta struct {
 	Stacks      StackStats
 	Tracer      TracerStats
 	RingBytes   uint32   // the ring buffer's size, for the remedy when events were lost (0: not said)
+	TableSize   uint32   // --table-size, for the remedy when a kernel table was full (0: not said)
 	Warnings    []string // things the user must know
 	Now         uint64   // CLOCK_MONOTONIC ns the report is taken at, to age live blocks; 0: the latest event time seen
 }
@@ -67,8 +71,38 @@ type Meta struct {
 type LostEvents struct {
 	RingBuffer     uint64 // events dropped: ring buffer full
 	StackTruncated uint64 // events whose stack hit the frame limit (the event itself was kept)
-	Other          uint64 // calls untracked or discarded for any other reason
+	Other          uint64 // calls untracked or discarded for any other reason (the tables' lost calls included)
+	Stale          uint64 // of Other: call states discarded after a missed return
+	// UntracedProcesses could not be followed (the kernel's process table was full);
+	// UntracedCalls, part of Other, are the allocator calls they made.
+	UntracedProcesses uint64
+	UntracedCalls     uint64
+	TableFull         TableFull // failed inserts, by kernel table
 }
+
+// TableFull counts the inserts each kernel table refused (full, or no memory): the first seven
+// lose an event each (part of lost_events), the last four lose none.
+type TableFull struct {
+	Threads       uint64 `json:"threads"`            // a thread's state: the call was not traced
+	Syscalls      uint64 `json:"syscalls_in_flight"` // a memory syscall was not traced
+	Processes     uint64 `json:"processes"`          // a process was not traced (calls: untraced_process_calls)
+	Counts        uint64 `json:"counts"`             // count mode: a call was not counted
+	Totals        uint64 `json:"totals"`             // sampling: a call is missing from the exact totals
+	SampledBlocks uint64 `json:"sampled_blocks"`     // sampling: a picked block's free cannot be reported
+	Sockets       uint64 `json:"socket_counters"`    // an AF_UNIX socket call was not counted
+	Modules       uint64 `json:"modules"`            // frames in a file stayed raw addresses
+	ProcessMaps   uint64 `json:"process_maps"`       // a process's threads shared no mapping cache
+	MapGens       uint64 `json:"map_generations"`    // every mapping cache was dropped instead of one
+	StackIDs      uint64 `json:"stack_ids"`          // a stack's frames were sent again
+}
+
+// LostCalls is the inserts that lost an event.
+func (t TableFull) LostCalls() uint64 {
+	return t.Threads + t.Syscalls + t.Counts + t.Totals + t.SampledBlocks + t.Sockets
+}
+
+// Any reports whether any insert failed.
+func (t TableFull) Any() bool { return t != TableFull{} }
 
 // Symbolizer expands one frame into source frames, inlined ones first; it may return nil.
 type Symbolizer interface {
@@ -148,9 +182,13 @@ type StackStats struct {
 
 // LostDetail breaks lost_events down; stack_truncated is not part of the total (those events arrived).
 type LostDetail struct {
-	RingBuffer     uint64 `json:"ring_buffer"`
-	StackTruncated uint64 `json:"stack_truncated"`
-	Other          uint64 `json:"other"`
+	RingBuffer        uint64    `json:"ring_buffer"`
+	StackTruncated    uint64    `json:"stack_truncated"`
+	Other             uint64    `json:"other"`
+	Stale             uint64    `json:"stale"`
+	UntracedProcesses uint64    `json:"untraced_processes"`
+	UntracedCalls     uint64    `json:"untraced_process_calls"`
+	TableFull         TableFull `json:"table_full"`
 }
 
 // Process holds one process's totals.
@@ -224,6 +262,9 @@ type Site struct {
 	// Added after the first v1 release; a leak keeps getting older, a cache stops growing.
 	OldestOutstandingAgeSeconds float64    `json:"oldest_outstanding_age_seconds"`
 	OutstandingOlderThanMinAge  BlockCount `json:"outstanding_older_than_min_age"`
+	// FoldedSites > 0: this entry stands for that many cold sites past --max-sites, of one process,
+	// kind and calling module; its stack is one frame naming the module.
+	FoldedSites int `json:"folded_sites,omitempty"`
 }
 
 // BlockCount counts live blocks and their bytes.

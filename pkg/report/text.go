@@ -6,9 +6,12 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"unicode"
 	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
 )
 
 // maxTextFrames bounds the frames printed per site; JSON has them all.
@@ -51,6 +54,9 @@ func (r *Report) header(b *bytes.Buffer) {
 	lost := commas(r.LostEvents)
 	if d := r.LostDetail; r.LostEvents != 0 || d.StackTruncated != 0 {
 		lost += fmt.Sprintf(" (ring buffer %s, other %s; %s stacks truncated)", commas(d.RingBuffer), commas(d.Other), commas(d.StackTruncated))
+	}
+	if d := r.LostDetail; d.UntracedProcesses > 0 {
+		lost += fmt.Sprintf("; %s not traced (%s of them)", plural(d.UntracedProcesses, "process"), plural(d.UntracedCalls, "allocator call"))
 	}
 	fmt.Fprintf(tw, "lost events:\t%s\n", lost)
 	if st := r.Stacks; st.Fallback > 0 || st.Truncated > 0 {
@@ -95,7 +101,7 @@ func exitText(p Process) string {
 	case p.ExitCode != nil:
 		return strconv.Itoa(*p.ExitCode)
 	case p.ExitSignal != 0:
-		return "sig " + strconv.Itoa(p.ExitSignal)
+		return "sig " + strconv.Itoa(p.ExitSignal) + " (" + unix.SignalName(syscall.Signal(p.ExitSignal)) + ")"
 	}
 	return "-"
 }
@@ -115,6 +121,9 @@ func (r *Report) sites(b *bytes.Buffer) {
 		}
 		if s.Failed > 0 {
 			fmt.Fprintf(b, "  failed %s", commas(s.Failed))
+		}
+		if s.FoldedSites > 0 {
+			fmt.Fprintf(b, "  (%s folded)", plural(uint64(s.FoldedSites), "call site"))
 		}
 		b.WriteByte('\n')
 		for i, f := range s.Stack {

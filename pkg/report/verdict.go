@@ -147,7 +147,7 @@ func considered(procs []*proc, roles map[uint32]Role) []*proc {
 // strict reports whether a role must make no allocation at all once its socket is in use.
 func strict(r Role) bool { return r == RoleServer || r == RoleClientRaw }
 
-func (b *Builder) verdict(procs []*proc, roles map[uint32]Role, stacks map[*site][]StackFrame, lost uint64) SocketPath {
+func (b *Builder) verdict(procs []*proc, roles map[uint32]Role, stackOf func(*site) []StackFrame, lost uint64) SocketPath {
 	sp := SocketPath{UserAllocationSites: []int{}, Processes: []SocketProcess{}}
 	cons := considered(procs, roles)
 	bySite := make(map[*proc][]*site)
@@ -164,7 +164,7 @@ func (b *Builder) verdict(procs []*proc, roles map[uint32]Role, stacks map[*site
 			SyscallsByName: socketNames(p.sock), AfterIsUpperBound: p.afterApprox, Sources: []Source{},
 		}
 		for _, s := range bySite[p] {
-			st := stacks[s]
+			st := stackOf(s)
 			if fn := socketFrame(st); fn != "" {
 				x.UserAllocations += s.count
 				sp.UserBytes += s.bytes
@@ -177,7 +177,7 @@ func (b *Builder) verdict(procs []*proc, roles map[uint32]Role, stacks map[*site
 		for s, a := range p.after {
 			x.AllocsAfterFirstCall += a.count
 			x.BytesAfterFirstCall += a.bytes
-			fn, entry, caller := source(stacks[s])
+			fn, entry, caller := source(stackOf(s))
 			x.Sources = append(x.Sources, Source{Site: s.id, Kind: s.kind.String(), Count: a.count, Bytes: a.bytes,
 				Function: fn, Entry: entry, Caller: caller})
 		}

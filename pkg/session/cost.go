@@ -25,8 +25,14 @@ func (s *Session) lostMeta(lost loader.Lost, st loader.StackStats) (report.LostE
 	if s.opts.Stack == "cfi" {
 		out.Fallback = st.Events
 	}
+	tables := report.TableFull{
+		Threads: lost.Untracked, Syscalls: lost.Syscalls, Processes: lost.Processes, Counts: lost.Counts,
+		Totals: lost.Totals, SampledBlocks: lost.SampledBlocks, Sockets: lost.Sockets,
+		Modules: lost.Modules, ProcessMaps: lost.ProcMaps, MapGens: lost.MapGens, StackIDs: lost.StackIDs,
+	}
 	return report.LostEvents{
-		RingBuffer: lost.RingBuffer, Other: lost.Untracked + lost.Stale,
+		RingBuffer: lost.RingBuffer, Other: tables.LostCalls() + lost.Stale + lost.ProcessCalls,
+		Stale: lost.Stale, UntracedProcesses: lost.Processes, UntracedCalls: lost.ProcessCalls, TableFull: tables,
 		StackTruncated: lost.NoStack + st.Truncated + st.Depth,
 	}, out
 }

@@ -30,8 +30,13 @@ const testPanicEnv = "UDSTRACE_TEST_PANIC"
 //
 // Nothing outlives udstrace, however it ends: the BPF programs and links live only in udstrace's file
 // descriptors; the workload processes get a parent-death signal (SIGTERM for the server, which then
-// unlinks its socket, SIGKILL for the clients); and the private directory holding the binaries and the
-// socket belongs to a janitor process (launch.Janitor) that removes it when udstrace's pipe to it closes.
+// unlinks its socket, SIGKILL for the clients) and each leads a process group that a keeper kills with
+// udstrace (see launch); and the private directory holding the binaries and the socket belongs to a
+// janitor process (launch.Janitor) that removes it when udstrace's pipe to it closes.
+//
+// The workload's user cannot change what runs as the workload: the binaries are root's (0555) in a
+// directory that is root's (0755), each pinned by device and inode and checked again right before its
+// exec; only the socket's directory (work/, 0700) is the workload user's.
 // Directories of a udstrace that died before its janitor could act (the janitor itself was killed) are
 // removed by the next echo run.
 func runEcho(ctx context.Context, opts Options) (*report.Report, error) {
@@ -59,12 +64,22 @@ func runEcho(ctx context.Context, opts Options) (*report.Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	server, err := launch.Pin(bins.Server)
+	if err != nil {
+		return nil, err
+	}
+	defer server.Close()
+	client, err := launch.Pin(bins.Client)
+	if err != nil {
+		return nil, err
+	}
+	defer client.Close()
 	s, err := startFor(bins.Client, opts)
 	if err != nil {
 		return nil, err
 	}
 	s.meta.Command = []string{"workload", "echo", "--messages", strconv.Itoa(opts.Messages), "--size", strconv.Itoa(opts.Size)}
-	env := echoEnv{bins: bins, dir: jan.Dir, sock: filepath.Join(jan.Dir, "echo.sock"), cred: cred}
+	env := echoEnv{bins: bins, server: server, client: client, dir: jan.Work, sock: filepath.Join(jan.Work, "echo.sock"), cred: cred}
 	if err := s.echo(ctx, env, opts); err != nil {
 		s.abort()
 		return nil, err
@@ -74,9 +89,10 @@ func runEcho(ctx context.Context, opts Options) (*report.Report, error) {
 
 // echoEnv is where and as whom the echo workload runs.
 type echoEnv struct {
-	bins      workload.Paths
-	dir, sock string
-	cred      *syscall.Credential // nil: as udstrace
+	bins           workload.Paths
+	server, client *launch.FileID      // the binaries as extracted, checked again at exec
+	dir, sock      string              // the workload user's directory and the socket in it
+	cred           *syscall.Credential // nil: as udstrace
 }
 
 // workloadUser resolves --user to the credentials the workload runs with; nil means stay as udstrace.
@@ -128,7 +144,7 @@ func lookupUser(name string) (uid, gid uint32, ok bool) {
 }
 
 // cleanStaleEchoDirs removes the directories of echo runs whose udstrace is gone. Only directories
-// that hold nothing but the workload's own files are touched.
+// that are udstrace's user's and hold nothing but the workload's own files are touched.
 func cleanStaleEchoDirs() {
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), echoDirPrefix+"*"))
 	for _, d := range dirs {
@@ -151,11 +167,17 @@ func onlyWorkloadFiles(dir string) bool {
 	if err != nil || !fi.IsDir() {
 		return false
 	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Geteuid() {
+		return false // made by someone else: not a run of ours
+	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return false
 	}
-	known := map[string]bool{"echo-server": true, "echo-client": true, "allocpattern": true, "chain": true, "allocount.so": true, "echo.sock": true}
+	known := map[string]bool{"work": true, "echo.sock": true}
+	for _, name := range workload.Names() {
+		known[name] = true
+	}
 	for _, e := range entries {
 		if !known[e.Name()] {
 			return false
@@ -175,7 +197,7 @@ func (s *Session) echo(ctx context.Context, env echoEnv, opts Options) error {
 	}
 	defer ready.Close()
 	server, err := s.launch([]string{env.bins.Server, env.sock, "2"}, launch.Options{
-		Stdout: readyW, Stderr: opts.Stderr, Dir: env.dir, Credential: env.cred,
+		Stdout: readyW, Stderr: opts.Stderr, Dir: env.dir, Credential: env.cred, Pinned: env.server,
 		DeathSignal: syscall.SIGTERM, // the server unlinks its socket, then dies of it
 	}, "server")
 	readyW.Close()
@@ -187,12 +209,11 @@ func (s *Session) echo(ctx context.Context, env echoEnv, opts Options) error {
 		select {
 		case <-serverDone:
 		default:
-			server.Cmd.Process.Kill()
+			server.Abort()
 		}
 	}()
 	if err := waitReady(ready, 10*time.Second); err != nil {
-		server.Cmd.Process.Kill()
-		server.Cmd.Wait()
+		server.Abort()
 		close(serverDone)
 		return err
 	}
@@ -204,22 +225,26 @@ func (s *Session) echo(ctx context.Context, env echoEnv, opts Options) error {
 	}
 	msgs, size := strconv.Itoa(opts.Messages), strconv.Itoa(opts.Size)
 	for _, mode := range []string{"raw", "stdio"} {
-		code, err := s.runOne(ctx, []string{env.bins.Client, mode, env.sock, msgs, size},
-			launch.Options{Stdout: out, Stderr: opts.Stderr, Dir: env.dir, Credential: env.cred}, report.Role("client-"+mode))
+		if ctx.Err() != nil { // interrupted: start nothing more
+			s.warn("interrupted: the %s client was not started", mode)
+			continue
+		}
+		ws, err := s.runOne(ctx, []string{env.bins.Client, mode, env.sock, msgs, size},
+			launch.Options{Stdout: out, Stderr: opts.Stderr, Dir: env.dir, Credential: env.cred, Pinned: env.client}, report.Role("client-"+mode))
 		if err != nil {
 			return err
 		}
-		if code != 0 {
-			s.warn("%s client exited with status %d", mode, code)
+		if ws != 0 {
+			s.warn("%s client %s", mode, launch.StatusText(ws))
 		}
 	}
-	code, err := s.wait(ctx, server)
+	ws, err := s.wait(ctx, server)
 	close(serverDone)
 	if err != nil {
 		return err
 	}
-	if code != 0 {
-		s.warn("echo server exited with status %d", code)
+	if ws != 0 {
+		s.warn("echo server %s", launch.StatusText(ws))
 	}
 	return nil
 }

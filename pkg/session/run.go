@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"syscall"
+	"time"
 
 	"github.com/udstrace/udstrace/pkg/launch"
 	"github.com/udstrace/udstrace/pkg/loader"
@@ -45,17 +47,17 @@ func Run(ctx context.Context, opts Options) (*report.Report, error) {
 	if len(opts.Env) > 0 {
 		env = append(os.Environ(), opts.Env...)
 	}
-	code, err := s.runOne(ctx, argv, launch.Options{Stdout: opts.Stdout, Stderr: opts.Stderr, Env: env}, "")
+	ws, err := s.runOne(ctx, argv, launch.Options{Stdout: opts.Stdout, Stderr: opts.Stderr, Env: env}, "")
 	if err != nil {
 		s.abort()
 		return nil, err
 	}
-	s.opts.Log.Debug("command exited", "status", code)
+	s.opts.Log.Debug("command ended", "status", launch.StatusText(ws))
 	return s.finish()
 }
 
 // runOne starts one traced process, lets it run to its end (or until ctx is done) and returns its wait status.
-func (s *Session) runOne(ctx context.Context, argv []string, lo launch.Options, role report.Role) (int, error) {
+func (s *Session) runOne(ctx context.Context, argv []string, lo launch.Options, role report.Role) (syscall.WaitStatus, error) {
 	p, err := s.launch(argv, lo, role)
 	if err != nil {
 		return 0, err
@@ -87,24 +89,27 @@ func (s *Session) launch(argv []string, lo launch.Options, role report.Role) (*l
 	return p, nil
 }
 
-// wait reaps p; on ctx's end (Ctrl-C, SIGTERM) it stops p first so nothing is left behind.
-func (s *Session) wait(ctx context.Context, p *launch.Process) (int, error) {
-	waited := make(chan error, 1)
-	go func() { waited <- p.Cmd.Wait() }()
-	var err error
-	select {
-	case err = <-waited:
-	case <-ctx.Done():
-		_ = p.Cmd.Process.Signal(syscall.SIGTERM)
-		err = <-waited
-		s.warn("interrupted: the trace stopped before the command finished")
+// DefaultKillAfter is how long an interrupted command's process group has between SIGTERM and SIGKILL.
+const DefaultKillAfter = 5 * time.Second
+
+// wait reaps p. On ctx's end (Ctrl-C, SIGTERM) it stops p's whole process group first, so nothing is
+// left behind: SIGTERM, then SIGKILL after Options.KillAfter, or at once when Options.KillNow closes.
+func (s *Session) wait(ctx context.Context, p *launch.Process) (syscall.WaitStatus, error) {
+	grace := s.opts.KillAfter
+	switch {
+	case grace == 0:
+		grace = DefaultKillAfter
+	case grace < 0:
+		grace = 0
 	}
-	var ee *exec.ExitError
-	if err != nil && !errors.As(err, &ee) {
-		return 0, fmt.Errorf("waiting for %s: %w", p.Cmd.Args[1], err)
+	ws, interrupted, err := p.Wait(ctx.Done(), s.opts.KillNow, grace)
+	if interrupted {
+		s.warnOnce("interrupted: the trace stopped before the command finished")
 	}
-	ws, _ := p.Cmd.ProcessState.Sys().(syscall.WaitStatus)
-	return int(ws), nil
+	if err != nil {
+		return 0, fmt.Errorf("waiting for %s: %w", p.Name(), err)
+	}
+	return ws, nil
 }
 
 // startFor starts a session with the libc the program will map already probed, so its first allocation is seen.
@@ -122,4 +127,13 @@ func startFor(program string, opts Options) (*Session, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// warnOnce adds a warning unless it is there already.
+func (s *Session) warnOnce(msg string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !slices.Contains(s.meta.Warnings, msg) {
+		s.meta.Warnings = append(s.meta.Warnings, msg)
+	}
 }

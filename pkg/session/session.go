@@ -46,6 +46,7 @@ type Options struct {
 	PIDs        []int                // trace: only these processes (and their children)
 	TopSites    int                  // text: call sites printed
 	MaxProcs    int                  // exited processes reported one by one before folding (0: no bound)
+	MaxSites    int                  // call sites reported one by one; colder ones folded (0: no bound)
 	Interval    time.Duration        // with OnInterval: how often a snapshot is taken
 	OnInterval  func(*report.Report) // called with a snapshot every Interval while tracing
 	OnTracing   func()               // attach, trace: called once the probes are in place
@@ -56,6 +57,10 @@ type Options struct {
 	Stdout      io.Writer // where the traced commands' output goes
 	Stderr      io.Writer
 	Log         *slog.Logger
+	// KillAfter is how long an interrupted command's process group has between SIGTERM and SIGKILL
+	// (0: DefaultKillAfter; negative: none, SIGKILL right after SIGTERM).
+	KillAfter time.Duration
+	KillNow   <-chan struct{} // closed: an interrupted command's group gets SIGKILL at once (a second Ctrl-C)
 }
 
 // ErrCountCopy: count mode aggregates stacks in the kernel, which a copied stack cannot be.
@@ -138,10 +143,10 @@ func start(opts Options, filter bool) (*Session, error) {
 	s.maps.Adopted = func(m *procmaps.Module) { s.tables.wantWhole(m, false) }
 	s.unwinds = make(chan unwindJob, 4096)
 	go s.unwindCopies()
-	s.builder = report.NewBuilder(report.Options{TopSites: opts.TopSites, MinAge: opts.MinAge, MaxProcs: opts.MaxProcs,
+	s.builder = report.NewBuilder(report.Options{TopSites: opts.TopSites, MinAge: opts.MinAge, MaxProcs: opts.MaxProcs, MaxSites: opts.MaxSites,
 		FoldAtEnd: opts.Mode == "count", Stacks: s.stacks.resolve, CallerStack: s.callerStack, LiveSockets: true})
 	s.meta = report.Meta{Mode: modeName(opts.Mode), SampleBytes: opts.SampleBytes, StackMode: stackName(opts.Stack), Start: time.Now(), Roles: map[uint32]report.Role{},
-		RingBytes: cmp.Or(opts.RingBytes, 16<<20)}
+		RingBytes: cmp.Or(opts.RingBytes, 16<<20), TableSize: cmp.Or(opts.TableSize, 65536)}
 	if !tr.UsesUprobeMulti() {
 		s.meta.Warnings = append(s.meta.Warnings, "kernel lacks uprobe_multi (needs ≥ 6.6): using one uprobe link per function")
 	}
@@ -287,9 +292,6 @@ func (s *Session) finish() (*report.Report, error) {
 	}
 	s.meta.End = time.Now()
 	s.meta.Tracer = s.selfCost()
-	if lost.Stale > 0 {
-		s.warn("%d allocator calls lost their return probe (state discarded); their allocations are missing", lost.Stale)
-	}
 	s.builder.Settle()
 	for path, why := range s.maps.Failures() {
 		s.warn("no symbols for %s: %s", path, why)
