@@ -20,8 +20,8 @@ import (
 // traceDuration is the --duration of the attacked system-wide traces.
 const traceDuration = 4 * time.Second
 
-// jsonReport is what these tests read of a report.
-type jsonReport struct {
+// filesReport is what these tests read of a report.
+type filesReport struct {
 	Schema    string   `json:"schema"`
 	Warnings  []string `json:"warnings"`
 	Processes []struct {
@@ -31,13 +31,13 @@ type jsonReport struct {
 	} `json:"processes"`
 }
 
-func readReport(t *testing.T, path string) jsonReport {
+func readReport(t *testing.T, path string) filesReport {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatalf("no report: %v", err)
 	}
-	var r jsonReport
+	var r filesReport
 	if err := json.Unmarshal(b, &r); err != nil || r.Schema != "udstrace.report/v1" {
 		t.Fatalf("report %s does not parse as udstrace.report/v1: %v", path, err)
 	}
@@ -46,7 +46,7 @@ func readReport(t *testing.T, path string) jsonReport {
 
 // attackedTrace runs a root `udstrace trace --duration 4s` while attack runs (started once
 // tracing began) and requires it to end within its duration plus a second with a report.
-func attackedTrace(t *testing.T, bin string, attack func(ctx context.Context) error) jsonReport {
+func attackedTrace(t *testing.T, bin string, attack func(ctx context.Context) error) filesReport {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "report.json")
 	ctx, cancel := context.WithCancel(context.Background())
@@ -78,7 +78,7 @@ func tail(s string) string {
 	return strings.Join(lines[max(0, len(lines)-30):], "\n")
 }
 
-func hasComm(r jsonReport, comm string) bool {
+func hasComm(r filesReport, comm string) bool {
 	for _, p := range r.Processes {
 		if strings.HasPrefix(p.Comm, comm) {
 			return true
