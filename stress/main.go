@@ -45,7 +45,7 @@ func progress(format string, args ...any) {
 func main() {
 	flood := flag.Duration("flood", 30*time.Second, "flood: how long the traced flood should run (sets the call count)")
 	soak := flag.Duration("soak", 2*time.Minute, "soak: how long the soak trace runs")
-	only := flag.String("only", "", "comma-separated checks to run (flood, leftovers, concurrent, soak, churn, procs); empty: all")
+	only := flag.String("only", "", "comma-separated checks to run (flood, leftovers, concurrent, soak, churn, procs, files); empty: all")
 	keep := flag.Bool("keep", false, "keep the scratch directory (reports, logs, programs)")
 	flag.Parse()
 
@@ -88,6 +88,9 @@ func main() {
 	}
 	if want("procs") {
 		rows = append(rows, checkProcs(env)...)
+	}
+	if want("files") {
+		rows = append(rows, checkFiles(env)...)
 	}
 
 	failed := printResults(rows)

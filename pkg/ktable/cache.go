@@ -12,6 +12,8 @@ import (
 	"regexp"
 	"slices"
 	"syscall"
+
+	"github.com/udstrace/udstrace/internal/safeopen"
 )
 
 // Cache keeps compiled pages of rows on disk by the module's build-id, so a binary traced before
@@ -78,15 +80,13 @@ func (c *Cache) Load(buildID string, fileSize int64) *Entry {
 	if !ok {
 		return nil
 	}
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	// The directory is checked private, but an entry is opened like any file: never a FIFO, a
+	// device or a symlink, never over the bound.
+	f, err := safeopen.Open(path, safeopen.Options{MaxSize: maxEntry})
 	if err != nil {
 		return nil
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil || !st.Mode().IsRegular() || st.Size() > maxEntry {
-		return nil
-	}
 	data, err := io.ReadAll(io.LimitReader(f, maxEntry))
 	if err != nil {
 		return nil

@@ -39,22 +39,25 @@ func unixMajor(dev uint64) uint64 { return (dev >> 8) & 0xfff }
 func unixMinor(dev uint64) uint64 { return (dev & 0xff) | ((dev >> 12) & 0xfff00) }
 
 // AttachLibc places the allocator probes in one libc file; a file already attached is skipped.
-// It returns the probes so stacks can name the allocator frame.
-func (t *Tracer) AttachLibc(path string) ([]Probe, error) {
+// It returns the probes so stacks can name the allocator frame. path is where the file is
+// opened and the probes placed: the tracer's own open descriptor of it (/proc/self/fd/N), so
+// the probes land in the very file checked, whatever its name points to by then; name is what
+// messages call it.
+func (t *Tracer) AttachLibc(path, name string) ([]Probe, error) {
 	key, err := FileKey(path)
 	if err != nil {
-		return nil, fmt.Errorf("attaching to %s: %w", path, err)
+		return nil, fmt.Errorf("attaching to %s: %w", name, err)
 	}
 	if probes, ok := t.attached[key]; ok {
 		return probes, nil
 	}
 	probes, err := FindAllocator(path)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading the allocator of %s: %w", name, err)
 	}
 	ex, err := link.OpenExecutable(path)
 	if err != nil {
-		return nil, fmt.Errorf("opening %s for uprobes: %w", path, err)
+		return nil, fmt.Errorf("opening %s for uprobes: %w", name, err)
 	}
 	var allocOffs, allocCookies, freeOffs []uint64
 	for _, p := range probes {
@@ -66,13 +69,13 @@ func (t *Tracer) AttachLibc(path string) ([]Probe, error) {
 		allocCookies = append(allocCookies, uint64(p.Kind))
 	}
 	if len(freeOffs) == 0 {
-		return nil, fmt.Errorf("attaching to %s: no free symbol", path)
+		return nil, fmt.Errorf("attaching to %s: no free symbol", name)
 	}
 	if err := t.placeProbes(ex, allocOffs, allocCookies, freeOffs); err != nil {
-		return nil, fmt.Errorf("attaching to %s: %w", path, err)
+		return nil, fmt.Errorf("attaching to %s: %w", name, err)
 	}
 	t.attached[key] = probes
-	t.libcPaths[key] = path
+	t.libcPaths[key] = name
 	return probes, nil
 }
 

@@ -41,11 +41,12 @@ var errNoAllocator = errors.New("no malloc symbol")
 
 // FindAllocator reads the dynamic symbols of a libc and returns one probe per distinct function address.
 func FindAllocator(path string) ([]Probe, error) {
-	f, err := elf.Open(path)
+	ef, err := openELF(path)
 	if err != nil {
-		return nil, fmt.Errorf("opening %s: %w", path, err)
+		return nil, err
 	}
-	defer f.Close()
+	defer ef.Close()
+	f := ef.File
 	syms, err := f.DynamicSymbols()
 	if err != nil {
 		return nil, fmt.Errorf("reading dynamic symbols of %s: %w", path, err)

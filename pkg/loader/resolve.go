@@ -1,13 +1,14 @@
 package loader
 
 import (
-	"bufio"
 	"debug/elf"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/udstrace/udstrace/internal/safeopen"
 )
 
 // ErrStatic means the program has no dynamic libc whose allocator could be probed.
@@ -21,7 +22,7 @@ var ErrGoProgram = errors.New("is a Go program: Go allocates with its own alloca
 
 // IsGo reports whether an ELF file is a Go program (it has Go's build-info section).
 func IsGo(path string) bool {
-	f, err := elf.Open(path)
+	f, err := openELF(path)
 	if err != nil {
 		return false
 	}
@@ -48,9 +49,9 @@ func ResolveLibc(program string) (string, error) {
 		}
 		program = interp
 	}
-	f, err := elf.Open(program)
+	f, err := openELF(program)
 	if err != nil {
-		return "", fmt.Errorf("reading %s: %w", program, err)
+		return "", err
 	}
 	defer f.Close()
 	hasInterp := false
@@ -59,7 +60,7 @@ func ResolveLibc(program string) (string, error) {
 			hasInterp = true
 		}
 	}
-	needed, _ := f.ImportedLibraries()
+	needed := safeopen.DynStrings(f.File, elf.DT_NEEDED)
 	isGo := f.Section(".go.buildinfo") != nil
 	if isGo && !hasLibc(needed) {
 		return "", fmt.Errorf("inspecting %s: %w", program, ErrGoProgram)
@@ -76,7 +77,7 @@ func ResolveLibc(program string) (string, error) {
 	if libc == "" {
 		return "", fmt.Errorf("inspecting %s: %w", program, ErrNoLibc)
 	}
-	dirs := searchDirs(f, program)
+	dirs := searchDirs(f.File, program)
 	for _, d := range dirs {
 		cand := filepath.Join(d, libc)
 		if sameClass(cand, f.Class, f.Machine) {
@@ -87,12 +88,12 @@ func ResolveLibc(program string) (string, error) {
 }
 
 func shebang(path string) (string, error) {
-	f, err := os.Open(path)
+	// The kernel reads at most 256 bytes of a "#!" line (BINPRM_BUF_SIZE).
+	head, err := safeopen.ReadHead(path, 256, safeopen.Options{Follow: true})
 	if err != nil {
 		return "", fmt.Errorf("reading %s: %w", path, err)
 	}
-	defer f.Close()
-	line, _ := bufio.NewReader(f).ReadString('\n')
+	line, _, _ := strings.Cut(string(head), "\n")
 	if !strings.HasPrefix(line, "#!") {
 		return "", nil
 	}
@@ -104,7 +105,7 @@ func shebang(path string) (string, error) {
 }
 
 func sameClass(path string, class elf.Class, machine elf.Machine) bool {
-	f, err := elf.Open(path)
+	f, err := openELF(path)
 	if err != nil {
 		return false
 	}
@@ -148,7 +149,7 @@ func ResolveImage(program string) []string {
 	for len(queue) > 0 && len(out) < 256 {
 		obj := queue[0]
 		queue = queue[1:]
-		f, err := elf.Open(obj)
+		f, err := openELF(obj)
 		if err != nil {
 			continue
 		}
@@ -163,8 +164,8 @@ func ResolveImage(program string) []string {
 				}
 			}
 		}
-		needed, _ := f.ImportedLibraries()
-		dirs := searchDirs(f, obj)
+		needed := safeopen.DynStrings(f.File, elf.DT_NEEDED)
+		dirs := searchDirs(f.File, obj)
 		for _, n := range needed {
 			if seen[n] {
 				continue
@@ -186,13 +187,19 @@ func ResolveImage(program string) []string {
 	return out
 }
 
+// openELF opens an ELF file the traced side may control (a program, what it links, what a
+// "#!" line names): never a FIFO or device, and parsed from its program headers when its
+// section headers are broken, as the kernel runs it.
+func openELF(path string) (*safeopen.ELF, error) {
+	return safeopen.OpenELF(path, safeopen.Options{Follow: true})
+}
+
 // searchDirs are where the loader looks for obj's DT_NEEDED libraries.
 func searchDirs(f *elf.File, obj string) []string {
 	var dirs []string
 	origin := filepath.Dir(obj)
 	for _, tag := range []elf.DynTag{elf.DT_RPATH, elf.DT_RUNPATH} {
-		vals, _ := f.DynString(tag)
-		for _, v := range vals {
+		for _, v := range safeopen.DynStrings(f, tag) {
 			for _, d := range strings.Split(v, ":") {
 				dirs = append(dirs, strings.ReplaceAll(strings.ReplaceAll(d, "${ORIGIN}", origin), "$ORIGIN", origin))
 			}

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/udstrace/udstrace/internal/safeopen"
 )
 
 // Exec starts a process's mappings afresh for its new image.
@@ -33,7 +35,8 @@ func (t *Table) Exec(pid uint32, exe string, startCode, interpBase uint64, exeKe
 		if m != nil || !filepath.IsAbs(path) || strings.HasPrefix(path, "/proc/self/") {
 			continue
 		}
-		f, err := os.Open(path)
+		// The exec path is the user's: it may be a FIFO by now (the process renamed one over it).
+		f, err := safeopen.Open(path, safeopen.Options{Follow: true})
 		if err != nil {
 			continue
 		}
@@ -63,7 +66,7 @@ func (t *Table) Exec(pid uint32, exe string, startCode, interpBase uint64, exeKe
 			return
 		}
 		path := strings.TrimRight(string(b), "\x00")
-		f, err := os.Open(path)
+		f, err := safeopen.Open(path, safeopen.Options{Follow: true}) // a symlink, often (/lib64/ld-linux-x86-64.so.2)
 		if err != nil {
 			return
 		}
@@ -216,20 +219,45 @@ func (t *Table) AddFile(path string) *Module {
 }
 
 func (t *Table) addFile(path string) *Module {
-	f, err := os.Open(path)
+	m, _ := t.openFile(path)
+	return m
+}
+
+// OpenFile is AddFile saying why a file could not be opened.
+func (t *Table) OpenFile(path string) (*Module, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.openFile(path)
+}
+
+func (t *Table) openFile(path string) (*Module, error) {
+	f, err := safeopen.Open(path, safeopen.Options{Follow: true})
 	if err != nil {
-		return nil
+		return nil, err
 	}
+	return t.adopt(f, path, "")
+}
+
+// AddOpened adopts a file opened through safeopen (a libc found through a process's map_files),
+// named as the process sees it; root is that process's root for its debug files ("" for the
+// host's). The table owns f from now on.
+func (t *Table) AddOpened(f *os.File, name, root string) (*Module, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.adopt(f, name, root)
+}
+
+func (t *Table) adopt(f *os.File, name, root string) (*Module, error) {
 	key := fileKey(f)
-	if m := t.mods[key]; m != nil {
+	if m := t.mods[key]; m != nil && m.Opened() {
 		f.Close()
-		return m
+		return m, nil
 	}
-	m, err := openModule(key, path, "", f)
+	m, err := openModule(key, name, root, f)
 	if err != nil {
 		f.Close()
-		return nil
+		return nil, err
 	}
 	t.addModule(key, m)
-	return m
+	return m, nil
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 
+	"github.com/udstrace/udstrace/internal/safeopen"
 	"github.com/udstrace/udstrace/pkg/ktable"
 	"github.com/udstrace/udstrace/pkg/symbolize"
 	"github.com/udstrace/udstrace/pkg/unwind"
@@ -20,6 +21,9 @@ type Module struct {
 	BuildID string
 	Root    string // the mapping process's /proc/PID/root, for finding debug files in its mount namespace
 	ID      uint32 // module id in kernel stacks (pkg/kstack); 0 until registered
+	// Lost says what of the file could not be parsed (broken section headers: loads and CFI come
+	// from the program headers, symbols may be missing); nil when it parsed whole.
+	Lost error
 
 	file  *os.File
 	size  int64
@@ -39,11 +43,11 @@ func openModule(key, path, root string, f *os.File) (*Module, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", path, err)
 	}
-	ef, err := elf.NewFile(f)
+	ef, lost, err := safeopen.NewELF(f, st.Size())
 	if err != nil {
 		return nil, fmt.Errorf("parsing %s: %w", path, err)
 	}
-	m := &Module{Key: key, Path: path, Root: root, file: f, size: st.Size(), elf: ef}
+	m := &Module{Key: key, Path: path, Root: root, file: f, size: st.Size(), elf: ef, Lost: lost}
 	for _, p := range ef.Progs {
 		if p.Type == elf.PT_LOAD {
 			m.loads = append(m.loads, p.ProgHeader)
@@ -184,6 +188,16 @@ func (m *Module) PreloadSymbols() {
 
 // HasSymbols reports whether any function names are known for this module.
 func (m *Module) HasSymbols() bool { return m.sym != nil && m.sym.HasSymbols() }
+
+// FdPath names the module's file through the tracer's own descriptor (/proc/self/fd/N): what
+// is opened or probed there is the file the module read, whatever its path names by then.
+// "" for a stub.
+func (m *Module) FdPath() string {
+	if m.file == nil {
+		return ""
+	}
+	return fmt.Sprintf("/proc/self/fd/%d", m.file.Fd())
+}
 
 // Size is the file's size in bytes.
 func (m *Module) Size() int64 { return m.size }

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/udstrace/udstrace/internal/safeopen"
 )
 
 type mapping struct {
@@ -134,6 +136,19 @@ func (t *Table) Failures() map[string]string {
 	return out
 }
 
+// Partial lists the modules that parsed only in part, by path, with what is missing.
+func (t *Table) Partial() map[string]string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := map[string]string{}
+	for _, m := range t.mods {
+		if m.Lost != nil {
+			out[m.Path] = m.Lost.Error()
+		}
+	}
+	return out
+}
+
 // SetID records a module's id in kernel stacks.
 func (t *Table) SetID(m *Module, id uint32) {
 	t.mu.Lock()
@@ -226,6 +241,8 @@ func (t *Table) load(pid uint32) error {
 		}
 		m := t.mods[key]
 		if m == nil {
+			// The text squeezes spaces and escapes newlines; the kernel's link has the exact name.
+			path = t.pathOf(pid, start, end, path)
 			m = t.open(pid, key, path, start, end)
 		}
 		if m != nil {
@@ -275,8 +292,10 @@ func (t *Table) open(pid uint32, key, path string, start, end uint64) *Module {
 		tries = append(tries, path)
 	}
 	var lastErr error
-	for _, name := range tries {
-		f, err := os.Open(name)
+	for i, name := range tries {
+		// map_files is the kernel's link to the very file mapped; the paths after it are names a
+		// user may have replaced since (a FIFO, a symlink): those are not followed.
+		f, err := safeopen.Open(name, safeopen.Options{Follow: i == 0})
 		if err != nil {
 			lastErr = err
 			continue

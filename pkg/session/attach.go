@@ -11,7 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/udstrace/udstrace/internal/safeopen"
 	"github.com/udstrace/udstrace/pkg/loader"
+	"github.com/udstrace/udstrace/pkg/procmaps"
 	"github.com/udstrace/udstrace/pkg/report"
 )
 
@@ -24,42 +26,95 @@ var (
 	ErrExitedAttach = errors.New("exited while udstrace was attaching")
 )
 
-// libcOf finds the libc a live process maps, as a path reachable from here (through its root).
-func libcOf(pid int) (string, error) {
+// libcRef is a libc a live process maps, held open from when it was found: the process may
+// exit, or rename something else over the path, before the probes are placed.
+type libcRef struct {
+	f    *os.File
+	name string // the path as the process sees it
+	root string // the process's root, for its debug files; "" for the host's
+	key  string
+}
+
+func (l libcRef) close() {
+	if l.f != nil {
+		l.f.Close()
+	}
+}
+
+func closeRefs(refs []libcRef) {
+	for _, l := range refs {
+		l.close()
+	}
+}
+
+// libcOf finds the libc a live process maps and opens it through /proc/PID/map_files, the
+// kernel's link to the very file mapped (never a FIFO put at its path since); skip, when not
+// nil, says which files (by key) need not be opened again.
+func libcOf(pid int, skip map[string]bool) (libcRef, error) {
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return "", fmt.Errorf("attaching to pid %d: %w", pid, ErrNoProcess)
+			return libcRef{}, fmt.Errorf("attaching to pid %d: %w", pid, ErrNoProcess)
 		}
-		return "", fmt.Errorf("attaching to pid %d: %w", pid, err)
+		return libcRef{}, fmt.Errorf("attaching to pid %d: %w", pid, err)
 	}
 	if strings.Contains(string(status), "\nState:\tZ") {
-		return "", fmt.Errorf("attaching to pid %d: %w", pid, ErrZombie)
+		return libcRef{}, fmt.Errorf("attaching to pid %d: %w", pid, ErrZombie)
 	}
 	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
 	if err != nil {
-		return "", fmt.Errorf("attaching to pid %d: %w", pid, err)
+		return libcRef{}, fmt.Errorf("attaching to pid %d: %w", pid, err)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	lines := 0
 	for sc.Scan() {
 		lines++
-		fields := strings.Fields(sc.Text())
-		if len(fields) >= 6 && loader.IsLibcName(fields[5]) {
-			return fmt.Sprintf("/proc/%d/root%s", pid, fields[5]), nil
+		link, ok := mapFile(pid, sc.Text())
+		if !ok {
+			continue
 		}
+		// The exact name comes from the link, not from the text (spaces, escaped newlines).
+		name, err := os.Readlink(link)
+		if err != nil || !loader.IsLibcName(name) {
+			continue
+		}
+		key, err := loader.FileKey(link)
+		if err != nil {
+			continue
+		}
+		if skip[key] {
+			return libcRef{key: key}, nil
+		}
+		lf, err := safeopen.Open(link, safeopen.Options{Follow: true})
+		if err != nil {
+			return libcRef{}, fmt.Errorf("attaching to pid %d: opening its libc %s: %w", pid, name, err)
+		}
+		root := procRoot(uint32(pid))
+		if isHostRoot(root) {
+			root = ""
+		}
+		return libcRef{f: lf, name: strings.TrimSuffix(name, " (deleted)"), root: root, key: key}, nil
 	}
 	if lines == 0 {
 		if strings.Contains(string(status), "\nKthread:\t1") || !hasExe(pid) {
-			return "", fmt.Errorf("attaching to pid %d: %w", pid, ErrKernelThread)
+			return libcRef{}, fmt.Errorf("attaching to pid %d: %w", pid, ErrKernelThread)
 		}
-		return "", fmt.Errorf("attaching to pid %d: %w", pid, ErrExitedAttach)
+		return libcRef{}, fmt.Errorf("attaching to pid %d: %w", pid, ErrExitedAttach)
 	}
 	if loader.IsGo(fmt.Sprintf("/proc/%d/exe", pid)) {
-		return "", fmt.Errorf("attaching to pid %d: %w", pid, loader.ErrGoProgram)
+		return libcRef{}, fmt.Errorf("attaching to pid %d: %w", pid, loader.ErrGoProgram)
 	}
-	return "", fmt.Errorf("attaching to pid %d: %w", pid, ErrNoLibcMapped)
+	return libcRef{}, fmt.Errorf("attaching to pid %d: %w", pid, ErrNoLibcMapped)
+}
+
+// mapFile returns the map_files link of a /proc/PID/maps line that maps a file.
+func mapFile(pid int, line string) (string, bool) {
+	fields := strings.Fields(line)
+	if len(fields) < 6 || fields[4] == "0" {
+		return "", false
+	}
+	return fmt.Sprintf("/proc/%d/map_files/%s", pid, fields[0]), true
 }
 
 func hasExe(pid int) bool {
@@ -69,16 +124,23 @@ func hasExe(pid int) bool {
 
 // Attach traces running processes until ctx is done, the duration passes, or they all exit.
 func Attach(ctx context.Context, pids []int, duration time.Duration, opts Options) (*report.Report, error) {
-	var libcs []string
+	var libcs []libcRef
 	for _, pid := range pids {
-		l, err := libcOf(pid)
+		l, err := libcOf(pid, nil)
 		if err != nil {
+			closeRefs(libcs)
 			return nil, err
 		}
 		libcs = append(libcs, l)
 	}
 	s, err := start(opts, true)
 	if err != nil {
+		closeRefs(libcs)
+		return nil, err
+	}
+	mods, err := s.adoptLibcs(libcs)
+	if err != nil {
+		s.abort()
 		return nil, err
 	}
 	// Every mapped module gets its unwind table before the probes attach: complete stacks from
@@ -97,7 +159,7 @@ func Attach(ctx context.Context, pids []int, duration time.Duration, opts Option
 		s.warn("unwind tables were still loading when tracing began: the first stacks may be copied or cut")
 	}
 	for i, pid := range pids {
-		if err := s.attachLibc(libcs[i]); err != nil {
+		if err := s.attachModule(mods[i]); err != nil {
 			s.abort()
 			return nil, err
 		}
@@ -120,17 +182,25 @@ func Attach(ctx context.Context, pids []int, duration time.Duration, opts Option
 
 // Trace traces every process on the machine until ctx is done or the duration passes.
 func Trace(ctx context.Context, duration time.Duration, opts Options) (*report.Report, error) {
-	libcs := systemLibcs()
+	libcs, failed := systemLibcs()
 	if len(libcs) == 0 {
 		return nil, errors.New("tracing system-wide: no process maps a libc")
 	}
 	s, err := start(opts, false)
 	if err != nil {
+		closeRefs(libcs)
 		return nil, err
 	}
+	for _, msg := range failed {
+		s.warn("%s", msg)
+	}
 	for _, l := range libcs {
-		if err := s.attachLibc(l); err != nil {
-			s.warn("cannot probe %s: %v", l, err)
+		m, err := s.maps.AddOpened(l.f, l.name, l.root)
+		if err == nil {
+			err = s.attachModule(m)
+		}
+		if err != nil {
+			s.warn("cannot probe %s: %v", l.name, err)
 		}
 	}
 	s.meta.Command = []string{"trace"}
@@ -138,28 +208,44 @@ func Trace(ctx context.Context, duration time.Duration, opts Options) (*report.R
 	return s.finish()
 }
 
-// systemLibcs lists one path per distinct libc file mapped by any process (containers included).
-func systemLibcs() []string {
+// systemLibcs opens one libc per distinct file mapped by any process (containers included);
+// failed says which could not be opened (a process's own file that is not a libc it can run).
+func systemLibcs() (out []libcRef, failed []string) {
 	seen := map[string]bool{}
-	var out []string
 	dirs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, d := range dirs {
 		pid, err := strconv.Atoi(filepath.Base(d))
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		l, err := libcOf(pid)
+		l, err := libcOf(pid, seen)
 		if err != nil {
+			if errors.Is(err, safeopen.ErrNotRegular) || errors.Is(err, safeopen.ErrTooLarge) {
+				failed = append(failed, err.Error())
+			}
 			continue
 		}
-		key, err := loader.FileKey(l)
-		if err != nil || seen[key] {
+		if seen[l.key] {
 			continue
 		}
-		seen[key] = true
+		seen[l.key] = true
 		out = append(out, l)
 	}
-	return out
+	return out, failed
+}
+
+// adoptLibcs hands the held libcs to the session's table, in order; on error all are closed.
+func (s *Session) adoptLibcs(refs []libcRef) ([]*procmaps.Module, error) {
+	var mods []*procmaps.Module
+	for i, l := range refs {
+		m, err := s.maps.AddOpened(l.f, l.name, l.root)
+		if err != nil {
+			closeRefs(refs[i+1:])
+			return nil, fmt.Errorf("opening libc %s: %w", l.name, err)
+		}
+		mods = append(mods, m)
+	}
+	return mods, nil
 }
 
 // waitFor blocks until ctx is done, the duration (if any) passes, or done() holds (polled).

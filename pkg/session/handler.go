@@ -257,7 +257,7 @@ func (h *handler) checkLibc(pid uint32) {
 			continue
 		}
 		path := m.Path
-		if err := h.s.attachLibc(procRoot(pid) + path); err != nil {
+		if err := h.s.attachModule(m); err != nil {
 			h.s.warn("cannot probe %s mapped by pid %d: %v", path, pid, err)
 			continue
 		}

@@ -215,18 +215,24 @@ func (s *Session) callerStack(pid uint32, ret uint64) uint64 {
 	return s.stacks.intern([]kstack.Frame{s.maps.Caller(pid, ret)}, true)
 }
 
-// attachLibc probes the libc a program will use.
+// attachLibc probes the libc a program will use, found by path (run resolves it as the loader will).
 func (s *Session) attachLibc(path string) error {
-	// Open it now (processes that map it may be gone before their mappings are read) and load its
-	// table first: every heap stack starts in it.
-	if m := s.maps.AddFile(path); m != nil {
-		wait([]chan struct{}{s.tables.wantWhole(m, true)}, tableWait)
+	m, err := s.maps.OpenFile(path)
+	if err != nil {
+		return fmt.Errorf("opening libc %s: %w", path, err)
 	}
-	probes, err := s.tracer.AttachLibc(path)
+	return s.attachModule(m)
+}
+
+// attachModule probes a libc the session holds open. Its table loads first (every heap stack
+// starts in it); the probes go into the held file itself, not whatever its path names by now.
+func (s *Session) attachModule(m *procmaps.Module) error {
+	wait([]chan struct{}{s.tables.wantWhole(m, true)}, tableWait)
+	probes, err := s.tracer.AttachLibc(m.FdPath(), m.Path)
 	if err != nil {
 		return err
 	}
-	s.opts.Log.Debug("attached", "libc", path, "functions", len(probes))
+	s.opts.Log.Debug("attached", "libc", m.Path, "functions", len(probes))
 	return nil
 }
 
@@ -289,6 +295,9 @@ func (s *Session) finish() (*report.Report, error) {
 	s.builder.Settle()
 	for path, why := range s.maps.Failures() {
 		s.warn("no symbols for %s: %s", path, why)
+	}
+	for path, why := range s.maps.Partial() {
+		s.warn("%s: %s: traced from its program headers; its symbols and debug information may be missing", path, why)
 	}
 	rep := s.builder.Finish(&symbolizer{maps: s.maps}, s.meta)
 	s.opts.Log.Debug("report built", "took", time.Since(began), "sites", len(rep.Sites))

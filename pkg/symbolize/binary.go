@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"sync"
+
+	"github.com/udstrace/udstrace/internal/safeopen"
 )
 
 // maxSectionSize bounds any single section we read, so hostile headers cannot
@@ -79,7 +81,8 @@ func Open(r io.ReaderAt, size int64, opts Options) (b *Binary, err error) {
 	if size <= 0 {
 		return nil, fmt.Errorf("opening elf %s: empty file", opts.Path)
 	}
-	f, err := elf.NewFile(io.NewSectionReader(r, 0, size))
+	// A file with broken section headers still gives its build-id (PT_NOTE) and loads.
+	f, _, err := safeopen.NewELF(r, size)
 	if err != nil {
 		return nil, fmt.Errorf("parsing elf %s: %w", opts.Path, err)
 	}

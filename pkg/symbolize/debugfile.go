@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/udstrace/udstrace/internal/safeopen"
 )
 
 // maxDebuglinkSize bounds .gnu_debuglink; it holds a file name and a CRC.
@@ -55,7 +57,7 @@ func (b *Binary) findDebugFile() (*debugInfo, string) {
 	if id := b.buildID; len(id) > 2 {
 		for _, dir := range b.opts.debugDirs() {
 			p := filepath.Join(b.opts.Root, dir, ".build-id", id[:2], id[2:]+".debug")
-			if d := openDebugFile(p, func(f *elf.File, _ *os.File, size int64) bool {
+			if d := openDebugFile(p, true, func(f *elf.File, _ *os.File, size int64) bool {
 				return readBuildID(f, size) == id
 			}); d != nil {
 				return d, p
@@ -73,11 +75,12 @@ func (b *Binary) findDebugFile() (*debugInfo, string) {
 	for _, dd := range b.opts.debugDirs() {
 		cands = append(cands, filepath.Join(b.opts.Root, dd, dir, b.debuglink))
 	}
-	for _, p := range cands {
+	for i, p := range cands {
 		if p == self {
 			continue
 		}
-		if d := openDebugFile(p, func(_ *elf.File, r *os.File, _ int64) bool {
+		// Beside the binary the directory is the binary owner's: a symlink there is not followed.
+		if d := openDebugFile(p, i >= 2, func(_ *elf.File, r *os.File, _ int64) bool {
 			return fileCRC(r) == b.debugCRC
 		}); d != nil {
 			return d, p
@@ -87,20 +90,22 @@ func (b *Binary) findDebugFile() (*debugInfo, string) {
 }
 
 // openDebugFile loads symbols and DWARF from path if verify accepts it; the
-// file is closed before returning since everything needed is in memory.
-func openDebugFile(path string, verify func(*elf.File, *os.File, int64) bool) (d *debugInfo) {
+// file is closed before returning since everything needed is in memory. The
+// path may be a user's (a debuglink beside their binary names a FIFO, say):
+// only a regular file is opened, without blocking.
+func openDebugFile(path string, follow bool, verify func(*elf.File, *os.File, int64) bool) (d *debugInfo) {
 	defer func() {
 		if recovered(recover()) != nil {
 			d = nil
 		}
 	}()
-	fh, err := os.Open(path)
+	fh, err := safeopen.Open(path, safeopen.Options{Follow: follow})
 	if err != nil {
 		return nil
 	}
 	defer fh.Close()
 	st, err := fh.Stat()
-	if err != nil || !st.Mode().IsRegular() || st.Size() <= 0 {
+	if err != nil || st.Size() <= 0 {
 		return nil
 	}
 	size := st.Size()
