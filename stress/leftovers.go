@@ -62,12 +62,12 @@ func checkLeftovers(e *env) []*result {
 		r.fail("%v", err)
 		return []*result{r}
 	}
-	long := []string{"run", "--workload", "echo", "--messages", "20000000", "--format", "json"}
+	long := []string{"run", "--workload", "echo", "--messages", "1000000", "--format", "json"}
 	endings := []ending{
 		{name: "exit", tried: "echo workload (as nobody), normal exit", args: []string{"run", "--workload", "echo", "--messages", "2000", "--format", "json"}},
-		{name: "sigint", tried: "SIGINT mid-trace of echo --messages 20000000", args: long, waitFor: "echo-client", signal: syscall.SIGINT, wantLog: "interrupted"},
-		{name: "sigterm", tried: "SIGTERM mid-trace of echo --messages 20000000", args: long, waitFor: "echo-client", signal: syscall.SIGTERM, wantLog: "interrupted"},
-		{name: "sigkill-echo", tried: "SIGKILL mid-trace of echo --messages 20000000", args: long, waitFor: "echo-client", signal: syscall.SIGKILL, wantCode: -1},
+		{name: "sigint", tried: "SIGINT mid-trace of echo --messages 1000000", args: long, waitFor: "echo-client", signal: syscall.SIGINT, wantLog: "interrupted"},
+		{name: "sigterm", tried: "SIGTERM mid-trace of echo --messages 1000000", args: long, waitFor: "echo-client", signal: syscall.SIGTERM, wantLog: "interrupted"},
+		{name: "sigkill-echo", tried: "SIGKILL mid-trace of echo --messages 1000000", args: long, waitFor: "echo-client", signal: syscall.SIGKILL, wantCode: -1},
 		{name: "sigkill-run", tried: "SIGKILL mid-trace of run -- a long-running command", args: []string{"run", "--format", "json", "--", spin}, waitFor: "spin", signal: syscall.SIGKILL, wantCode: -1},
 		{name: "panic", tried: "panic mid-trace (UDSTRACE_TEST_PANIC=after-attach, echo)", args: long, env: []string{"UDSTRACE_TEST_PANIC=after-attach"},
 			wantCode: 2, wantLog: "panic: UDSTRACE_TEST_PANIC", skipIf: "panic:"},
@@ -318,7 +318,7 @@ func (e *env) reportFileAfterKill() *result {
 	os.MkdirAll(dir, 0o755)
 	out := filepath.Join(dir, "report.json")
 	res := e.tryEnding(ending{name: "sigkill-o", tried: "SIGKILL of run -o FILE: no partial report file",
-		args:    []string{"run", "--format", "json", "-o", out, "--workload", "echo", "--messages", "20000000"},
+		args:    []string{"run", "--format", "json", "-o", out, "--workload", "echo", "--messages", "1000000"},
 		waitFor: "echo-client", signal: syscall.SIGKILL, wantCode: -1}, nil)
 	entries, _ := os.ReadDir(dir)
 	for _, en := range entries {

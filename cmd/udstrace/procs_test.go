@@ -252,7 +252,7 @@ func TestSecondInterruptKillsAtOnce(t *testing.T) {
 func TestEchoInterrupted(t *testing.T) {
 	testenv.NeedRoot(t)
 	bin := buildCLI(t)
-	r := startMarked(t, bin, "run", "--workload", "echo", "--messages", "20000000", "--format", "json")
+	r := startMarked(t, bin, "run", "--workload", "echo", "--messages", "1000000", "--format", "json")
 	raw := waitComm(t, r, "echo-client")
 	seen := map[int]bool{raw: true}
 	time.Sleep(300 * time.Millisecond)

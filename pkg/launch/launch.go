@@ -107,7 +107,7 @@ func Start(argv []string, opts Options) (*Process, error) {
 	}
 	args := []string{helperArg}
 	if opts.Pinned != nil {
-		args = append(args, pinArg, opts.Pinned.String())
+		args = append(args, pinArg, opts.Pinned.arg())
 	}
 	cmd := exec.Command(selfExe, append(args, argv...)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = opts.Stdin, opts.Stdout, opts.Stderr

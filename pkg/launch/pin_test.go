@@ -72,7 +72,7 @@ func TestPinnedReplaced(t *testing.T) {
 	if err := os.Chmod(dir, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Pin(prog); err == nil || !strings.Contains(err.Error(), "only root can write") {
+	if _, err := Pin(prog); err == nil || !strings.Contains(err.Error(), "only root (or udstrace's own user) can write") {
 		t.Fatalf("Pin in a world-writable directory: %v, want refused", err)
 	}
 }

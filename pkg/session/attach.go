@@ -76,10 +76,34 @@ func libcOf(pid int, skip map[string]bool) (libcRef, error) {
 		}
 		// The exact name comes from the link, not from the text (spaces, escaped newlines).
 		name, err := os.Readlink(link)
-		if err != nil || !loader.IsLibcName(name) {
+		denied := errors.Is(err, os.ErrPermission)
+		if denied {
+			// map_files is root's (0500) and following it takes CAP_SYS_ADMIN or
+			// CAP_CHECKPOINT_RESTORE, which a tracer run with only its capability set lacks: the
+			// name then comes from the text (a name it mis-reads fails the identity check below).
+			name = mapName(sc.Text())
+		} else if err != nil {
 			continue
 		}
+		if !loader.IsLibcName(name) {
+			continue
+		}
+		root := procRoot(uint32(pid))
 		key, err := loader.FileKey(link)
+		if denied || errors.Is(err, os.ErrPermission) {
+			// Open the name in the process's root instead, and take it only if it is the very
+			// file mapped (the device and inode the line shows).
+			lf, err := libcByName(root, name, sc.Text())
+			if err != nil {
+				return libcRef{}, fmt.Errorf("attaching to pid %d: opening its libc %s: %w", pid, name, err)
+			}
+			key, _ = loader.FileKey(fdPath(lf))
+			if skip[key] {
+				lf.Close()
+				return libcRef{key: key}, nil
+			}
+			return newLibcRef(lf, name, root, key), nil
+		}
 		if err != nil {
 			continue
 		}
@@ -90,11 +114,7 @@ func libcOf(pid int, skip map[string]bool) (libcRef, error) {
 		if err != nil {
 			return libcRef{}, fmt.Errorf("attaching to pid %d: opening its libc %s: %w", pid, name, err)
 		}
-		root := procRoot(uint32(pid))
-		if isHostRoot(root) {
-			root = ""
-		}
-		return libcRef{f: lf, name: strings.TrimSuffix(name, " (deleted)"), root: root, key: key}, nil
+		return newLibcRef(lf, name, root, key), nil
 	}
 	if lines == 0 {
 		if strings.Contains(string(status), "\nKthread:\t1") || !hasExe(pid) {
@@ -106,6 +126,51 @@ func libcOf(pid int, skip map[string]bool) (libcRef, error) {
 		return libcRef{}, fmt.Errorf("attaching to pid %d: %w", pid, loader.ErrGoProgram)
 	}
 	return libcRef{}, fmt.Errorf("attaching to pid %d: %w", pid, ErrNoLibcMapped)
+}
+
+func newLibcRef(lf *os.File, name, root, key string) libcRef {
+	if isHostRoot(root) {
+		root = ""
+	}
+	return libcRef{f: lf, name: strings.TrimSuffix(name, " (deleted)"), root: root, key: key}
+}
+
+func fdPath(f *os.File) string { return fmt.Sprintf("/proc/self/fd/%d", f.Fd()) }
+
+// libcByName opens a mapped file by its name under the process's root, not following a final
+// symlink, and keeps it only if its device and inode are those of the maps line.
+func libcByName(root, name, line string) (*os.File, error) {
+	fields := strings.Fields(line)
+	var major, minor, ino uint64
+	if len(fields) < 6 {
+		return nil, fmt.Errorf("unreadable maps line")
+	}
+	if _, err := fmt.Sscanf(fields[3]+" "+fields[4], "%x:%x %d", &major, &minor, &ino); err != nil {
+		return nil, fmt.Errorf("unreadable maps line: %w", err)
+	}
+	f, err := safeopen.Open(filepath.Join(root, name), safeopen.Options{})
+	if err != nil {
+		return nil, err
+	}
+	if key, err := loader.FileKey(fdPath(f)); err != nil || key != fmt.Sprintf("%d:%d:%d", major, minor, ino) {
+		f.Close()
+		return nil, fmt.Errorf("%s is not the file mapped (device and inode differ)", name)
+	}
+	return f, nil
+}
+
+// mapName is the path of a maps line as text: what follows the five fields before it.
+func mapName(line string) string {
+	rest := line
+	for range 5 {
+		rest = strings.TrimLeft(rest, " ")
+		i := strings.IndexByte(rest, ' ')
+		if i < 0 {
+			return ""
+		}
+		rest = rest[i:]
+	}
+	return strings.TrimLeft(rest, " ")
 }
 
 // mapFile returns the map_files link of a /proc/PID/maps line that maps a file.
