@@ -3,7 +3,7 @@
 // ends, concurrent tracers, memory over a soak, and a churning target. It prints a table of what held
 // and exits non-zero if anything did not.
 //
-//	go run ./stress [-flood 30s] [-soak 2m] [-only flood,leftovers,concurrent,soak,churn]
+//	go run ./stress [-flood 30s] [-soak 2m] [-only flood,leftovers,concurrent,soak,churn,procs,files]
 package main
 
 import (
