@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -10,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/udstrace/udstrace/internal/fileattack"
 )
 
 // checkProcs checks what a traced command and the workload's user can do to udstrace's processes,
@@ -92,50 +93,28 @@ func (e *env) binaryRace(runs int) *result {
 	}
 	var attempts, held int
 	for i := range runs {
-		att := exec.Command(racer)
-		att.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}, Pdeathsig: syscall.SIGKILL}
-		out, _ := att.StdoutPipe()
-		if err := att.Start(); err != nil {
-			res.fail("starting the racer: %v", err)
-			return res
-		}
-		lines := bufio.NewScanner(out)
-		if !lines.Scan() || lines.Text() != "watching" {
-			att.Process.Kill()
-			att.Wait()
-			res.fail("racer did not start: %q", lines.Text())
+		att, err := fileattack.StartRacer(racer)
+		if err != nil {
+			res.fail("%v", err)
 			return res
 		}
 		report := filepath.Join(e.work, fmt.Sprintf("race-%d.json", i))
 		u, err := e.startUd(fmt.Sprintf("procs-race-%d", i), []string{"run", "--workload", "echo", "--messages", "200", "--format", "json", "-o", report}, nil, false)
 		if err != nil {
-			att.Process.Kill()
-			att.Wait()
+			att.Stop()
 			res.fail("starting udstrace: %v", err)
 			return res
 		}
 		code, _, timedOut := u.wait(60 * time.Second)
-		att.Process.Signal(syscall.SIGTERM)
-		var won []string
-		summary := ""
-		for lines.Scan() {
-			if strings.HasPrefix(lines.Text(), "WON") {
-				won = append(won, lines.Text())
-			} else {
-				summary = lines.Text()
-			}
-		}
-		att.Wait()
-		var dirs, n int
-		fmt.Sscanf(summary, "dirs %d attempts %d", &dirs, &n)
-		attempts += n
+		race := att.Stop()
+		attempts += race.Attempts
 		switch {
 		case timedOut || code != 0:
 			res.fail("run %d: udstrace exit %d (timed out %v): %s", i, code, timedOut, u.lastLines(3))
-		case len(won) > 0:
-			res.fail("run %d: the attacker won: %s", i, strings.Join(won, "; "))
-		case dirs < 1 || n == 0:
-			res.fail("run %d: the attacker never raced the run (%q)", i, summary)
+		case len(race.Won) > 0:
+			res.fail("run %d: the attacker won: %s", i, strings.Join(race.Won, "; "))
+		case race.Dirs < 1 || race.Attempts == 0:
+			res.fail("run %d: the attacker never raced the run (%q)", i, race.Summary)
 		default:
 			if msg := verdictHolds(report); msg != "" {
 				res.fail("run %d: %s", i, msg)

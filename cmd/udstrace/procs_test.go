@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
@@ -15,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/udstrace/udstrace/internal/fileattack"
 	"github.com/udstrace/udstrace/internal/testenv"
 )
 
@@ -308,41 +308,18 @@ func TestEchoBinariesRace(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 2 {
-		att := exec.Command(racer)
-		att.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}, Pdeathsig: syscall.SIGKILL}
-		out, err := att.StdoutPipe()
+		att, err := fileattack.StartRacer(racer)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := att.Start(); err != nil {
-			t.Fatal(err)
-		}
-		lines := bufio.NewScanner(out)
-		if !lines.Scan() || lines.Text() != "watching" {
-			att.Process.Kill()
-			att.Wait()
-			t.Fatalf("racer did not start: %q", lines.Text())
-		}
 		r := startMarked(t, bin, "run", "--workload", "echo", "--messages", "200", "--format", "json")
 		ws := r.wait(t, 60*time.Second)
-		att.Process.Signal(syscall.SIGTERM)
-		var won []string
-		summary := ""
-		for lines.Scan() {
-			if strings.HasPrefix(lines.Text(), "WON") {
-				won = append(won, lines.Text())
-			} else {
-				summary = lines.Text()
-			}
+		race := att.Stop()
+		if len(race.Won) > 0 || race.Wins != 0 {
+			t.Errorf("run %d: the attacker won %d times: %v", i, race.Wins, race.Won)
 		}
-		att.Wait()
-		var dirs, attempts, wins int
-		fmt.Sscanf(summary, "dirs %d attempts %d won %d", &dirs, &attempts, &wins)
-		if len(won) > 0 || wins != 0 {
-			t.Errorf("run %d: the attacker won %d times: %v", i, wins, won)
-		}
-		if dirs < 1 || attempts == 0 {
-			t.Fatalf("run %d: the attacker never raced the run (%q)", i, summary)
+		if race.Dirs < 1 || race.Attempts == 0 {
+			t.Fatalf("run %d: the attacker never raced the run (%q)", i, race.Summary)
 		}
 		if ws.ExitStatus() != exitOK {
 			t.Fatalf("run %d: udstrace %v: %s", i, ws, r.errText())
@@ -360,7 +337,7 @@ func TestEchoBinariesRace(t *testing.T) {
 		if roles != 3 || !rep.SocketPath.Holds {
 			t.Errorf("run %d: verdict holds=%v with %d workload processes, want true with 3", i, rep.SocketPath.Holds, roles)
 		}
-		t.Logf("run %d: %s", i, summary)
+		t.Logf("run %d: %s", i, race.Summary)
 	}
 }
 
