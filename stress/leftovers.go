@@ -196,7 +196,7 @@ func (e *env) failedAttach() []*result {
 		bad--
 	}
 	rows = append(rows, e.tryEnding(ending{name: "attach-pid1", tried: fmt.Sprintf("attach --pid 1,%d", bad),
-		args: []string{"attach", "--pid", fmt.Sprintf("1,%d", bad), "--duration", "5s"}, wantCode: 1}, func(r *result, u *udRun) {
+		args: []string{"attach", "--pid", fmt.Sprintf("1,%d", bad), "--duration", "5s"}, wantCode: 125}, func(r *result, u *udRun) {
 		r.note("udstrace said: %s", u.lastLines(1))
 	}))
 
@@ -231,10 +231,10 @@ func (e *env) failedAttach() []*result {
 	buf := make([]byte, 6)
 	out.Read(buf)
 	rows = append(rows, e.tryEnding(ending{name: "attach-nopid", tried: fmt.Sprintf("attach --pid A,%d (no such process)", bad),
-		args: []string{"attach", "--pid", fmt.Sprintf("%d,%d", a.Process.Pid, bad), "--duration", "5s"}, wantCode: 1, wantLog: "no such process"}, nil))
+		args: []string{"attach", "--pid", fmt.Sprintf("%d,%d", a.Process.Pid, bad), "--duration", "5s"}, wantCode: 125, wantLog: "no such process"}, nil))
 	rows = append(rows, e.tryEnding(ending{name: "attach-halfway", tried: res.tried,
 		args:     []string{"attach", "--pid", fmt.Sprintf("%d,%d", a.Process.Pid, b.Process.Pid), "--duration", "10s"},
-		wantCode: 1, wantLog: "no malloc symbol"}, func(r *result, u *udRun) {
+		wantCode: 125, wantLog: "no malloc symbol"}, func(r *result, u *udRun) {
 		r.note("links seen in udstrace's descriptors before it failed: %d (the kernel hooks alone are 5: sys_enter, sys_exit, exec, fork, exit; A's libc adds 3)", len(u.ids.link))
 	}))
 	return rows
@@ -377,8 +377,8 @@ func (e *env) privileges() *result {
 	msg := strings.TrimSpace(string(b))
 	ee, _ := err.(*exec.ExitError)
 	switch {
-	case ee == nil || ee.ExitCode() != 1:
-		res.fail("--user nosuchuser: exit %v, want 1: %s", err, msg)
+	case ee == nil || ee.ExitCode() != 125:
+		res.fail("--user nosuchuser: exit %v, want 125: %s", err, msg)
 	case strings.Count(msg, "\n") != 0 || !strings.Contains(msg, `"nosuchuser"`) || !strings.Contains(msg, "--user USER"):
 		res.fail("--user nosuchuser: want one line naming the user and --user USER, got %q", msg)
 	default:

@@ -14,10 +14,15 @@ import (
 )
 
 // Exit codes, documented in the README.
+// run -- COMMAND otherwise exits with the command's own status (128+N when a signal N killed it),
+// as strace, valgrind, heaptrack and timeout(1) do; udstrace's own failures take the codes
+// timeout(1) and env(1) use for theirs, out of the way of a command's usual statuses.
 const (
-	exitOK      = 0
-	exitFailure = 1 // tracing failed (kernel, permissions, target) or --verify found a mismatch
-	exitUsage   = 2 // bad command line
+	exitOK       = 0
+	exitMismatch = 1   // --verify found a mismatch
+	exitUsage    = 2   // bad command line: nothing ran
+	exitFailure  = 125 // udstrace failed: kernel, permissions, target, writing the report
+	exitNotFound = 127 // run: the command was not found
 )
 
 const usage = `udstrace traces every allocation a process makes: libc's malloc family
@@ -91,6 +96,9 @@ func run(ctx context.Context, args []string) int {
 	if err != nil {
 		commit(false)
 		fmt.Fprintf(os.Stderr, "udstrace: %s\n", explain(err))
+		if errors.Is(err, session.ErrCommandNotFound) {
+			return exitNotFound
+		}
 		return exitFailure
 	}
 	if err := commit(true); err != nil {
@@ -99,6 +107,9 @@ func run(ctx context.Context, args []string) int {
 	}
 	if o.verify {
 		return verify(ctx, o, fs.Args(), rep)
+	}
+	if rep.CommandStatus != nil {
+		return *rep.CommandStatus
 	}
 	return exitOK
 }
@@ -162,7 +173,8 @@ func printUsage(w io.Writer) {
 	fs.SetOutput(w)
 	fs.PrintDefaults()
 	fmt.Fprintln(w, "\nWithout root: CAP_BPF+CAP_PERFMON; attach, trace and top also CAP_SYS_PTRACE; --workload echo also CAP_SETUID+CAP_SETGID.")
-	fmt.Fprintln(w, "Exit status: 0 traced and reported, 1 tracing failed (or --verify found a mismatch), 2 bad command line.")
+	fmt.Fprintln(w, "Exit status: run -- COMMAND: the command's own (128+N if signal N killed it); otherwise 0 traced and reported.")
+	fmt.Fprintln(w, "  1 --verify found a mismatch, 2 bad command line, 125 udstrace failed, 127 command not found.")
 }
 
 // explain turns an error into the one line a user needs: what is wrong and what to do.

@@ -57,8 +57,8 @@ func TestBadInput(t *testing.T) {
 		want string
 	}{
 		{[]string{"run", "--workload", "nope"}, exitUsage, "--workload"},
-		{[]string{"run", "--", "/no/such/command"}, exitFailure, "command not found"},
-		{[]string{"run", "--", "no-such-command-anywhere"}, exitFailure, "command not found"},
+		{[]string{"run", "--", "/no/such/command"}, exitNotFound, "command not found"},
+		{[]string{"run", "--", "no-such-command-anywhere"}, exitNotFound, "command not found"},
 		{[]string{"frobnicate"}, exitUsage, "unknown command"},
 		{[]string{"run"}, exitUsage, "nothing to trace"},
 		{[]string{"run", "--format", "xml", "--workload", "echo"}, exitUsage, "unknown format"},

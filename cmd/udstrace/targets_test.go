@@ -95,7 +95,7 @@ func TestAttachToExitingProcess(t *testing.T) {
 	}
 	go p.Wait()
 	stdout, stderr, code := runCLI(t, bin, "attach", "--pid", strconv.Itoa(p.Process.Pid), "--duration", "5s")
-	// Either it attached and the process exited (a report, exit 0), or it was gone first (one line, exit 1).
+	// Either it attached and the process exited (a report, exit 0), or it was gone first (one line, exitFailure).
 	switch code {
 	case exitOK:
 		if !strings.Contains(stdout, "udstrace report") {

@@ -28,7 +28,7 @@ func verify(ctx context.Context, o options, command []string, rep *report.Report
 	for _, r := range rows {
 		result := "MATCH"
 		if !r.Match {
-			result, code = "MISMATCH", exitFailure
+			result, code = "MISMATCH", exitMismatch
 		}
 		for i, k := range r.Kinds {
 			res := ""

@@ -193,6 +193,15 @@ func groupMembers(pgid, skip int) []int {
 	return out
 }
 
+// ShellStatus is a wait status as a shell's $? tells it: the exit code, or 128+N when killed by
+// signal N (strace, valgrind, heaptrack and timeout(1) return a traced command's status so).
+func ShellStatus(ws syscall.WaitStatus) int {
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}
+
 // StatusText words a wait status: "exited with status N" or "killed by signal N (SIGNAME)".
 func StatusText(ws syscall.WaitStatus) string {
 	if ws.Signaled() {

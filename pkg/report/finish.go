@@ -15,6 +15,7 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 	r := &Report{
 		Schema:             Schema,
 		Command:            nonNil(meta.Command),
+		CommandStatus:      meta.CommandStatus,
 		Mode:               meta.Mode,
 		SampleBytes:        meta.SampleBytes,
 		StackMode:          meta.StackMode,

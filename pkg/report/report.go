@@ -53,6 +53,9 @@ const (
 // Meta is what the caller knows about the trace as a whole.
 type Meta struct {
 	Command     []string        // what was traced (argv) or ["workload", "echo"]
+	// CommandStatus is run -- COMMAND's exit status as a shell tells it (128+N when killed by
+	// signal N); nil for anything else.
+	CommandStatus *int
 	Mode        string          // e.g. "full"
 	SampleBytes uint64          // count mode: stacks sampled every this many bytes on average (0: every call)
 	StackMode   string          // "fp", "cfi", "auto"
@@ -122,6 +125,7 @@ type SymFrame struct {
 type Report struct {
 	Schema          string     `json:"schema"`
 	Command         []string   `json:"command"`
+	CommandStatus   *int       `json:"command_status,omitempty"` // run -- COMMAND: its exit status (128+N: killed by signal N)
 	Mode            string     `json:"mode"`
 	SampleBytes     uint64     `json:"sample_bytes"` // count mode: mean bytes between sampled calls; 0: not sampled
 	StackMode       string     `json:"stack_mode"`

@@ -53,6 +53,10 @@ func Run(ctx context.Context, opts Options) (*report.Report, error) {
 		return nil, err
 	}
 	s.opts.Log.Debug("command ended", "status", launch.StatusText(ws))
+	status := launch.ShellStatus(ws)
+	s.mu.Lock()
+	s.meta.CommandStatus = &status
+	s.mu.Unlock()
 	return s.finish()
 }
 
