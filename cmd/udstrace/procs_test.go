@@ -199,7 +199,8 @@ func TestInterruptEscalates(t *testing.T) {
 	sent := time.Now()
 	r.cmd.Process.Signal(syscall.SIGINT)
 	// The margin is for writing the report on a loaded machine; without escalation it takes 600 s.
-	if ws := r.wait(t, grace+20*time.Second); ws.ExitStatus() != exitOK {
+	// udstrace exits with the command's status: killed by SIGKILL, 128+9.
+	if ws := r.wait(t, grace+20*time.Second); ws.ExitStatus() != 128+int(syscall.SIGKILL) {
 		t.Fatalf("udstrace %v: %s", ws, r.errText())
 	}
 	took := r.ended.Sub(sent)
@@ -231,7 +232,7 @@ func TestSecondInterruptKillsAtOnce(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	sent := time.Now()
 	r.cmd.Process.Signal(syscall.SIGINT)
-	if ws := r.wait(t, 30*time.Second); ws.ExitStatus() != exitOK {
+	if ws := r.wait(t, 30*time.Second); ws.ExitStatus() != 128+int(syscall.SIGKILL) {
 		t.Fatalf("udstrace %v: %s", ws, r.errText())
 	}
 	rep := r.report(t)
