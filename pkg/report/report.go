@@ -294,6 +294,10 @@ type StackFrame struct {
 
 // SocketPath is the verdict on "the AF_UNIX socket path allocates nothing in user space".
 type SocketPath struct {
+	// Applies says the verdict means something here: the echo workload ran, or a process made
+	// AF_UNIX socket calls. When false nothing is concluded (holds false, reason and conclusion
+	// empty) and the text report leaves the section out.
+	Applies               bool            `json:"applies"`
 	Syscalls              uint64          `json:"syscalls"`
 	UserAllocations       uint64          `json:"user_allocations"`
 	UserBytes             uint64          `json:"user_bytes"`

@@ -17,7 +17,8 @@ import (
 // maxTextFrames bounds the frames printed per site; JSON has them all.
 const maxTextFrames = 12
 
-// WriteText writes the report for a person; the last line is the quotable conclusion.
+// WriteText writes the report for a person; where the socket-path verdict applies, the last line is
+// its quotable conclusion.
 func (r *Report) WriteText(w io.Writer) error {
 	var buf bytes.Buffer
 	r.header(&buf)
@@ -25,8 +26,10 @@ func (r *Report) WriteText(w io.Writer) error {
 	r.sites(&buf)
 	r.longLived(&buf)
 	r.unmatchedFrees(&buf)
-	r.socketPath(&buf)
-	buf.WriteString("\n" + esc(r.SocketPath.Conclusion) + "\n")
+	if r.SocketPath.Applies {
+		r.socketPath(&buf)
+		buf.WriteString("\n" + esc(r.SocketPath.Conclusion) + "\n")
+	}
 	_, err := w.Write(buf.Bytes())
 	return err
 }

@@ -190,6 +190,9 @@ func (b *Builder) verdict(procs []*proc, roles map[uint32]Role, stackOf func(*si
 		sp.Processes = append(sp.Processes, x)
 	}
 	slices.Sort(sp.UserAllocationSites)
+	if sp.Applies = len(roles) > 0 || sp.Syscalls > 0; !sp.Applies {
+		return sp // no socket path was exercised: a verdict would be noise
+	}
 
 	reason := ""
 	switch {
