@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -158,6 +159,16 @@ func TestText(t *testing.T) {
 		"_IO_file_doallocate called from fgetc in main", "verdict: holds\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("text lacks %q", want)
+		}
+	}
+	// Top sites lead with their rank, then the stable id JSON uses, in the report's order.
+	ranks := regexp.MustCompile(`(?m)^(\d+)\. site #(\d+)  `).FindAllStringSubmatch(out, -1)
+	if len(ranks) != len(r.Sites) {
+		t.Errorf("%d ranked sites in the text, want %d", len(ranks), len(r.Sites))
+	}
+	for i, m := range ranks {
+		if m[1] != strconv.Itoa(i+1) || m[2] != strconv.Itoa(r.Sites[i].ID) {
+			t.Errorf("site line %d reads %q, want rank %d and site #%d", i, m[0], i+1, r.Sites[i].ID)
 		}
 	}
 	// Columns are aligned: every header word starts where its column's cells start.

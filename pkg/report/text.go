@@ -115,9 +115,10 @@ func (r *Report) sites(b *bytes.Buffer) {
 		n = min(len(r.Sites), 20) // a Report decoded from JSON has no options
 	}
 	fmt.Fprintf(b, "\nTOP CALL SITES (%d of %d, by bytes)\n", n, len(r.Sites))
-	for _, s := range r.Sites[:n] {
-		fmt.Fprintf(b, "#%d %s  pid %s %s  count %s  bytes %s  outstanding %s (%s)",
-			s.ID, s.Kind, pidText(s.PID), cmpOr(esc(s.Comm), "?"), commas(s.Count), bytesText(s.Bytes),
+	// Each site leads with its rank; "site #ID" is the stable id JSON and the other sections use.
+	for rank, s := range r.Sites[:n] {
+		fmt.Fprintf(b, "%d. site #%d  %s  pid %s %s  count %s  bytes %s  outstanding %s (%s)",
+			rank+1, s.ID, s.Kind, pidText(s.PID), cmpOr(esc(s.Comm), "?"), commas(s.Count), bytesText(s.Bytes),
 			commas(s.OutstandingCount), bytesText(s.OutstandingBytes))
 		if s.OutstandingCount > 0 {
 			fmt.Fprintf(b, " oldest %s", ageText(s.OldestOutstandingAgeSeconds))
