@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -61,7 +62,13 @@ func run(ctx context.Context, args []string) int {
 	if sub == "top" && o.interval <= 0 {
 		o.interval = defaultTopInterval
 	}
-	if msg := o.validate(sub, fs.Args()); msg != "" {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	msg := o.validate(sub, fs.Args())
+	if msg == "" {
+		msg = o.inapplicable(sub, func(name string) bool { return set[name] })
+	}
+	if msg != "" {
 		fmt.Fprintf(os.Stderr, "udstrace: %s\n", msg)
 		return exitUsage
 	}

@@ -78,6 +78,25 @@ func TestFlagValues(t *testing.T) {
 		}
 	}
 
+	// A flag given where it means nothing is refused, not ignored.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run", "--duration", "1s", "--", "sleep", "3"}, "--duration applies only to attach, trace and top"},
+		{[]string{"run", "--pid", "1", "--", "true"}, "--pid applies only to attach, trace and top"},
+		{[]string{"run", "--interval", "1s", "--", "true"}, "--interval applies only to --format ndjson and top"},
+		{[]string{"run", "--messages", "5", "--", "true"}, "--messages applies only to run --workload echo"},
+		{[]string{"run", "--user", "nobody", "--", "true"}, "--user applies only to run --workload echo"},
+		{[]string{"trace", "--kill-after", "1s"}, "--kill-after applies only to run"},
+		{[]string{"trace", "--size", "10"}, "--size applies only to run --workload echo"},
+	} {
+		stdout, stderr, code := runCLI(t, bin, c.args...)
+		if code != exitUsage || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, c.want) {
+			t.Errorf("%v: exit %d, stderr %q: want exit %d and one line saying %q", c.args, code, stderr, exitUsage, c.want)
+		}
+	}
+
 	// The edges inside each range pass validation (the one place values are checked) ...
 	good := [][]string{
 		{"--ring-size", "4096", "--stack", "fp"}, {"--ring-size", "1073741824"}, {"--stack-bytes", "512"}, {"--stack-bytes", "16384", "--ring-size", "262144"},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -117,6 +118,38 @@ func (o *options) validate(sub string, rest []string) string {
 		// Stacks are copied while unwind tables load (and always with cfi); copies may fill only
 		// half the ring.
 		return fmt.Sprintf("--ring-size %d holds too few %d-byte stack copies: use at least %d, or a smaller --stack-bytes", o.ringBytes, o.stackBytes, 16*o.stackBytes)
+	}
+	return ""
+}
+
+// appliesTo says which subcommands each flag means something for; a flag given where it means
+// nothing is refused rather than silently ignored (run --duration 1s would otherwise run on).
+var appliesTo = []struct {
+	flag  string
+	subs  []string
+	echo  bool   // only with --workload echo
+	where string // how the message says where it applies
+}{
+	{"workload", []string{"run"}, false, "run"},
+	{"verify", []string{"run"}, false, "run -- COMMAND"},
+	{"kill-after", []string{"run"}, false, "run"},
+	{"messages", []string{"run"}, true, "run --workload echo"},
+	{"size", []string{"run"}, true, "run --workload echo"},
+	{"user", []string{"run"}, true, "run --workload echo"},
+	{"pid", []string{"attach", "trace", "top"}, false, "attach, trace and top"},
+	{"duration", []string{"attach", "trace", "top"}, false, "attach, trace and top (run ends when its command does)"},
+}
+
+// inapplicable returns the line refusing a flag given where it means nothing, "" when every
+// given flag applies. set says whether a flag was given on the command line.
+func (o *options) inapplicable(sub string, set func(name string) bool) string {
+	for _, a := range appliesTo {
+		if set(a.flag) && (!slices.Contains(a.subs, sub) || (a.echo && o.workload == "")) {
+			return fmt.Sprintf("--%s applies only to %s: drop it", a.flag, a.where)
+		}
+	}
+	if set("interval") && sub != "top" && o.format != "ndjson" {
+		return "--interval applies only to --format ndjson and top: drop it, or add --format ndjson"
 	}
 	return ""
 }
