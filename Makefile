@@ -8,7 +8,7 @@ BPF_SRC := $(wildcard bpf/*.c bpf/*.h)
 GEN     := pkg/loader/udstrace_x86_bpfel.go pkg/loader/udstrace_x86_bpfel.o \
            bench/floor/floor_x86_bpfel.go bench/floor/floor_x86_bpfel.o
 
-.PHONY: all build workload run test test-quick generate check-generate fuzz vet clean bench stress
+.PHONY: all build deps workload run test test-quick generate check-generate fuzz vet clean bench stress
 
 all: build
 
@@ -22,8 +22,16 @@ workload:
 run: build
 	$(SUDO) ./udstrace run --workload echo
 
+# What the tests need at run time (oracles and tools), installed when missing (scripts/deps.sh).
+TEST_DEPS := gdb binutils bpftool libc6-dev libc6-dbg g++ gcc make perl procps util-linux
+# What make generate needs besides.
+GEN_DEPS  := clang-19 llvm-19 libbpf-dev
+
+deps:
+	@scripts/deps.sh $(TEST_DEPS)
+
 # The whole suite, BPF tests included (they need root; under CI=true they never skip).
-test: build vet
+test: deps build vet
 	$(GO) test $(GOEXEC) -count=1 -p 1 -timeout 30m ./...
 
 # Pure-Go tests only: no root, no BPF.
@@ -38,6 +46,7 @@ vet:
 # Regenerate the committed BPF objects (needs clang-19, llvm-strip-19, libbpf-dev): udstrace's, and the
 # bench's trap-floor programs (bench/floor).
 generate:
+	@scripts/deps.sh $(GEN_DEPS)
 	cd pkg/loader && $(GO) generate ./...
 	cd bench/floor && $(GO) generate ./...
 
