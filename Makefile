@@ -4,6 +4,7 @@ SUDO    := $(shell [ "$$(id -u)" -eq 0 ] || echo "sudo -E")
 # Test binaries run as root through sudo; the go commands they start get root's own build cache (never
 # root-owned files in yours) and your PATH (sudo's secure_path may lack go).
 GOEXEC  := $(if $(SUDO),-exec "$(SUDO) env PATH=$(PATH) GOCACHE=$(CURDIR)/.build/root-gocache",)
+COMMIT  := $(shell git describe --always --dirty 2>/dev/null)
 BPF_SRC := $(wildcard bpf/*.c bpf/*.h)
 GEN     := pkg/loader/udstrace_x86_bpfel.go pkg/loader/udstrace_x86_bpfel.o \
            bench/floor/floor_x86_bpfel.go bench/floor/floor_x86_bpfel.o
@@ -13,7 +14,7 @@ GEN     := pkg/loader/udstrace_x86_bpfel.go pkg/loader/udstrace_x86_bpfel.o \
 all: build
 
 build: workload
-	$(GO) build -o udstrace ./cmd/udstrace
+	$(GO) build -ldflags "-X main.buildCommit=$(COMMIT)" -o udstrace ./cmd/udstrace
 
 workload:
 	$(MAKE) -C workload

@@ -35,6 +35,7 @@ Usage:
   udstrace attach --pid PID[,PID...] [options]  trace running processes until Ctrl-C, --duration or exit
   udstrace trace [options]                      trace every process on the machine (system-wide)
   udstrace top [options]                        live view of the busiest call sites, system-wide
+  udstrace version (--version, -V)              version, commit, Go and cilium/ebpf versions, kernel features found
   udstrace help                                 this text
 
 Options:
@@ -43,6 +44,10 @@ Options:
 func run(ctx context.Context, args []string) int {
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		printUsage(os.Stdout)
+		return exitOK
+	}
+	if args[0] == "version" || args[0] == "--version" || args[0] == "-V" {
+		printVersion(os.Stdout)
 		return exitOK
 	}
 	var o options

@@ -169,21 +169,35 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 // ErrMissingFeature names a kernel capability udstrace cannot work without.
 var ErrMissingFeature = errors.New("kernel feature missing")
 
-func checkFeatures() error {
-	checks := []struct {
-		what string
-		err  error
-	}{
-		{"BTF (/sys/kernel/btf/vmlinux)", statErr("/sys/kernel/btf/vmlinux")},
-		{"ring buffer maps (needs ≥ 5.8)", features.HaveMapType(ebpf.RingBuf)},
-		{"uprobes (CONFIG_UPROBE_EVENTS)", statErr("/sys/bus/event_source/devices/uprobe")},
+// Feature is one kernel capability udstrace uses, as found on this machine.
+type Feature struct {
+	What     string
+	Required bool  // udstrace cannot work without it
+	Err      error // nil: present
+}
+
+// Features probes the kernel for what udstrace uses: the one list checkFeatures and
+// udstrace --version read.
+func Features() []Feature {
+	return []Feature{
+		{"BTF (/sys/kernel/btf/vmlinux)", true, statErr("/sys/kernel/btf/vmlinux")},
+		{"ring buffer maps (needs ≥ 5.8)", true, features.HaveMapType(ebpf.RingBuf)},
+		{"uprobes (CONFIG_UPROBE_EVENTS)", true, statErr("/sys/bus/event_source/devices/uprobe")},
+		{"task storage maps", true, features.HaveMapType(ebpf.TaskStorage)},
+		{"uprobe_multi links (≥ 6.6; else one uprobe per function)", false, features.HaveBPFLinkUprobeMulti()},
 	}
-	for _, c := range checks {
-		if errors.Is(c.err, ebpf.ErrNotSupported) || errors.Is(c.err, os.ErrNotExist) {
-			return fmt.Errorf("checking kernel: %w: %s", ErrMissingFeature, c.what)
+}
+
+func checkFeatures() error {
+	for _, c := range Features() {
+		if !c.Required {
+			continue
 		}
-		if c.err != nil {
-			return fmt.Errorf("checking kernel for %s: %w", c.what, c.err)
+		if errors.Is(c.Err, ebpf.ErrNotSupported) || errors.Is(c.Err, os.ErrNotExist) {
+			return fmt.Errorf("checking kernel: %w: %s", ErrMissingFeature, c.What)
+		}
+		if c.Err != nil {
+			return fmt.Errorf("checking kernel for %s: %w", c.What, c.Err)
 		}
 	}
 	return nil
