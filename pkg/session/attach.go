@@ -152,7 +152,7 @@ func libcByName(root, name, line string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	if key, err := loader.FileKey(fdPath(f)); err != nil || key != fmt.Sprintf("%d:%d:%d", major, minor, ino) {
+	if key, err := loader.FileKey(fdPath(f)); err != nil || key != procmaps.KernelDevKey(uint32(major<<20|minor), ino) {
 		f.Close()
 		return nil, fmt.Errorf("%s is not the file mapped (device and inode differ)", name)
 	}
