@@ -99,7 +99,7 @@ func run(ctx context.Context, args []string) int {
 		if stream != nil {
 			err = stream.final(rep)
 		} else {
-			err = write(out, rep, o.format)
+			err = write(out, rep, o)
 		}
 		if err != nil {
 			err = fmt.Errorf("writing report: %w", err)
@@ -166,14 +166,14 @@ func trace(ctx context.Context, sub string, o options, sopts session.Options) (*
 	return session.Trace(ctx, o.duration, sopts)
 }
 
-func write(w io.Writer, rep *report.Report, format string) error {
-	switch format {
+func write(w io.Writer, rep *report.Report, o options) error {
+	switch o.format {
 	case "json":
 		return rep.WriteJSON(w)
 	case "pprof":
 		return rep.WritePprof(w)
 	case "folded":
-		return rep.WriteFolded(w)
+		return rep.WriteFolded(w, report.FoldedOptions{Weight: report.Weight(o.weight), ProcessRoot: o.foldedRoot == "process"})
 	}
 	return rep.WriteText(w)
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/udstrace/udstrace/pkg/report"
 	"github.com/udstrace/udstrace/pkg/session"
 )
 
@@ -44,6 +45,8 @@ type options struct {
 	comm       string
 	cgroup     string
 	killAfter  time.Duration
+	weight     string
+	foldedRoot string
 }
 
 var formats = []string{"text", "json", "ndjson", "pprof", "folded"}
@@ -79,7 +82,17 @@ func newFlags(o *options) *flag.FlagSet {
 	fs.StringVar(&o.comm, "comm", "", "trace only processes with this name")
 	fs.StringVar(&o.cgroup, "cgroup", "", "trace only processes in this cgroup v2 `PATH` (absolute or under /sys/fs/cgroup)")
 	fs.DurationVar(&o.killAfter, "kill-after", session.DefaultKillAfter, "run: on Ctrl-C or SIGTERM the command's process group gets SIGTERM, then SIGKILL after this long (0: at once; a second Ctrl-C: at once)")
+	fs.StringVar(&o.weight, "weight", "bytes", "folded: what each stack's value counts: "+strings.Join(weightNames(), ", ")+" (outstanding-*: full mode)")
+	fs.StringVar(&o.foldedRoot, "folded-root", "", "folded: process roots each stack at a frame naming its process (comm-PID), to keep processes apart in one flame graph")
 	return fs
+}
+
+func weightNames() []string {
+	var out []string
+	for _, w := range report.Weights {
+		out = append(out, string(w))
+	}
+	return out
 }
 
 // cache is the unwind cache directory to use, "" for none.

@@ -53,6 +53,9 @@ func TestFlagValues(t *testing.T) {
 		{[]string{"--format", "ndjson"}, "--format ndjson needs --interval"},
 		{[]string{"--verify", "--mode", "count"}, "--verify works with udstrace run"},
 		{[]string{"--no-such-flag"}, "flag provided but not defined: -no-such-flag"},
+		{[]string{"--format", "folded", "--weight", "width"}, "unknown weight \"width\": use --weight bytes, count, outstanding-bytes, outstanding-count"},
+		{[]string{"--format", "folded", "--mode", "count", "--weight", "outstanding-bytes"}, "--weight outstanding-bytes: count mode traces no frees"},
+		{[]string{"--format", "folded", "--folded-root", "thread"}, "--folded-root \"thread\": the only root is process"},
 	}
 	for _, c := range bad {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
@@ -90,6 +93,8 @@ func TestFlagValues(t *testing.T) {
 		{[]string{"run", "--user", "nobody", "--", "true"}, "--user applies only to run --workload echo"},
 		{[]string{"trace", "--kill-after", "1s"}, "--kill-after applies only to run"},
 		{[]string{"trace", "--size", "10"}, "--size applies only to run --workload echo"},
+		{[]string{"run", "--weight", "count", "--", "true"}, "--weight applies only to --format folded"},
+		{[]string{"run", "--format", "json", "--folded-root", "process", "--", "true"}, "--folded-root applies only to --format folded"},
 	} {
 		stdout, stderr, code := runCLI(t, bin, c.args...)
 		if code != exitUsage || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, c.want) {
@@ -105,6 +110,7 @@ func TestFlagValues(t *testing.T) {
 		{"--table-size", "1024"}, {"--table-size", "16777216"}, {"--messages", "1"}, {"--messages", "1048576"},
 		{"--size", "0"}, {"--size", "1048576"}, {"--sample-bytes", "0"}, {"--sample-bytes", "1"}, {"--min-size", "0"},
 		{"--comm", "0123456789abcde"}, {"--format", "ndjson", "--interval", "1s"}, {"--mode", "count", "--stack", "fp"},
+		{"--format", "folded", "--weight", "outstanding-count", "--folded-root", "process"}, {"--format", "folded", "--mode", "count", "--weight", "count"},
 	}
 	for _, args := range good {
 		var o options

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/udstrace/udstrace/pkg/report"
 )
 
 // Ranges of the numeric flags, said in every message about them (and on parse errors).
@@ -108,6 +110,12 @@ func (o *options) validate(sub string, rest []string) string {
 		return bad("interval", o.interval)
 	case len(o.comm) > maxComm:
 		return fmt.Sprintf("--comm %q: use a process name of at most %d bytes (the kernel's comm)", o.comm, maxComm)
+	case !slices.Contains(report.Weights, report.Weight(o.weight)):
+		return fmt.Sprintf("unknown weight %q: use --weight %s", o.weight, strings.Join(weightNames(), ", "))
+	case report.Weight(o.weight).Outstanding() && o.mode == "count":
+		return fmt.Sprintf("--weight %s: count mode traces no frees, so nothing is outstanding: use --mode full, or --weight bytes or count", o.weight)
+	case o.foldedRoot != "" && o.foldedRoot != "process":
+		return fmt.Sprintf("--folded-root %q: the only root is process (--folded-root process)", o.foldedRoot)
 	case o.format == "ndjson" && o.interval <= 0:
 		return "--format ndjson needs --interval (e.g. --interval 1s)"
 	case o.verify && o.sample > 0:
@@ -146,6 +154,11 @@ func (o *options) inapplicable(sub string, set func(name string) bool) string {
 	for _, a := range appliesTo {
 		if set(a.flag) && (!slices.Contains(a.subs, sub) || (a.echo && o.workload == "")) {
 			return fmt.Sprintf("--%s applies only to %s: drop it", a.flag, a.where)
+		}
+	}
+	for _, f := range []string{"weight", "folded-root"} {
+		if set(f) && o.format != "folded" {
+			return fmt.Sprintf("--%s applies only to --format folded: drop it, or add --format folded", f)
 		}
 	}
 	if set("interval") && sub != "top" && o.format != "ndjson" {

@@ -8,10 +8,12 @@ import (
 	"path"
 	"slices"
 	"strings"
-	"unicode"
 
 	"github.com/google/pprof/profile"
 )
+
+// unknownMapping is the pprof mapping of frames in no mapped file; its addresses are runtime ones.
+const unknownMapping = "[unknown]"
 
 // noStack names the single frame of a site without a stack, so its bytes still show in graphs.
 const noStack = "(no stack)"
@@ -27,13 +29,27 @@ func (r *Report) WritePprof(w io.Writer) error {
 
 // Profile converts the sites into a pprof profile: one sample per site.
 func (r *Report) Profile() *profile.Profile {
+	// Count mode traces no frees: it has no inuse values to give, so it gives none (pprof would
+	// otherwise show "Total samples = 0" by default), and its default is what was allocated.
+	full := r.Mode != "count"
 	p := &profile.Profile{
 		SampleType: []*profile.ValueType{
 			{Type: "alloc_objects", Unit: "count"}, {Type: "alloc_space", Unit: "bytes"},
-			{Type: "inuse_objects", Unit: "count"}, {Type: "inuse_space", Unit: "bytes"},
 		},
-		DefaultSampleType: "inuse_space",
-		Comments:          []string{"udstrace: " + strings.Join(r.Command, " ")},
+		DefaultSampleType: "alloc_space",
+		Comments:          []string{"udstrace: " + strings.Join(r.Command, " "), "udstrace mode: " + r.Mode},
+		// As Go's heap profiles: the period is the mean bytes between samples. Values are already
+		// scaled (every site's weights are unbiased), so pprof must not scale them again.
+		PeriodType: &profile.ValueType{Type: "space", Unit: "bytes"},
+		Period:     max(int64(min(r.SampleBytes, math.MaxInt64)), 1),
+	}
+	if full {
+		p.SampleType = append(p.SampleType, &profile.ValueType{Type: "inuse_objects", Unit: "count"},
+			&profile.ValueType{Type: "inuse_space", Unit: "bytes"})
+		p.DefaultSampleType = "inuse_space"
+	}
+	if r.SampleBytes > 0 {
+		p.Comments = append(p.Comments, fmt.Sprintf("udstrace sampled: a stack about every %d bytes; values are estimates, per-process totals exact", r.SampleBytes))
 	}
 	if !r.Start.IsZero() {
 		p.TimeNanos = r.Start.UnixNano()
@@ -44,9 +60,12 @@ func (r *Report) Profile() *profile.Profile {
 	for i := range r.Sites {
 		s := &r.Sites[i]
 		smp := &profile.Sample{
-			Value:    []int64{clampInt64(s.Count), clampInt64(s.Bytes), clampInt64(s.OutstandingCount), clampInt64(s.OutstandingBytes)},
+			Value:    []int64{clampInt64(s.Count), clampInt64(s.Bytes)},
 			Label:    map[string][]string{"comm": {s.Comm}, "kind": {s.Kind}},
 			NumLabel: map[string][]int64{"pid": {int64(s.PID)}, "site": {int64(s.ID)}},
+		}
+		if full {
+			smp.Value = append(smp.Value, clampInt64(s.OutstandingCount), clampInt64(s.OutstandingBytes))
 		}
 		for st := s.Stack; len(st) > 0; {
 			n := 1 // one raw frame: its inlined entries and the function they were inlined into
@@ -62,7 +81,7 @@ func (r *Report) Profile() *profile.Profile {
 		p.Sample = append(p.Sample, smp)
 	}
 	// pprof names the profile after the first mapping: put the executables before the libraries.
-	slices.SortStableFunc(p.Mapping, func(a, b *profile.Mapping) int { return cmp.Compare(isSharedLib(a.File), isSharedLib(b.File)) })
+	slices.SortStableFunc(p.Mapping, func(a, b *profile.Mapping) int { return cmp.Compare(mappingRank(a.File), mappingRank(b.File)) })
 	for i, m := range p.Mapping {
 		m.ID = uint64(i + 1)
 		m.Limit = max(m.Limit, 1) // file offsets run from Start 0 up to the largest one seen
@@ -95,9 +114,7 @@ func (b *pprofBuilder) location(fs []StackFrame) *profile.Location {
 	}
 	// Addresses are file offsets in a mapping placed at 0: the same code in two processes is one location.
 	l := &profile.Location{ID: uint64(len(b.p.Location) + 1), Address: k.off}
-	if f0.Module != "" {
-		l.Mapping = b.mapping(f0, k.off)
-	}
+	l.Mapping = b.mapping(f0, k.off)
 	for i := range fs {
 		l.Line = append(l.Line, profile.Line{Function: b.function(&fs[i]), Line: int64(fs[i].Line)})
 		if m := l.Mapping; m != nil && (fs[i].File == "" || fs[i].Line <= 0) {
@@ -116,6 +133,11 @@ func (b *pprofBuilder) mapping(f *StackFrame, off uint64) *profile.Mapping {
 		// HasFunctions stops pprof from re-symbolizing with file offsets it would take for addresses.
 		m = &profile.Mapping{ID: uint64(len(b.p.Mapping) + 1), File: f.Module, BuildID: f.BuildID,
 			HasFunctions: true, HasFilenames: true, HasLineNumbers: true, HasInlineFrames: true}
+		if f.Module == "" {
+			// Frames in no file (JIT code, or no stack at all) still get a mapping, as pprof's
+			// tools expect of every location: one pseudo-file of runtime addresses.
+			m.File = unknownMapping
+		}
 		b.maps[k] = m
 		b.p.Mapping = append(b.p.Mapping, m)
 	}
@@ -137,7 +159,11 @@ func (b *pprofBuilder) function(f *StackFrame) *profile.Function {
 	return fn
 }
 
-func isSharedLib(file string) int {
+// mappingRank orders mappings: executables, then shared libraries, then the pseudo-file of unknown frames.
+func mappingRank(file string) int {
+	if file == unknownMapping {
+		return 2
+	}
 	if b := path.Base(file); strings.HasSuffix(b, ".so") || strings.Contains(b, ".so.") {
 		return 1
 	}
@@ -149,41 +175,4 @@ func clampInt64(v uint64) int64 {
 		return math.MaxInt64
 	}
 	return int64(v)
-}
-
-// WriteFolded writes one flame-graph line per site: frames outermost first joined by ";", a space, the bytes.
-func (r *Report) WriteFolded(w io.Writer) error {
-	lines := make([]string, 0, len(r.Sites))
-	var sb strings.Builder
-	for i := range r.Sites {
-		s := &r.Sites[i]
-		sb.Reset()
-		for j := len(s.Stack) - 1; j >= 0; j-- { // the stack is innermost first, inlined entries before their caller
-			sb.WriteString(foldedName(frameName(&s.Stack[j])))
-			if j > 0 {
-				sb.WriteByte(';')
-			}
-		}
-		if len(s.Stack) == 0 {
-			sb.WriteString(foldedName(noStack))
-		}
-		fmt.Fprintf(&sb, " %d", s.Bytes)
-		lines = append(lines, sb.String())
-	}
-	slices.Sort(lines)
-	_, err := io.WriteString(w, strings.Join(lines, "\n")+strings.Repeat("\n", min(len(lines), 1)))
-	return err
-}
-
-// foldedName keeps a frame name one field: the format splits on ";", the value on the last space, lines on newlines.
-func foldedName(s string) string {
-	if s == "" {
-		return "?"
-	}
-	return strings.Map(func(r rune) rune {
-		if r == ';' || unicode.IsSpace(r) || unicode.IsControl(r) {
-			return '_'
-		}
-		return r
-	}, s)
 }

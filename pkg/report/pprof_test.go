@@ -2,11 +2,15 @@ package report
 
 import (
 	"bytes"
+	"errors"
+	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/google/pprof/profile"
@@ -105,7 +109,7 @@ func TestPprofParsesBack(t *testing.T) {
 				t.Errorf("unknown function %v", n)
 			}
 		case site.Bytes == 8:
-			if l := s.Location[1]; l.Mapping != nil || !equal(names(l), []string{"0xdead0000"}) {
+			if l := s.Location[1]; l.Mapping == nil || l.Mapping.File != "[unknown]" || !equal(names(l), []string{"0xdead0000"}) {
 				t.Errorf("anonymous frame %v %+v", names(l), l.Mapping)
 			}
 		}
@@ -116,9 +120,56 @@ func TestPprofParsesBack(t *testing.T) {
 	if p.Mapping[0].File != exePath {
 		t.Errorf("first mapping %s, want the executable", p.Mapping[0].File)
 	}
+	for _, l := range p.Location {
+		if l.Mapping == nil {
+			t.Errorf("location %d (%v) has no mapping", l.ID, names(l))
+		}
+	}
+	if p.PeriodType == nil || p.PeriodType.Type != "space" || p.PeriodType.Unit != "bytes" || p.Period != 1 {
+		t.Errorf("period %+v %d, want space/bytes 1 (not sampled)", p.PeriodType, p.Period)
+	}
+	if p.DefaultSampleType != "inuse_space" {
+		t.Errorf("default sample type %q, want inuse_space in full mode", p.DefaultSampleType)
+	}
 }
 
-// TestPprofTool checks that the go tool reads the profile and prints the JSON's totals.
+// TestPprofCountMode: count mode traces no frees, so its profile has no inuse values, and its
+// default sample type is what was allocated; a sampled trace says its period.
+func TestPprofCountMode(t *testing.T) {
+	r := exportReport(t)
+	r.Mode, r.SampleBytes = "count", 4096
+	var buf bytes.Buffer
+	if err := r.WritePprof(&buf); err != nil {
+		t.Fatal(err)
+	}
+	p, err := profile.Parse(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for _, st := range p.SampleType {
+		types = append(types, st.Type)
+	}
+	if !equal(types, []string{"alloc_objects", "alloc_space"}) || p.DefaultSampleType != "alloc_space" {
+		t.Errorf("sample types %v, default %q", types, p.DefaultSampleType)
+	}
+	if p.Period != 4096 || p.PeriodType.Type != "space" {
+		t.Errorf("period %d %+v, want 4096 space", p.Period, p.PeriodType)
+	}
+	var sum int64
+	for _, s := range p.Sample {
+		if len(s.Value) != 2 {
+			t.Fatalf("sample values %v", s.Value)
+		}
+		sum += s.Value[1]
+	}
+	if want := siteTotals(r)[1]; sum != want || sum == 0 {
+		t.Errorf("alloc_space total %d, JSON %d", sum, want)
+	}
+}
+
+// TestPprofTool checks that the go tool reads the profile and prints the JSON's totals, for each
+// sample type and for the default one, in full and in count mode (whose default must not be empty).
 func TestPprofTool(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs go tool pprof")
@@ -127,32 +178,42 @@ func TestPprofTool(t *testing.T) {
 	if err != nil {
 		t.Skip("no go command")
 	}
-	r := exportReport(t)
-	file := filepath.Join(t.TempDir(), "heap.pb.gz")
-	var buf bytes.Buffer
-	if err := r.WritePprof(&buf); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(file, buf.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	want := siteTotals(r)
 	total := regexp.MustCompile(`Showing nodes accounting for \S+, \S+ of (\d+)B total`)
-	for idx, name := range map[int]string{1: "alloc_space", 3: "inuse_space"} {
+	for _, tc := range []struct {
+		mode, index string
+		col         int // siteTotals column
+	}{
+		{"full", "alloc_space", 1}, {"full", "inuse_space", 3}, {"full", "", 3},
+		{"count", "alloc_space", 1}, {"count", "", 1},
+	} {
+		r := exportReport(t)
+		r.Mode = tc.mode
+		file := filepath.Join(t.TempDir(), "heap.pb.gz")
+		var buf bytes.Buffer
+		if err := r.WritePprof(&buf); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(file, buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
 		// -unit=B keeps the totals exact; no symbolization: the profile carries its names.
-		out, err := exec.Command(goBin, "tool", "pprof", "-top", "-unit=B", "-nodefraction=0", "-symbolize=none", "-sample_index="+name, file).CombinedOutput()
+		args := []string{"tool", "pprof", "-top", "-unit=B", "-nodefraction=0", "-symbolize=none"}
+		if tc.index != "" {
+			args = append(args, "-sample_index="+tc.index)
+		}
+		out, err := exec.Command(goBin, append(args, file)...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("go tool pprof: %v\n%s", err, out)
 		}
 		m := total.FindSubmatch(out)
 		if m == nil {
-			t.Fatalf("%s: no total in\n%s", name, out)
+			t.Fatalf("%s %q: no total in\n%s", tc.mode, tc.index, out)
 		}
-		if n, _ := strconv.ParseInt(string(m[1]), 10, 64); n != want[idx] {
-			t.Errorf("%s: pprof total %d, JSON %d", name, n, want[idx])
+		if n, _ := strconv.ParseInt(string(m[1]), 10, 64); n != siteTotals(r)[tc.col] || n == 0 {
+			t.Errorf("%s %q: pprof total %d, JSON %d", tc.mode, tc.index, n, siteTotals(r)[tc.col])
 		}
 		if !bytes.Contains(out, []byte("_IO_file_doallocate")) {
-			t.Errorf("%s: no function names in\n%s", name, out)
+			t.Errorf("%s %q: no function names in\n%s", tc.mode, tc.index, out)
 		}
 	}
 }
@@ -164,7 +225,7 @@ func (f symFunc) Symbolize(fr event.Frame) []SymFrame { return f(fr) }
 
 func TestFolded(t *testing.T) {
 	var buf bytes.Buffer
-	if err := exportReport(t).WriteFolded(&buf); err != nil {
+	if err := exportReport(t).WriteFolded(&buf, FoldedOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	want := `(no_stack) 3
@@ -189,14 +250,59 @@ main;echo-client+0x4242;malloc 24
 		return []SymFrame{{Function: map[uint64]string{0x100: "operator new(unsigned long)", 0x1000: "a;b\tc"}[f.FileOffset]}}
 	})
 	buf.Reset()
-	if err := b.Finish(odd, Meta{}).WriteFolded(&buf); err != nil {
+	if err := b.Finish(odd, Meta{}).WriteFolded(&buf, FoldedOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if got := buf.String(); got != "echo-client+0x1200;a_b_c;operator_new(unsigned_long) 5\n" {
 		t.Errorf("escaped folded line %q", got)
 	}
 	buf.Reset()
-	if err := NewBuilder(testOpts(Options{})).Finish(nil, Meta{}).WriteFolded(&buf); err != nil || buf.Len() != 0 {
+	if err := NewBuilder(testOpts(Options{})).Finish(nil, Meta{}).WriteFolded(&buf, FoldedOptions{}); err != nil || buf.Len() != 0 {
 		t.Errorf("empty report: %q, %v", buf.String(), err)
+	}
+}
+
+// TestFoldedWeights: each weight sums to the JSON's total of that figure, sites of weight 0 are
+// left out, a process root names each site's process, and count mode refuses outstanding weights.
+func TestFoldedWeights(t *testing.T) {
+	r := exportReport(t)
+	for w, col := range map[Weight]int{WeightCount: 0, WeightBytes: 1, WeightOutstandingCount: 2, WeightOutstandingBytes: 3} {
+		var buf bytes.Buffer
+		if err := r.WriteFolded(&buf, FoldedOptions{Weight: w, ProcessRoot: true}); err != nil {
+			t.Fatal(err)
+		}
+		var sum int64
+		lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+		roots := map[string]bool{}
+		for _, l := range lines {
+			sp := strings.LastIndexByte(l, ' ')
+			n, err := strconv.ParseInt(l[sp+1:], 10, 64)
+			if err != nil || n <= 0 {
+				t.Fatalf("%s: line %q", w, l)
+			}
+			sum += n
+			roots[l[:strings.IndexByte(l, ';')]] = true
+		}
+		nonzero := 0
+		want := map[string]bool{}
+		for i := range r.Sites {
+			if r.Sites[i].weight(w) > 0 {
+				nonzero++
+				want[r.Sites[i].Comm+"-"+strconv.Itoa(int(r.Sites[i].PID))] = true
+			}
+		}
+		if sum != siteTotals(r)[col] || len(lines) != nonzero {
+			t.Errorf("%s: %d lines summing to %d, JSON %d over %d sites", w, len(lines), sum, siteTotals(r)[col], nonzero)
+		}
+		if !maps.Equal(roots, want) {
+			t.Errorf("%s: roots %v, want %v", w, roots, want)
+		}
+	}
+	r.Mode = "count"
+	if err := r.WriteFolded(io.Discard, FoldedOptions{Weight: WeightOutstandingBytes}); !errors.Is(err, ErrNotTraced) {
+		t.Errorf("count mode, outstanding weight: %v", err)
+	}
+	if err := r.WriteFolded(io.Discard, FoldedOptions{Weight: "width"}); err == nil {
+		t.Error("unknown weight accepted")
 	}
 }
