@@ -9,7 +9,7 @@ BPF_SRC := $(wildcard bpf/*.c bpf/*.h)
 GEN     := pkg/loader/udstrace_x86_bpfel.go pkg/loader/udstrace_x86_bpfel.o \
            bench/floor/floor_x86_bpfel.go bench/floor/floor_x86_bpfel.o
 
-.PHONY: all build deps workload run test test-quick generate check-generate fuzz vet clean bench stress
+.PHONY: all build deps workload run test test-quick generate check-generate fuzz vet clean bench stress install docs
 
 all: build
 
@@ -18,6 +18,20 @@ build: workload
 
 workload:
 	$(MAKE) -C workload
+
+# Man pages and shell completions, generated from the command tree (udstrace docs).
+docs: build
+	rm -rf .build/docs && ./udstrace docs .build/docs
+
+# Install the binary, its man pages and bash/zsh/fish completions under $(DESTDIR)$(PREFIX).
+PREFIX  ?= /usr/local
+install: docs
+	install -D -m 0755 udstrace $(DESTDIR)$(PREFIX)/bin/udstrace
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 0644 .build/docs/man1/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -D -m 0644 .build/docs/completions/udstrace.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/udstrace
+	install -D -m 0644 .build/docs/completions/_udstrace $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_udstrace
+	install -D -m 0644 .build/docs/completions/udstrace.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/udstrace.fish
 
 # The main job: build, then trace the built-in AF_UNIX echo experiment.
 run: build

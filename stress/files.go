@@ -36,8 +36,8 @@ func checkFiles(e *env) []*result {
 			duration+90*time.Second, func() { attacked <- attack(ctx) })
 		cancel()
 		judge(r, run, out)
-		if run.Traced && run.SinceTracing > duration+time.Second {
-			r.fail("ended %s after tracing began, over --duration %s plus a second", run.SinceTracing.Round(time.Millisecond), duration)
+		if run.Traced && run.SinceTracing > duration+fileattack.HangSlack {
+			r.fail("ended %s after tracing began, over --duration %s plus %s", run.SinceTracing.Round(time.Millisecond), duration, fileattack.HangSlack)
 		}
 		if run.Traced {
 			if err := <-attacked; err != nil {

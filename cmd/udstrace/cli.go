@@ -3,11 +3,11 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/udstrace/udstrace/pkg/report"
@@ -26,52 +26,32 @@ const (
 	exitNotFound = 127 // run: the command was not found
 )
 
-const usage = `udstrace traces every allocation a process makes: libc's malloc family
-(uprobes) and mmap/munmap/mremap/brk (syscall tracepoints), with user stacks.
-
-Usage:
-  udstrace run [options] --workload echo       trace the built-in AF_UNIX echo experiment
-  udstrace run [options] -- COMMAND [ARG...]    trace a command from exec to exit, children too
-  udstrace attach --pid PID[,PID...] [options]  trace running processes until Ctrl-C, --duration or exit
-  udstrace trace [options]                      trace every process on the machine (system-wide)
-  udstrace top [options]                        live view of the busiest call sites, system-wide
-  udstrace version (--version, -V)              version, commit, Go and cilium/ebpf versions, kernel features found
-  udstrace help                                 this text
-
-Options:
-`
-
 func run(ctx context.Context, args []string) int {
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
-		printUsage(os.Stdout)
-		return exitOK
-	}
-	if args[0] == "version" || args[0] == "--version" || args[0] == "-V" {
-		printVersion(os.Stdout)
-		return exitOK
-	}
 	var o options
-	fs := newFlags(&o)
-	fs.SetOutput(io.Discard)
-	sub := args[0]
-	switch sub {
-	case "run", "attach", "trace", "top":
-	default:
-		fmt.Fprintf(os.Stderr, "udstrace: unknown command %q: use run, attach, trace or top (see udstrace help)\n", sub)
+	var inv invocation
+	root := newRoot(&o, &inv)
+	root.SetArgs(args)
+	if err := root.Execute(); err != nil {
+		fmt.Fprintf(os.Stderr, "udstrace: %s\n", usageLine(err))
+		if errors.Is(err, errDocs) {
+			return exitFailure
+		}
 		return exitUsage
 	}
-	if err := fs.Parse(args[1:]); err != nil {
-		fmt.Fprintf(os.Stderr, "udstrace: %v%s (see udstrace help)\n", err, parseHint(err))
-		return exitUsage
+	sub, rest := inv.sub, inv.rest
+	if sub == "" {
+		return exitOK // help, version, completion or docs: served
+	}
+	if sub == "attach" && len(rest) > 0 { // attach PID... : the arguments join --pid's list
+		o.pids = strings.Join(append(slices.DeleteFunc([]string{o.pids}, func(s string) bool { return s == "" }), rest...), ",")
+		rest = nil
 	}
 	if sub == "top" && o.interval <= 0 {
 		o.interval = defaultTopInterval
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	msg := o.validate(sub, fs.Args())
+	msg := o.validate(sub, rest)
 	if msg == "" {
-		msg = o.inapplicable(sub, func(name string) bool { return set[name] })
+		msg = o.inapplicable(sub, inv.set)
 	}
 	if msg != "" {
 		fmt.Fprintf(os.Stderr, "udstrace: %s\n", msg)
@@ -89,7 +69,7 @@ func run(ctx context.Context, args []string) int {
 		}
 		return exitFailure
 	}
-	sopts := o.sessionOptions(fs.Args())
+	sopts := o.sessionOptions(rest)
 	stream := newStreamer(out, o, sub)
 	if stream != nil {
 		sopts.Interval, sopts.OnInterval = o.interval, stream.snapshot
@@ -118,7 +98,7 @@ func run(ctx context.Context, args []string) int {
 		return exitFailure
 	}
 	if o.verify {
-		return verify(ctx, o, fs.Args(), rep)
+		return verify(ctx, o, rest, rep)
 	}
 	if rep.CommandStatus != nil {
 		return *rep.CommandStatus
@@ -178,17 +158,6 @@ func write(w io.Writer, rep *report.Report, o options) error {
 	return rep.WriteText(w)
 }
 
-func printUsage(w io.Writer) {
-	fmt.Fprint(w, usage)
-	var o options
-	fs := newFlags(&o)
-	fs.SetOutput(w)
-	fs.PrintDefaults()
-	fmt.Fprintln(w, "\nWithout root: CAP_BPF+CAP_PERFMON; attach, trace and top also CAP_SYS_PTRACE; --workload echo also CAP_SETUID+CAP_SETGID.")
-	fmt.Fprintln(w, "Exit status: run -- COMMAND: the command's own (128+N if signal N killed it); otherwise 0 traced and reported.")
-	fmt.Fprintln(w, "  1 --verify found a mismatch, 2 bad command line, 125 udstrace failed, 127 command not found.")
-}
-
 // explain turns an error into the one line a user needs: what is wrong and what to do.
 func explain(err error) string {
 	msg := err.Error()
@@ -203,11 +172,12 @@ func explain(err error) string {
 	return translateKernel(err, msg)
 }
 
-// parseHint adds a numeric flag's range to the flag package's "invalid value" error.
-func parseHint(err error) string {
-	_, name, ok := strings.Cut(err.Error(), " for flag -")
-	if name, _, _ = strings.Cut(name, ":"); ok && flagRanges[name] != "" {
-		return ": use " + flagRanges[name]
+// usageLine words a command-line error cobra returned as one line.
+func usageLine(err error) string {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "unknown command "); ok {
+		name, _, _ = strings.Cut(name, " for ")
+		return "unknown command " + name + ": use run, attach, trace, top or version (see udstrace --help)"
 	}
-	return ""
+	return msg
 }

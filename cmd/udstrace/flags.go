@@ -2,13 +2,14 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	"github.com/udstrace/udstrace/pkg/report"
 	"github.com/udstrace/udstrace/pkg/session"
@@ -51,14 +52,17 @@ type options struct {
 
 var formats = []string{"text", "json", "ndjson", "pprof", "folded"}
 
-func newFlags(o *options) *flag.FlagSet {
-	fs := flag.NewFlagSet("udstrace", flag.ContinueOnError)
+// addFlags defines every option on fs, GNU-style (--name, and -x where the field has one: -o as
+// strace, -p and -f as bpftrace). Every subcommand parses all of them, so that one given where it
+// means nothing is refused by name (inapplicable) rather than as unknown; help shows each
+// subcommand only its own (hideInapplicable).
+func addFlags(fs *pflag.FlagSet, o *options) {
 	fs.StringVar(&o.workload, "workload", "", "run: built-in workload to run and trace: echo")
 	fs.IntVar(&o.messages, "messages", 3, "echo: messages each client sends")
 	fs.IntVar(&o.size, "size", 0, "echo: bytes per message (0: the classic three strings)")
 	fs.StringVar(&o.user, "user", "nobody", "echo: run the workload as this unprivileged `USER`")
-	fs.StringVar(&o.format, "format", "text", "report format: "+strings.Join(formats, ", "))
-	fs.StringVar(&o.output, "o", "", "write the report to `FILE` instead of stdout")
+	fs.StringVarP(&o.format, "format", "f", "text", "report format: "+strings.Join(formats, ", "))
+	fs.StringVarP(&o.output, "output", "o", "", "write the report to `FILE` instead of stdout (- : stdout)")
 	fs.StringVar(&o.mode, "mode", "full", "full (every call paired with its free, stacks, outstanding) or count (calls and bytes per stack, aggregated in the kernel, frees not traced; cheapest)")
 	fs.StringVar(&o.stack, "stack", "auto", "user stacks: auto or table (unwound in the kernel with the binaries' .eh_frame), cfi (each event copies the stack, unwound here) or fp (the kernel's frame-pointer walk: wrong in code without frame pointers)")
 	fs.UintVar(&o.stackBytes, "stack-bytes", 8192, "bytes of user stack copied per event with --stack cfi, and while a module's unwind table loads (power of two, 512..16384)")
@@ -74,7 +78,7 @@ func newFlags(o *options) *flag.FlagSet {
 	fs.Uint64Var(&o.sample, "sample-bytes", 0, "take stacks (and in full mode track blocks) only for calls picked about once every `N` bytes allocated (Poisson, unbiased weights; per-process totals stay exact); 0: every call")
 	fs.IntVar(&o.maxSites, "max-sites", 4096, "call sites reported one by one (the hottest); the colder ones of each process are folded by kind and calling module, totals exact, which bounds the report and its memory (0: no bound)")
 	fs.IntVar(&o.maxProcs, "max-procs", 100, "processes reported one by one (the first seen); later ones are folded by command and executable once they exit, which bounds memory (0: no bound)")
-	fs.StringVar(&o.pids, "pid", "", "attach, trace: `PID[,PID...]` of running processes to trace")
+	fs.StringVarP(&o.pids, "pid", "p", "", "`PID[,PID...]` of running processes to trace (attach also takes them as arguments)")
 	fs.DurationVar(&o.duration, "duration", 0, "attach, trace, top: stop after this long (e.g. 30s; 0: until Ctrl-C)")
 	fs.DurationVar(&o.interval, "interval", 0, "ndjson, top: emit a snapshot this often (at least 100ms, e.g. 1s)")
 	fs.DurationVar(&o.minAge, "min-age", 0, "report outstanding blocks older than this as long-lived (e.g. 10s)")
@@ -84,7 +88,6 @@ func newFlags(o *options) *flag.FlagSet {
 	fs.DurationVar(&o.killAfter, "kill-after", session.DefaultKillAfter, "run: on Ctrl-C or SIGTERM the command's process group gets SIGTERM, then SIGKILL after this long (0: at once; a second Ctrl-C: at once)")
 	fs.StringVar(&o.weight, "weight", "bytes", "folded: what each stack's value counts: "+strings.Join(weightNames(), ", ")+" (outstanding-*: full mode)")
 	fs.StringVar(&o.foldedRoot, "folded-root", "", "folded: process roots each stack at a frame naming its process (comm-PID), to keep processes apart in one flame graph")
-	return fs
 }
 
 func weightNames() []string {

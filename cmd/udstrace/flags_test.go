@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/spf13/pflag"
 	"strings"
 	"testing"
 
@@ -18,13 +19,13 @@ func TestFlagValues(t *testing.T) {
 		{[]string{"--ring-size", "4294967296"}, "--ring-size 4294967296: use a power of two from 4096 to 1073741824"},
 		{[]string{"--ring-size", "2048"}, "--ring-size 2048: use a power of two"},
 		{[]string{"--ring-size", "12288"}, "--ring-size 12288: use a power of two"},
-		{[]string{"--ring-size", "-1"}, "-ring-size: parse error: use a power of two"},
+		{[]string{"--ring-size", "-1"}, "--ring-size: invalid value \"-1\": use a power of two"},
 		{[]string{"--stack-bytes", "0"}, "--stack-bytes 0: use a power of two from 512 to 16384"},
 		{[]string{"--stack-bytes", "32768"}, "--stack-bytes 32768: use a power of two from 512 to 16384"},
 		{[]string{"--stack-bytes", "1000"}, "--stack-bytes 1000: use a power of two"},
-		{[]string{"--stack-bytes", "x"}, "-stack-bytes: parse error: use a power of two"},
+		{[]string{"--stack-bytes", "x"}, "--stack-bytes: invalid value \"x\": use a power of two"},
 		{[]string{"--duration", "-5s"}, "--duration -5s: use 0"},
-		{[]string{"--duration", "5"}, "-duration: parse error: use 0"},
+		{[]string{"--duration", "5"}, "--duration: invalid value \"5\": use 0"},
 		{[]string{"--interval", "1ns"}, "--interval 1ns: use at least 100ms"},
 		{[]string{"--interval", "-1s"}, "--interval -1s: use at least 100ms"},
 		{[]string{"--min-age", "-1s"}, "--min-age -1s: use 0 or more"},
@@ -40,19 +41,19 @@ func TestFlagValues(t *testing.T) {
 		{[]string{"--messages", "1048577"}, "--messages 1048577: use 1"},
 		{[]string{"--size", "-1"}, "--size -1: use 0 to 1048576 bytes"},
 		{[]string{"--size", "1048577"}, "--size 1048577: use 0 to 1048576 bytes"},
-		{[]string{"--sample-bytes", "-1"}, "-sample-bytes: parse error: use 0"},
-		{[]string{"--min-size", "-1"}, "-min-size: parse error: use 0 or more bytes"},
+		{[]string{"--sample-bytes", "-1"}, "--sample-bytes: invalid value \"-1\": use 0"},
+		{[]string{"--min-size", "-1"}, "--min-size: invalid value \"-1\": use 0 or more bytes"},
 		{[]string{"--workload", "nope"}, "--workload \"nope\": the only workload is echo"},
 		{[]string{"--comm", "0123456789abcdef"}, "--comm \"0123456789abcdef\": use a process name of at most 15 bytes"},
 		{[]string{"--user", ""}, "--user \"\""},
 		{[]string{"--format", "xml"}, "unknown format \"xml\": use --format text"},
 		{[]string{"--mode", "fast"}, "unknown mode \"fast\": use --mode full or --mode count"},
 		{[]string{"--stack", "magic"}, "unknown stack mode \"magic\": use --stack auto"},
-		{[]string{"--follow=maybe"}, "-follow: parse error"},
+		{[]string{"--follow=maybe"}, "--follow: invalid value \"maybe\": use true or false"},
 		{[]string{"--ring-size", "65536", "--stack-bytes", "16384"}, "--ring-size 65536 holds too few 16384-byte stack copies"},
 		{[]string{"--format", "ndjson"}, "--format ndjson needs --interval"},
 		{[]string{"--verify", "--mode", "count"}, "--verify works with udstrace run"},
-		{[]string{"--no-such-flag"}, "flag provided but not defined: -no-such-flag"},
+		{[]string{"--no-such-flag"}, "unknown flag: --no-such-flag (see udstrace run --help)"},
 		{[]string{"--format", "folded", "--weight", "width"}, "unknown weight \"width\": use --weight bytes, count, outstanding-bytes, outstanding-count"},
 		{[]string{"--format", "folded", "--mode", "count", "--weight", "outstanding-bytes"}, "--weight outstanding-bytes: count mode traces no frees"},
 		{[]string{"--format", "folded", "--folded-root", "thread"}, "--folded-root \"thread\": the only root is process"},
@@ -114,7 +115,8 @@ func TestFlagValues(t *testing.T) {
 	}
 	for _, args := range good {
 		var o options
-		fs := newFlags(&o)
+		fs := pflag.NewFlagSet("run", pflag.ContinueOnError)
+		addFlags(fs, &o)
 		if err := fs.Parse(args); err != nil {
 			t.Errorf("%v: %v", args, err)
 			continue

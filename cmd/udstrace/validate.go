@@ -146,6 +146,20 @@ var appliesTo = []struct {
 	{"user", []string{"run"}, true, "run --workload echo"},
 	{"pid", []string{"attach", "trace", "top"}, false, "attach, trace and top"},
 	{"duration", []string{"attach", "trace", "top"}, false, "attach, trace and top (run ends when its command does)"},
+	{"format", []string{"run", "attach", "trace"}, false, "run, attach and trace (top draws its own view)"},
+	{"output", []string{"run", "attach", "trace"}, false, "run, attach and trace (top draws on the terminal)"},
+	{"weight", []string{"run", "attach", "trace"}, false, "run, attach and trace with --format folded"},
+	{"folded-root", []string{"run", "attach", "trace"}, false, "run, attach and trace with --format folded"},
+}
+
+// applies reports whether flag means something for sub (help hides the others).
+func applies(flag, sub string) bool {
+	for _, a := range appliesTo {
+		if a.flag == flag {
+			return slices.Contains(a.subs, sub)
+		}
+	}
+	return true
 }
 
 // inapplicable returns the line refusing a flag given where it means nothing, "" when every

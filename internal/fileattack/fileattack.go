@@ -17,6 +17,10 @@ import (
 	"time"
 )
 
+// HangSlack is how far past its --duration an attacked trace may end before it counts as hung: a
+// blocked open never ends on its own, while a loaded machine may delay a healthy trace by seconds.
+const HangSlack = 15 * time.Second
+
 // Nobody's ids: the attacker is an unprivileged local user.
 const (
 	NobodyUID = 65534
