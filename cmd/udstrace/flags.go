@@ -48,6 +48,7 @@ type options struct {
 	killAfter  time.Duration
 	weight     string
 	foldedRoot string
+	sort       string
 }
 
 var formats = []string{"text", "json", "ndjson", "pprof", "folded"}
@@ -87,6 +88,7 @@ func addFlags(fs *pflag.FlagSet, o *options) {
 	fs.StringVar(&o.cgroup, "cgroup", "", "trace only processes in this cgroup v2 `PATH` (absolute or under /sys/fs/cgroup)")
 	fs.DurationVar(&o.killAfter, "kill-after", session.DefaultKillAfter, "run: on Ctrl-C or SIGTERM the command's process group gets SIGTERM, then SIGKILL after this long (0: at once; a second Ctrl-C: at once)")
 	fs.StringVar(&o.weight, "weight", "bytes", "folded: what each stack's value counts: "+strings.Join(weightNames(), ", ")+" (outstanding-*: full mode)")
+	fs.StringVar(&o.sort, "sort", "bytes", "top: rank sites by bytes (allocated per second), count (calls per second), outstanding (bytes not freed) or growth (outstanding bytes gained per second)")
 	fs.StringVar(&o.foldedRoot, "folded-root", "", "folded: process roots each stack at a frame naming its process (comm-PID), to keep processes apart in one flame graph")
 }
 

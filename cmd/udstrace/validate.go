@@ -114,6 +114,10 @@ func (o *options) validate(sub string, rest []string) string {
 		return fmt.Sprintf("unknown weight %q: use --weight %s", o.weight, strings.Join(weightNames(), ", "))
 	case report.Weight(o.weight).Outstanding() && o.mode == "count":
 		return fmt.Sprintf("--weight %s: count mode traces no frees, so nothing is outstanding: use --mode full, or --weight bytes or count", o.weight)
+	case topSorts[o.sort] == "":
+		return fmt.Sprintf("unknown sort key %q: use --sort bytes, count, outstanding or growth", o.sort)
+	case (o.sort == "outstanding" || o.sort == "growth") && o.mode == "count":
+		return fmt.Sprintf("--sort %s: count mode traces no frees, so nothing is outstanding: use --mode full, or --sort bytes or count", o.sort)
 	case o.foldedRoot != "" && o.foldedRoot != "process":
 		return fmt.Sprintf("--folded-root %q: the only root is process (--folded-root process)", o.foldedRoot)
 	case o.format == "ndjson" && o.interval <= 0:
@@ -146,6 +150,7 @@ var appliesTo = []struct {
 	{"user", []string{"run"}, true, "run --workload echo"},
 	{"pid", []string{"attach", "trace", "top"}, false, "attach, trace and top"},
 	{"duration", []string{"attach", "trace", "top"}, false, "attach, trace and top (run ends when its command does)"},
+	{"sort", []string{"top"}, false, "top"},
 	{"format", []string{"run", "attach", "trace"}, false, "run, attach and trace (top draws its own view)"},
 	{"output", []string{"run", "attach", "trace"}, false, "run, attach and trace (top draws on the terminal)"},
 	{"weight", []string{"run", "attach", "trace"}, false, "run, attach and trace with --format folded"},

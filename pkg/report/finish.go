@@ -11,7 +11,15 @@ import (
 )
 
 // Finish symbolizes the stacks and builds the report; sym may be nil. The Builder is left unchanged.
-func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
+func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report { return b.finish(sym, meta, false) }
+
+// Snapshot is Finish for live views (ndjson intervals, top), which show a few sites' stacks out of
+// thousands: the sites' stacks are left empty, to be symbolized on demand by Report.SiteStack once
+// the caller has let the Builder go, so that the event reader never waits on symbolization.
+// Unmatched frees carry no caller.
+func (b *Builder) Snapshot(sym Symbolizer, meta Meta) *Report { return b.finish(sym, meta, true) }
+
+func (b *Builder) finish(sym Symbolizer, meta Meta, lazy bool) *Report {
 	r := &Report{
 		Schema:             Schema,
 		Command:            nonNil(meta.Command),
@@ -62,6 +70,9 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 	ages := b.ages(now)
 	sc := &symCache{sym: sym, m: make(map[frameID][]SymFrame)}
 	stacks := make(map[*site][]StackFrame, len(b.order))
+	if lazy {
+		r.lazy = &lazyStacks{sc: sc, frames: b.frames, ids: make(map[int]uint64, len(b.order))}
+	}
 	plan := b.planFold(b.opts.MaxSites)
 	for _, s := range b.order {
 		if s.gone {
@@ -70,12 +81,17 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 		if plan.cold(s) {
 			continue // in a folded entry: its stack is never expanded
 		}
-		st := sc.expand(b.frames(s.stack))
+		var st []StackFrame
+		if lazy {
+			r.lazy.ids[s.id] = s.stack
+		} else {
+			st = sc.expand(b.frames(s.stack))
+			stacks[s] = st
+		}
 		if s.kind == event.Free {
 			r.UnmatchedFreeSites = append(r.UnmatchedFreeSites, FreeSite{PID: s.p.pid, Comm: s.p.comm, Count: s.count, Caller: st})
 			continue
 		}
-		stacks[s] = st
 		out := Site{
 			ID: s.id, PID: s.p.pid, Comm: s.p.comm, Kind: s.kind.String(),
 			Count: s.count, Failed: s.failed, Bytes: s.bytes,

@@ -125,7 +125,7 @@ func (iv *Intervals) Next(r *Report, now time.Time) Interval {
 		byID[r.Sites[i].ID] = &r.Sites[i]
 	}
 	for i := range out.TopSites {
-		out.TopSites[i].Top, _, _ = source(byID[out.TopSites[i].ID].Stack) // only the kept sites pay for naming
+		out.TopSites[i].Top, _, _ = source(r.SiteStack(byID[out.TopSites[i].ID])) // only the kept sites pay for naming
 	}
 	return out
 }

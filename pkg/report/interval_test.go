@@ -141,3 +141,42 @@ func TestFinishRepeatable(t *testing.T) {
 		t.Error("a second Finish with no new events changed the report")
 	}
 }
+
+// TestSnapshotStacksOnDemand: a Snapshot has Finish's figures but no stacks until SiteStack asks
+// (the symbolizer is not called for the sites nobody shows), and then the same stacks; its
+// intervals name their top sites as Finish's do.
+func TestSnapshotStacksOnDemand(t *testing.T) {
+	b := NewBuilder(testOpts(Options{}))
+	feed(t, b,
+		al(1, 1, event.Malloc, 100, 0x10, stMain),
+		al(2, 1, event.Malloc, 10, 0x20, stHelper),
+		al(3, 2, event.Malloc, 7, 0x10, stFdopen),
+	)
+	full := b.Finish(&fakeSym{}, Meta{})
+	calls := 0
+	counting := symFunc(func(f event.Frame) []SymFrame { calls++; return (&fakeSym{}).Symbolize(f) })
+	snap := b.Snapshot(counting, Meta{})
+	if calls != 0 {
+		t.Errorf("Snapshot symbolized %d frames before any was asked for", calls)
+	}
+	if len(snap.Sites) != len(full.Sites) {
+		t.Fatalf("%d sites, Finish has %d", len(snap.Sites), len(full.Sites))
+	}
+	for i := range snap.Sites {
+		s, f := &snap.Sites[i], &full.Sites[i]
+		if s.ID != f.ID || s.Bytes != f.Bytes || s.Count != f.Count || s.OutstandingBytes != f.OutstandingBytes || s.Stack != nil {
+			t.Errorf("snapshot site %+v, Finish %+v", *s, *f)
+		}
+	}
+	st := snap.SiteStack(&snap.Sites[0])
+	if len(st) != len(full.Sites[0].Stack) || st[1].Symbol != full.Sites[0].Stack[1].Symbol {
+		t.Errorf("SiteStack %+v, Finish %+v", st, full.Sites[0].Stack)
+	}
+	if n := calls; n == 0 || n > len(st) {
+		t.Errorf("SiteStack of one site symbolized %d frames for its %d", n, len(st))
+	}
+	i1, i2 := NewIntervals(1).Next(snap, time.Now()), NewIntervals(1).Next(full, time.Now())
+	if i1.TopSites[0].Top != i2.TopSites[0].Top || i1.TopSites[0].Top == "" {
+		t.Errorf("snapshot interval top %q, Finish's %q", i1.TopSites[0].Top, i2.TopSites[0].Top)
+	}
+}

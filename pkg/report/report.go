@@ -148,7 +148,8 @@ type Report struct {
 	AgeReference       uint64     `json:"age_reference_time"` // monotonic ns the outstanding ages are measured at
 	MinAgeSeconds      float64    `json:"min_age_seconds"`    // Options.MinAge: the threshold of outstanding_older_than_min_age
 
-	topSites int // text only
+	topSites int         // text only
+	lazy     *lazyStacks // a Snapshot's stacks, symbolized on demand (SiteStack)
 }
 
 // TracerStats is what the trace cost udstrace itself.

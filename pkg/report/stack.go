@@ -45,3 +45,23 @@ func frameModKey(f *event.Frame) string {
 	}
 	return f.Module
 }
+
+// lazyStacks holds a Snapshot's unexpanded stacks: site id -> stack id.
+type lazyStacks struct {
+	sc     *symCache
+	frames func(id uint64) []event.Frame
+	ids    map[int]uint64
+}
+
+// SiteStack returns s's stack, symbolizing it first in a Snapshot (whose sites come without
+// stacks); s must be one of r's sites. Not safe for concurrent use.
+func (r *Report) SiteStack(s *Site) []StackFrame {
+	if r.lazy == nil || s.Stack != nil {
+		return s.Stack
+	}
+	if id, ok := r.lazy.ids[s.ID]; ok {
+		s.Stack = r.lazy.sc.expand(r.lazy.frames(id))
+		delete(r.lazy.ids, s.ID)
+	}
+	return s.Stack
+}

@@ -190,7 +190,10 @@ func (s *Session) snapshot() *report.Report {
 	}
 	s.bmu.Lock()
 	defer s.bmu.Unlock()
-	rep := s.builder.Finish(&symbolizer{maps: s.maps}, meta)
+	meta.End = time.Now() // the figures are those of this moment
+	// Stacks are symbolized later, for the few sites a view shows, without the builder's lock
+	// the event reader needs.
+	rep := s.builder.Snapshot(&symbolizer{maps: s.maps}, meta)
 	addLiveTotals(rep, live)
 	return rep
 }
