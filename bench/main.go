@@ -75,6 +75,9 @@ func main() {
 	if err == nil {
 		err = bench(ctx, e, c)
 	}
+	if err == nil {
+		err = benchStartStop(ctx, e, c)
+	}
 	if err == nil && c.compileLines > 0 {
 		err = benchCompile(ctx, e, c)
 	}

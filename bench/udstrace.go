@@ -85,7 +85,7 @@ func (e *env) udstraceSupported(ctx context.Context, flags []string) string {
 	c, _, err := short.udstraceRun(ctx, flags, "true")
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.ExitCode() == 2 &&
-		(strings.Contains(c.out, "flag provided but not defined") || strings.Contains(c.out, "invalid value")) {
+		(strings.Contains(c.out, "flag provided but not defined") || strings.Contains(c.out, "unknown flag") || strings.Contains(c.out, "invalid value")) {
 		return "n/a (unsupported)"
 	}
 	if err != nil { // not a verdict on the flags: the measured runs will tell
