@@ -142,6 +142,9 @@ func (b *Builder) finish(sym Symbolizer, meta Meta, lazy bool) *Report {
 	if sym == nil && len(b.order) > 0 {
 		r.Warnings = append(r.Warnings, "stacks were not symbolized")
 	}
+	if r.NotTraced() {
+		r.markNotTraced()
+	}
 	return r
 }
 

@@ -48,6 +48,7 @@ func FuzzSiteJSON(f *testing.F) {
 		s := Site{ID: int(line), PID: uint32(n), Comm: comm, Kind: kind, Count: n, Failed: n / 3, Bytes: n * 7,
 			OutstandingCount: n >> 1, OutstandingBytes: n >> 2, OldestOutstandingAgeSeconds: age,
 			OutstandingOlderThanMinAge: BlockCount{Count: n >> 3, Bytes: n >> 4}}
+		s.notTraced = frames&8 != 0 // count mode: the outstanding fields are left out
 		if frames%4 != 0 { // 0: a nil stack
 			s.Stack = []StackFrame{}
 			for i := range int(frames % 4) {

@@ -114,8 +114,10 @@ func appendSite(dst []byte, s *Site, prefix, indent string) (out []byte, ok bool
 	w.uint("count", s.Count)
 	w.uint("failed", s.Failed)
 	w.uint("bytes", s.Bytes)
-	w.uint("outstanding_count", s.OutstandingCount)
-	w.uint("outstanding_bytes", s.OutstandingBytes)
+	if !s.notTraced {
+		w.uint("outstanding_count", s.OutstandingCount)
+		w.uint("outstanding_bytes", s.OutstandingBytes)
+	}
 	if s.Stack == nil {
 		w.member("stack")
 		w.b = append(w.b, "null"...)
@@ -141,12 +143,14 @@ func appendSite(dst []byte, s *Site, prefix, indent string) (out []byte, ok bool
 		}
 		w.close(']')
 	}
-	w.float("oldest_outstanding_age_seconds", s.OldestOutstandingAgeSeconds)
-	w.member("outstanding_older_than_min_age")
-	w.open('{')
-	w.uint("count", s.OutstandingOlderThanMinAge.Count)
-	w.uint("bytes", s.OutstandingOlderThanMinAge.Bytes)
-	w.close('}')
+	if !s.notTraced {
+		w.float("oldest_outstanding_age_seconds", s.OldestOutstandingAgeSeconds)
+		w.member("outstanding_older_than_min_age")
+		w.open('{')
+		w.uint("count", s.OutstandingOlderThanMinAge.Count)
+		w.uint("bytes", s.OutstandingOlderThanMinAge.Bytes)
+		w.close('}')
+	}
 	if s.FoldedSites != 0 {
 		w.int("folded_sites", int64(s.FoldedSites))
 	}

@@ -231,3 +231,53 @@ func TestTextEscapes(t *testing.T) {
 		}
 	}
 }
+
+// TestCountModeNotTraced: count mode traces no frees and no memory syscalls; its JSON leaves
+// those figures out (absent, not 0) and its text shows "-", while full mode keeps them.
+func TestCountModeNotTraced(t *testing.T) {
+	untraced := []string{"frees", "unmatched_frees", "outstanding_count", "outstanding_bytes", "mmap_calls", "mmap_bytes",
+		"mremap_calls", "mremap_bytes", "munmap_calls", "brk_calls", "brk_bytes", "inside_allocator"}
+	siteUntraced := []string{"outstanding_count", "outstanding_bytes", "oldest_outstanding_age_seconds", "outstanding_older_than_min_age"}
+	for _, mode := range []string{"full", "count"} {
+		b := NewBuilder(testOpts(Options{}))
+		feed(t, b, al(1, 1, event.Malloc, 100, 0x10, stMain), al(2, 1, event.Malloc, 10, 0x20, stHelper))
+		r := b.Finish(&fakeSym{}, Meta{Mode: mode})
+		var buf bytes.Buffer
+		if err := r.WriteJSON(&buf); err != nil {
+			t.Fatal(err)
+		}
+		var doc struct {
+			Processes []map[string]json.RawMessage `json:"processes"`
+			Sites     []map[string]json.RawMessage `json:"sites"`
+		}
+		if err := json.Unmarshal(buf.Bytes(), &doc); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range untraced {
+			if _, ok := doc.Processes[0][k]; ok != (mode == "full") {
+				t.Errorf("%s mode: processes[0].%s present %v", mode, k, ok)
+			}
+		}
+		for _, s := range doc.Sites {
+			for _, k := range siteUntraced {
+				if _, ok := s[k]; ok != (mode == "full") {
+					t.Errorf("%s mode: sites[].%s present %v", mode, k, ok)
+				}
+			}
+			if _, ok := s["count"]; !ok {
+				t.Errorf("%s mode: sites[].count missing", mode)
+			}
+		}
+		buf.Reset()
+		if err := r.WriteText(&buf); err != nil {
+			t.Fatal(err)
+		}
+		text := buf.String()
+		if strings.Contains(text, "outstanding") == (mode == "count") {
+			t.Errorf("%s mode: text says outstanding %v:\n%s", mode, strings.Contains(text, "outstanding"), text)
+		}
+		if row := regexp.MustCompile(`(?m)^1 +comm +.*$`).FindString(text); mode == "count" && !strings.Contains(row, " -  ") {
+			t.Errorf("count mode: process row %q shows no '-'", row)
+		}
+	}
+}

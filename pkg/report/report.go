@@ -227,6 +227,7 @@ type Process struct {
 	SocketSyscalls       uint64                `json:"socket_syscalls"`
 	SocketSyscallsByName map[string]uint64     `json:"socket_syscalls_by_name"`
 	FirstSocketTime      *uint64               `json:"first_socket_time"`
+	notTraced            bool                  // count mode: frees, outstanding and memory syscalls not traced (nottraced.go)
 }
 
 // CallCount counts calls of one allocator function.
@@ -269,7 +270,8 @@ type Site struct {
 	OutstandingOlderThanMinAge  BlockCount `json:"outstanding_older_than_min_age"`
 	// FoldedSites > 0: this entry stands for that many cold sites past --max-sites, of one process,
 	// kind and calling module; its stack is one frame naming the module.
-	FoldedSites int `json:"folded_sites,omitempty"`
+	FoldedSites int  `json:"folded_sites,omitempty"`
+	notTraced   bool // count mode: outstanding not traced (nottraced.go)
 }
 
 // BlockCount counts live blocks and their bytes.

@@ -82,11 +82,13 @@ func (r *Report) processes(b *bytes.Buffer) {
 			pid = "(" + plural(uint64(p.FoldedProcesses), "proc") + ")"
 
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s (%s)\t%s\t%s\t%s\n",
+		frees, out, mmaps, brks := commas(p.Frees), commas(p.OutstandingCount)+" ("+bytesText(p.OutstandingBytes)+")", commas(p.MmapCalls), commas(p.BrkCalls)
+		if r.NotTraced() {
+			frees, out, mmaps, brks = "-", "-", "-", "-" // count mode traces no frees and no memory syscalls
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 			pid, cmpOr(esc(p.Comm), "?"), cmpOr(esc(string(p.Role)), "-"), exitText(p),
-			commas(p.Allocations), bytesText(p.AllocatedBytes), commas(p.Frees),
-			commas(p.OutstandingCount), bytesText(p.OutstandingBytes),
-			commas(p.MmapCalls), commas(p.BrkCalls), commas(p.SocketSyscalls))
+			commas(p.Allocations), bytesText(p.AllocatedBytes), frees, out, mmaps, brks, commas(p.SocketSyscalls))
 	}
 	tw.Flush()
 }
@@ -117,9 +119,11 @@ func (r *Report) sites(b *bytes.Buffer) {
 	fmt.Fprintf(b, "\nTOP CALL SITES (%d of %d, by bytes)\n", n, len(r.Sites))
 	// Each site leads with its rank; "site #ID" is the stable id JSON and the other sections use.
 	for rank, s := range r.Sites[:n] {
-		fmt.Fprintf(b, "%d. site #%d  %s  pid %s %s  count %s  bytes %s  outstanding %s (%s)",
-			rank+1, s.ID, s.Kind, pidText(s.PID), cmpOr(esc(s.Comm), "?"), commas(s.Count), bytesText(s.Bytes),
-			commas(s.OutstandingCount), bytesText(s.OutstandingBytes))
+		fmt.Fprintf(b, "%d. site #%d  %s  pid %s %s  count %s  bytes %s",
+			rank+1, s.ID, s.Kind, pidText(s.PID), cmpOr(esc(s.Comm), "?"), commas(s.Count), bytesText(s.Bytes))
+		if !r.NotTraced() {
+			fmt.Fprintf(b, "  outstanding %s (%s)", commas(s.OutstandingCount), bytesText(s.OutstandingBytes))
+		}
 		if s.OutstandingCount > 0 {
 			fmt.Fprintf(b, " oldest %s", ageText(s.OldestOutstandingAgeSeconds))
 		}
