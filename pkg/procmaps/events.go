@@ -27,27 +27,8 @@ func (t *Table) Exec(pid uint32, exe string, startCode, interpBase uint64, exeKe
 	}
 	// Place the executable from what the kernel told at exec.
 	m := t.mods[exeKey]
-	name := exe
-	if l, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil {
-		name = strings.TrimSuffix(l, " (deleted)")
-	}
-	for _, path := range []string{fmt.Sprintf("/proc/%d/exe", pid), exe} {
-		if m != nil || !filepath.IsAbs(path) || strings.HasPrefix(path, "/proc/self/") {
-			continue
-		}
-		// The exec path is the user's: it may be a FIFO by now (the process renamed one over it).
-		f, err := safeopen.Open(path, safeopen.Options{Follow: true})
-		if err != nil {
-			continue
-		}
-		if fileKey(f) == exeKey {
-			m, _ = openModule(exeKey, name, "/", f)
-		}
-		if m == nil {
-			f.Close()
-		} else {
-			t.addModule(exeKey, m)
-		}
+	if m == nil {
+		m = t.openExec(pid, exe, exeKey)
 	}
 	if m == nil {
 		return
@@ -83,6 +64,68 @@ func (t *Table) Exec(pid uint32, exe string, startCode, interpBase uint64, exeKe
 		}
 		t.placeELF(pid, ld, interpBase, false)
 	}
+}
+
+// openExec opens a process's executable, checked by identity: through /proc/PID/exe, then the exec
+// path. The event may be read after the process exec'd again, so /proc/PID/exe may show another
+// image by now: a file is named by the path it was found through only if that path is the file.
+func (t *Table) openExec(pid uint32, exe, exeKey string) *Module {
+	link := fmt.Sprintf("/proc/%d/exe", pid)
+	for _, path := range []string{link, exe} {
+		if !filepath.IsAbs(path) || strings.HasPrefix(path, "/proc/self/") {
+			continue
+		}
+		// The exec path is the user's: it may be a FIFO by now (the process renamed one over it).
+		f, err := safeopen.Open(path, safeopen.Options{Follow: true})
+		if err != nil {
+			continue
+		}
+		if fileKey(f) != exeKey {
+			f.Close()
+			continue
+		}
+		name := path
+		if path == link {
+			name = exeName(link, exe, exeKey)
+		}
+		m, err := openModule(exeKey, name, "/", f)
+		if err != nil {
+			f.Close()
+			continue
+		}
+		t.addModule(exeKey, m)
+		return m
+	}
+	return nil
+}
+
+// exeName names the image just opened through /proc/PID/exe: the link's target if it is that file
+// (it may have changed since, the process exec'd once more), else the exec path if it is, else
+// the target if it names no file now (deleted: nothing to check), else the exec path.
+func exeName(link, exe, key string) string {
+	l, err := os.Readlink(link)
+	if err != nil {
+		return exe
+	}
+	l = strings.TrimSuffix(l, " (deleted)")
+	lk := statKey(l)
+	if lk == key || (lk == "" && statKey(exe) != key) {
+		return l
+	}
+	return exe
+}
+
+// statKey is the identity of the file a path names now, "" if none.
+func statKey(path string) string {
+	if !filepath.IsAbs(path) {
+		return ""
+	}
+	f, err := safeopen.Open(path, safeopen.Options{Follow: true})
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	return fileKey(f)
 }
 
 // startCodeOf reads the start of a process's text from /proc/PID/stat (field 26); 0 if unknown or gone.
