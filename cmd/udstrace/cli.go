@@ -139,6 +139,7 @@ func (o *options) sessionOptions(command []string) session.Options {
 		Stdout: os.Stderr, Stderr: os.Stderr, KillAfter: killAfter(o.killAfter), KillNow: killNow,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	}
+	sopts.Debuginfod, _ = o.debuginfod()                    // validated
 	sopts.OnTracing = func() { sopts.Log.Debug("tracing") } // tests time --duration from here
 	if o.verify {
 		sopts.Env = session.VerifyEnv() // the same variables as the interposer's run
@@ -184,6 +185,9 @@ func printUsage(w io.Writer) {
 	fs := newFlags(&o)
 	fs.SetOutput(w)
 	fs.PrintDefaults()
+	fmt.Fprintln(w, "\nStripped binaries: with DEBUGINFOD_URLS set (space-separated servers), their debug files are fetched by build-id")
+	fmt.Fprintln(w, "  in the background and cached under the cache DIR; DEBUGINFOD_TIMEOUT (s, default 10), DEBUGINFOD_MAXTIME (s, default 120),")
+	fmt.Fprintln(w, "  DEBUGINFOD_MAXSIZE (bytes, default 1 GiB) and DEBUGINFOD_CACHE_PATH are read as elfutils does.")
 	fmt.Fprintln(w, "\nWithout root: CAP_BPF+CAP_PERFMON; attach, trace and top also CAP_SYS_PTRACE; --workload echo also CAP_SETUID+CAP_SETGID.")
 	fmt.Fprintln(w, "Exit status: run -- COMMAND: the command's own (128+N if signal N killed it); otherwise 0 traced and reported.")
 	fmt.Fprintln(w, "  1 --verify found a mismatch, 2 bad command line, 125 udstrace failed, 127 command not found.")

@@ -54,7 +54,7 @@ func (t *Table) Exec(pid uint32, exe string, startCode, interpBase uint64, exeKe
 		key := fileKey(f)
 		ld := t.mods[key]
 		if ld == nil {
-			if ld, err = openModule(key, path, "", f); err != nil {
+			if ld, err = t.openModule(key, path, "", f); err != nil {
 				f.Close()
 				return
 			}
@@ -88,7 +88,7 @@ func (t *Table) openExec(pid uint32, exe, exeKey string) *Module {
 		if path == link {
 			name = exeName(link, exe, exeKey)
 		}
-		m, err := openModule(exeKey, name, "/", f)
+		m, err := t.openModule(exeKey, name, "/", f)
 		if err != nil {
 			f.Close()
 			continue
@@ -296,7 +296,7 @@ func (t *Table) adopt(f *os.File, name, root string) (*Module, error) {
 		f.Close()
 		return m, nil
 	}
-	m, err := openModule(key, name, root, f)
+	m, err := t.openModule(key, name, root, f)
 	if err != nil {
 		f.Close()
 		return nil, err

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/udstrace/udstrace/internal/safeopen"
+	"github.com/udstrace/udstrace/pkg/symbolize"
 )
 
 type mapping struct {
@@ -44,6 +45,9 @@ type Table struct {
 	PageUsed func(m *Module, pg uint32)
 	// Adopted hears of a module opened after the kernel had named it and it could not be opened.
 	Adopted func(m *Module)
+	// Debuginfod, when set before the first module is opened, fetches the debug files of
+	// modules that have none here (at their first symbol lookup, not when they are opened).
+	Debuginfod *symbolize.Debuginfod
 }
 
 // New returns an empty table.
@@ -305,7 +309,7 @@ func (t *Table) open(pid uint32, key, path string, start, end uint64) *Module {
 			lastErr = fmt.Errorf("%s was replaced since it was mapped", path)
 			continue
 		}
-		m, err := openModule(key, strings.TrimSuffix(path, " (deleted)"), root, f)
+		m, err := t.openModule(key, strings.TrimSuffix(path, " (deleted)"), root, f)
 		if err != nil {
 			f.Close()
 			lastErr = err

@@ -268,12 +268,20 @@ func (h *handler) checkLibc(pid uint32) {
 func procRoot(pid uint32) string { return fmt.Sprintf("/proc/%d/root", pid) }
 
 // symbolizer serves the report's symbol lookups from the modules kept open during the trace.
-type symbolizer struct{ maps *procmaps.Table }
+// The final report waits for debug files asked of debuginfod servers (final); a snapshot taken
+// while the trace runs does not, since the events wait for it.
+type symbolizer struct {
+	maps  *procmaps.Table
+	final bool
+}
 
 func (y *symbolizer) Symbolize(f event.Frame) []report.SymFrame {
 	m := y.maps.Module(f.ModuleKey)
 	if m == nil {
 		return nil
+	}
+	if y.final {
+		m.FetchDebug()
 	}
 	off := f.FileOffset
 	if f.Return && off > 0 {
