@@ -33,6 +33,7 @@ type Table struct {
 	byID  map[uint32]*Module // modules by kernel-stack id
 	named *sync.Cond         // broadcast when byID gains an entry
 	procs map[uint32]*proc
+	exes  map[uint32]string // each process's executable as its exec was read (NoteExec)
 	// KeepExited keeps a process's mappings after it exits, for stacks read at the end (count mode).
 	KeepExited bool
 	// failures records files that could not be opened, by path, for the report's warnings.
@@ -56,6 +57,7 @@ func New() *Table {
 		mods:     map[string]*Module{},
 		byID:     map[uint32]*Module{},
 		procs:    map[uint32]*proc{},
+		exes:     map[uint32]string{},
 		failures: map[string]failure{},
 	}
 	t.named = sync.NewCond(&t.mu)

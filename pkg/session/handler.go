@@ -239,7 +239,15 @@ func (h *handler) EarlyMap(m *loader.Mapping) {
 
 // EarlyExec starts loading a new image's tables at once: its first allocations follow within
 // milliseconds.
-func (h *handler) EarlyExec(e *loader.Exec) { h.s.tables.push(tableJob{exec: e}, true) }
+// The executable is noted first: a library found beside it may be mapped before the exec is handled.
+func (h *handler) EarlyExec(e *loader.Exec) {
+	exe := e.Exe
+	if l, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", e.PID)); err == nil && isHostRoot(procRoot(e.PID)) {
+		exe = strings.TrimSuffix(l, " (deleted)")
+	}
+	h.s.maps.NoteExec(e.PID, exe)
+	h.s.tables.push(tableJob{exec: e}, true)
+}
 
 // forgetPicked clears the kernel's table of picked blocks of a process whose image is gone
 // (full mode with sampling); the caller holds bmu.
