@@ -237,9 +237,9 @@ func (h *handler) EarlyMap(m *loader.Mapping) {
 	}
 }
 
-// EarlyExec starts loading a new image's tables at once: its first allocations follow within
-// milliseconds.
-// The executable is noted first: a library found beside it may be mapped before the exec is handled.
+// EarlyExec notes the new image's executable (a library found beside it may be mapped before
+// the exec is handled) and starts loading its tables at once: its first allocations follow
+// within milliseconds.
 func (h *handler) EarlyExec(e *loader.Exec) {
 	exe := e.Exe
 	if l, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", e.PID)); err == nil && isHostRoot(procRoot(e.PID)) {
