@@ -119,6 +119,7 @@ func (o *options) sessionOptions(command []string) session.Options {
 		Stdout: os.Stderr, Stderr: os.Stderr, KillAfter: killAfter(o.killAfter), KillNow: killNow,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	}
+	sopts.Debuginfod, _ = o.debuginfod()                    // validated
 	sopts.OnTracing = func() { sopts.Log.Debug("tracing") } // tests time --duration from here
 	if o.verify {
 		sopts.Env = session.VerifyEnv() // the same variables as the interposer's run

@@ -30,6 +30,12 @@ without touching the process.
 Without root: CAP_BPF+CAP_PERFMON; attach, trace and top also CAP_SYS_PTRACE;
 --workload echo also CAP_SETUID+CAP_SETGID.
 
+Stripped binaries: with DEBUGINFOD_URLS set (space-separated servers), their
+debug files are fetched by build-id in the background and cached under the
+--cache DIR; DEBUGINFOD_TIMEOUT (s, default 10), DEBUGINFOD_MAXTIME (s, default
+120), DEBUGINFOD_MAXSIZE (bytes, default 1 GiB) and DEBUGINFOD_CACHE_PATH are
+read as elfutils does.
+
 Exit status: run -- COMMAND: the command's own (128+N if signal N killed it);
 otherwise 0 traced and reported. 1 --verify found a mismatch, 2 bad command
 line, 125 udstrace failed, 127 command not found.`

@@ -13,6 +13,7 @@ import (
 
 	"github.com/udstrace/udstrace/pkg/report"
 	"github.com/udstrace/udstrace/pkg/session"
+	"github.com/udstrace/udstrace/pkg/symbolize"
 )
 
 // options is the flat set of command-line options.
@@ -106,6 +107,16 @@ func (o *options) cache() string {
 		return ""
 	}
 	return o.cacheDir
+}
+
+// debuginfod is the debuginfod client's configuration from the environment (DEBUGINFOD_URLS and
+// the like, as elfutils reads them); its files are cached under the cache directory.
+func (o *options) debuginfod() (symbolize.DebuginfodConfig, error) {
+	dir := o.cache()
+	if dir != "" {
+		dir = filepath.Join(dir, "debuginfod")
+	}
+	return symbolize.DebuginfodEnv(os.Getenv, dir)
 }
 
 // defaultCacheDir is /var/cache/udstrace for root, else under the user's cache directory.

@@ -58,6 +58,9 @@ func (o *options) validate(sub string, rest []string) string {
 			return err.Error()
 		}
 	}
+	if _, err := o.debuginfod(); err != nil {
+		return err.Error()
+	}
 	if sub != "run" && (o.workload != "" || len(rest) > 0) {
 		return sub + " takes no command or workload: use udstrace run for that"
 	}

@@ -27,27 +27,8 @@ func (t *Table) Exec(pid uint32, exe string, startCode, interpBase uint64, exeKe
 	}
 	// Place the executable from what the kernel told at exec.
 	m := t.mods[exeKey]
-	name := exe
-	if l, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil {
-		name = strings.TrimSuffix(l, " (deleted)")
-	}
-	for _, path := range []string{fmt.Sprintf("/proc/%d/exe", pid), exe} {
-		if m != nil || !filepath.IsAbs(path) || strings.HasPrefix(path, "/proc/self/") {
-			continue
-		}
-		// The exec path is the user's: it may be a FIFO by now (the process renamed one over it).
-		f, err := safeopen.Open(path, safeopen.Options{Follow: true})
-		if err != nil {
-			continue
-		}
-		if fileKey(f) == exeKey {
-			m, _ = openModule(exeKey, name, "/", f)
-		}
-		if m == nil {
-			f.Close()
-		} else {
-			t.addModule(exeKey, m)
-		}
+	if m == nil {
+		m = t.openExec(pid, exe, exeKey)
 	}
 	if m == nil {
 		return
@@ -73,7 +54,7 @@ func (t *Table) Exec(pid uint32, exe string, startCode, interpBase uint64, exeKe
 		key := fileKey(f)
 		ld := t.mods[key]
 		if ld == nil {
-			if ld, err = openModule(key, path, "", f); err != nil {
+			if ld, err = t.openModule(key, path, "", f); err != nil {
 				f.Close()
 				return
 			}
@@ -83,6 +64,68 @@ func (t *Table) Exec(pid uint32, exe string, startCode, interpBase uint64, exeKe
 		}
 		t.placeELF(pid, ld, interpBase, false)
 	}
+}
+
+// openExec opens a process's executable, checked by identity: through /proc/PID/exe, then the exec
+// path. The event may be read after the process exec'd again, so /proc/PID/exe may show another
+// image by now: a file is named by the path it was found through only if that path is the file.
+func (t *Table) openExec(pid uint32, exe, exeKey string) *Module {
+	link := fmt.Sprintf("/proc/%d/exe", pid)
+	for _, path := range []string{link, exe} {
+		if !filepath.IsAbs(path) || strings.HasPrefix(path, "/proc/self/") {
+			continue
+		}
+		// The exec path is the user's: it may be a FIFO by now (the process renamed one over it).
+		f, err := safeopen.Open(path, safeopen.Options{Follow: true})
+		if err != nil {
+			continue
+		}
+		if fileKey(f) != exeKey {
+			f.Close()
+			continue
+		}
+		name := path
+		if path == link {
+			name = exeName(link, exe, exeKey)
+		}
+		m, err := t.openModule(exeKey, name, "/", f)
+		if err != nil {
+			f.Close()
+			continue
+		}
+		t.addModule(exeKey, m)
+		return m
+	}
+	return nil
+}
+
+// exeName names the image just opened through /proc/PID/exe: the link's target if it is that file
+// (it may have changed since, the process exec'd once more), else the exec path if it is, else
+// the target if it names no file now (deleted: nothing to check), else the exec path.
+func exeName(link, exe, key string) string {
+	l, err := os.Readlink(link)
+	if err != nil {
+		return exe
+	}
+	l = strings.TrimSuffix(l, " (deleted)")
+	lk := statKey(l)
+	if lk == key || (lk == "" && statKey(exe) != key) {
+		return l
+	}
+	return exe
+}
+
+// statKey is the identity of the file a path names now, "" if none.
+func statKey(path string) string {
+	if !filepath.IsAbs(path) {
+		return ""
+	}
+	f, err := safeopen.Open(path, safeopen.Options{Follow: true})
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	return fileKey(f)
 }
 
 // startCodeOf reads the start of a process's text from /proc/PID/stat (field 26); 0 if unknown or gone.
@@ -170,10 +213,14 @@ func (t *Table) openMapped(pid uint32, addr, length uint64, dev uint32, ino uint
 	}
 	if m == nil {
 		// Gone (the process exited or unmapped it, e.g. dlclose): find the file by name, checked by identity.
-		m = t.search(key, name)
+		m = t.search(pid, key, name)
 	}
 	if m != nil {
 		delete(t.failures, path) // an earlier way failed, a later one worked
+	} else if path == name && !strings.Contains(name, "/") {
+		t.failures[path] = failure{key: key, why: "only its name is known (its path has more than 24 directories or 256 bytes, more than the kernel sends) " +
+			"and the process had exited before its mapping could be opened; no file with its device and inode is beside the process's other files, " +
+			"in their RUNPATH or RPATH, or in the system's library directories"}
 	}
 	return m
 }
@@ -193,15 +240,38 @@ func (t *Table) Exit(pid uint32) {
 	defer t.mu.Unlock()
 	if !t.KeepExited {
 		delete(t.procs, pid)
+		delete(t.exes, pid)
 	}
 }
 
 // searchDirs are where a mapped library is looked for by name once its process is gone.
 var searchDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib", "/usr/local/lib"}
 
-func (t *Table) search(key, name string) *Module {
-	if name == "" || strings.Contains(name, "/") {
+// search finds a file the kernel named only by its last name (its path was too deep or long to
+// send) once its process is gone: beside the files the process had mapped (a library dlopen()ed
+// by a bare name through $ORIGIN, say), in their RUNPATH or RPATH, then in the system's library
+// directories. Only a file with the mapping's device and inode is taken.
+func (t *Table) search(pid uint32, key, name string) *Module {
+	if name == "" || name == "." || name == ".." || strings.Contains(name, "/") {
 		return nil
+	}
+	for _, c := range t.nearDirs(pid) {
+		// These are the user's directories: a symlink there is not followed.
+		f, err := safeopen.Open(filepath.Join(c.root, c.dir, name), safeopen.Options{})
+		if err != nil {
+			continue
+		}
+		if fileKey(f) != key {
+			f.Close()
+			continue
+		}
+		m, err := t.openModule(key, filepath.Join(c.dir, name), c.root, f)
+		if err != nil {
+			f.Close()
+			continue
+		}
+		t.addModule(key, m)
+		return m
 	}
 	for _, d := range searchDirs {
 		if m := t.addFile(filepath.Join(d, name)); m != nil && m.Key == key {
@@ -209,6 +279,72 @@ func (t *Table) search(key, name string) *Module {
 		}
 	}
 	return nil
+}
+
+// nearDir is a directory a process's loader may have found a library in, under the process's root.
+type nearDir struct{ root, dir string }
+
+// nearDirs lists where a library pid loaded may be: the directories of the files pid had mapped,
+// its executable's (NoteExec: the event reader may be ahead of the mappings), then those of
+// every file known, each with its RUNPATH and RPATH entries ($ORIGIN expanded; entries with
+// other variables left out). At most maxNearDirs. The caller holds t.mu.
+func (t *Table) nearDirs(pid uint32) []nearDir {
+	var out []nearDir
+	seen := map[nearDir]bool{}
+	add := func(root, dir string) {
+		if c := (nearDir{root, filepath.Clean(dir)}); filepath.IsAbs(dir) && !seen[c] && len(out) < maxNearDirs {
+			seen[c] = true
+			out = append(out, c)
+		}
+	}
+	mods := map[*Module]bool{}
+	addMod := func(m *Module) {
+		if mods[m] || !filepath.IsAbs(m.Path) {
+			return
+		}
+		mods[m] = true
+		origin := filepath.Dir(m.Path)
+		add(m.Root, origin)
+		if m.elf == nil {
+			return
+		}
+		for _, tag := range []elf.DynTag{elf.DT_RUNPATH, elf.DT_RPATH} {
+			for _, list := range safeopen.DynStrings(m.elf, tag) {
+				for _, e := range strings.Split(list, ":") {
+					e = strings.ReplaceAll(strings.ReplaceAll(e, "${ORIGIN}", origin), "$ORIGIN", origin)
+					if !strings.Contains(e, "$") {
+						add(m.Root, e)
+					}
+				}
+			}
+		}
+	}
+	if p := t.procs[pid]; p != nil {
+		for _, mp := range p.maps {
+			addMod(mp.mod)
+		}
+	}
+	if exe := t.exes[pid]; exe != "" {
+		add("", filepath.Dir(exe))
+	}
+	for _, m := range t.mods {
+		addMod(m)
+	}
+	return out
+}
+
+// maxNearDirs bounds the directories one search looks in.
+const maxNearDirs = 512
+
+// NoteExec records the executable a process now runs, as soon as its exec is read: a library it
+// dlopen()s from beside it may have to be found by name before the exec is handled.
+func (t *Table) NoteExec(pid uint32, exe string) {
+	if !filepath.IsAbs(exe) {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.exes[pid] = exe
 }
 
 // AddFile opens a file as a module ahead of need (a libc udstrace probes); it returns the module or nil.
@@ -253,7 +389,7 @@ func (t *Table) adopt(f *os.File, name, root string) (*Module, error) {
 		f.Close()
 		return m, nil
 	}
-	m, err := openModule(key, name, root, f)
+	m, err := t.openModule(key, name, root, f)
 	if err != nil {
 		f.Close()
 		return nil, err

@@ -38,7 +38,7 @@ type Module struct {
 	symMu   sync.Mutex
 }
 
-func openModule(key, path, root string, f *os.File) (*Module, error) {
+func (t *Table) openModule(key, path, root string, f *os.File) (*Module, error) {
 	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", path, err)
@@ -53,7 +53,7 @@ func openModule(key, path, root string, f *os.File) (*Module, error) {
 			m.loads = append(m.loads, p.ProgHeader)
 		}
 	}
-	if b, err := symbolize.Open(f, m.size, symbolize.Options{Path: path, Root: root}); err == nil {
+	if b, err := symbolize.Open(f, m.size, symbolize.Options{Path: path, Root: root, Debuginfod: t.Debuginfod}); err == nil {
 		m.sym = b
 		m.BuildID = b.BuildID()
 	}
@@ -183,6 +183,14 @@ func (m *Module) Symbolize(off uint64) []symbolize.Frame {
 func (m *Module) PreloadSymbols() {
 	if m.sym != nil {
 		m.sym.Preload()
+	}
+}
+
+// FetchDebug waits for the module's debug file from a debuginfod server, if one is wanted (see
+// symbolize.FetchDebug): Symbolize alone never waits for a server.
+func (m *Module) FetchDebug() {
+	if m.sym != nil {
+		m.sym.FetchDebug()
 	}
 }
 

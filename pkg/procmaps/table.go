@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/udstrace/udstrace/internal/safeopen"
+	"github.com/udstrace/udstrace/pkg/symbolize"
 )
 
 type mapping struct {
@@ -32,6 +33,7 @@ type Table struct {
 	byID  map[uint32]*Module // modules by kernel-stack id
 	named *sync.Cond         // broadcast when byID gains an entry
 	procs map[uint32]*proc
+	exes  map[uint32]string // each process's executable as its exec was read (NoteExec)
 	// KeepExited keeps a process's mappings after it exits, for stacks read at the end (count mode).
 	KeepExited bool
 	// failures records files that could not be opened, by path, for the report's warnings.
@@ -44,6 +46,9 @@ type Table struct {
 	PageUsed func(m *Module, pg uint32)
 	// Adopted hears of a module opened after the kernel had named it and it could not be opened.
 	Adopted func(m *Module)
+	// Debuginfod, when set before the first module is opened, fetches the debug files of
+	// modules that have none here (at their first symbol lookup, not when they are opened).
+	Debuginfod *symbolize.Debuginfod
 }
 
 // New returns an empty table.
@@ -52,6 +57,7 @@ func New() *Table {
 		mods:     map[string]*Module{},
 		byID:     map[uint32]*Module{},
 		procs:    map[uint32]*proc{},
+		exes:     map[uint32]string{},
 		failures: map[string]failure{},
 	}
 	t.named = sync.NewCond(&t.mu)
@@ -305,7 +311,7 @@ func (t *Table) open(pid uint32, key, path string, start, end uint64) *Module {
 			lastErr = fmt.Errorf("%s was replaced since it was mapped", path)
 			continue
 		}
-		m, err := openModule(key, strings.TrimSuffix(path, " (deleted)"), root, f)
+		m, err := t.openModule(key, strings.TrimSuffix(path, " (deleted)"), root, f)
 		if err != nil {
 			f.Close()
 			lastErr = err

@@ -237,9 +237,17 @@ func (h *handler) EarlyMap(m *loader.Mapping) {
 	}
 }
 
-// EarlyExec starts loading a new image's tables at once: its first allocations follow within
-// milliseconds.
-func (h *handler) EarlyExec(e *loader.Exec) { h.s.tables.push(tableJob{exec: e}, true) }
+// EarlyExec notes the new image's executable (a library found beside it may be mapped before
+// the exec is handled) and starts loading its tables at once: its first allocations follow
+// within milliseconds.
+func (h *handler) EarlyExec(e *loader.Exec) {
+	exe := e.Exe
+	if l, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", e.PID)); err == nil && isHostRoot(procRoot(e.PID)) {
+		exe = strings.TrimSuffix(l, " (deleted)")
+	}
+	h.s.maps.NoteExec(e.PID, exe)
+	h.s.tables.push(tableJob{exec: e}, true)
+}
 
 // forgetPicked clears the kernel's table of picked blocks of a process whose image is gone
 // (full mode with sampling); the caller holds bmu.
@@ -268,12 +276,20 @@ func (h *handler) checkLibc(pid uint32) {
 func procRoot(pid uint32) string { return fmt.Sprintf("/proc/%d/root", pid) }
 
 // symbolizer serves the report's symbol lookups from the modules kept open during the trace.
-type symbolizer struct{ maps *procmaps.Table }
+// The final report waits for debug files asked of debuginfod servers (final); a snapshot taken
+// while the trace runs does not, since the events wait for it.
+type symbolizer struct {
+	maps  *procmaps.Table
+	final bool
+}
 
 func (y *symbolizer) Symbolize(f event.Frame) []report.SymFrame {
 	m := y.maps.Module(f.ModuleKey)
 	if m == nil {
 		return nil
+	}
+	if y.final {
+		m.FetchDebug()
 	}
 	off := f.FileOffset
 	if f.Return && off > 0 {

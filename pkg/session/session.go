@@ -20,6 +20,7 @@ import (
 	"github.com/udstrace/udstrace/pkg/loader"
 	"github.com/udstrace/udstrace/pkg/procmaps"
 	"github.com/udstrace/udstrace/pkg/report"
+	"github.com/udstrace/udstrace/pkg/symbolize"
 )
 
 // Options is everything a trace needs, flat, as the CLI fills it.
@@ -61,6 +62,10 @@ type Options struct {
 	// (0: DefaultKillAfter; negative: none, SIGKILL right after SIGTERM).
 	KillAfter time.Duration
 	KillNow   <-chan struct{} // closed: an interrupted command's group gets SIGKILL at once (a second Ctrl-C)
+
+	// Debuginfod says which debuginfod servers to ask for the debug files of stripped binaries
+	// (no URLs: none), as the CLI read it from DEBUGINFOD_URLS and the like.
+	Debuginfod symbolize.DebuginfodConfig
 }
 
 // ErrCountCopy: count mode aggregates stacks in the kernel, which a copied stack cannot be.
@@ -147,6 +152,11 @@ func start(opts Options, filter bool) (*Session, error) {
 		FoldAtEnd: opts.Mode == "count", Stacks: s.stacks.resolve, CallerStack: s.callerStack, LiveSockets: true})
 	s.meta = report.Meta{Mode: modeName(opts.Mode), SampleBytes: opts.SampleBytes, StackMode: stackName(opts.Stack), Start: time.Now(), Roles: map[uint32]report.Role{},
 		RingBytes: cmp.Or(opts.RingBytes, 16<<20), TableSize: cmp.Or(opts.TableSize, 65536)}
+	if d, err := symbolize.NewDebuginfod(opts.Debuginfod); err != nil {
+		s.meta.Warnings = append(s.meta.Warnings, fmt.Sprintf("not asking debuginfod servers for debug files: %v", err))
+	} else {
+		s.maps.Debuginfod = d
+	}
 	if !tr.UsesUprobeMulti() {
 		s.meta.Warnings = append(s.meta.Warnings, "kernel lacks uprobe_multi (needs ≥ 6.6): using one uprobe link per function")
 	}
@@ -275,6 +285,7 @@ func (s *Session) finish() (*report.Report, error) {
 	defer func() {
 		warmed()
 		s.maps.Close()
+		s.maps.Debuginfod.Close()
 	}()
 	if err := errors.Join(readErr, kerr, lerr, serr); err != nil {
 		return nil, err
@@ -302,7 +313,8 @@ func (s *Session) finish() (*report.Report, error) {
 	for path, why := range s.maps.Partial() {
 		s.warn("%s: %s: traced from its program headers; its symbols and debug information may be missing", path, why)
 	}
-	rep := s.builder.Finish(&symbolizer{maps: s.maps}, s.meta)
+	rep := s.builder.Finish(&symbolizer{maps: s.maps, final: true}, s.meta)
+	rep.Warnings = append(rep.Warnings, s.maps.Debuginfod.Warnings()...)
 	s.opts.Log.Debug("report built", "took", time.Since(began), "sites", len(rep.Sites))
 	return rep, nil
 }
@@ -338,6 +350,7 @@ func (s *Session) abort() {
 	s.tracer.Close()
 	s.stacks.stopWarming()()
 	s.maps.Close()
+	s.maps.Debuginfod.Close()
 }
 
 func newTable(keepExited bool) *procmaps.Table {

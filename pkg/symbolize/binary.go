@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"github.com/udstrace/udstrace/internal/safeopen"
 )
@@ -26,6 +27,8 @@ type Options struct {
 	DebugDirs []string // default {"/usr/lib/debug"}; for .build-id/xx/yyyy.debug and debuglink lookups
 	Root      string   // prefix for looking up debug files and debuglink targets (e.g. "/proc/PID/root"); "" = host
 	Path      string   // the path the binary was mapped from (for .gnu_debuglink's directory and messages)
+	// Debuginfod, when not nil, is asked by build-id for a debug file none of the above gave.
+	Debuginfod *Debuginfod
 }
 
 func (o Options) debugDirs() []string {
@@ -61,13 +64,23 @@ type Binary struct {
 	debuglink string
 	debugCRC  uint32
 
-	once      sync.Once
-	closeMu   sync.Mutex
-	closer    io.Closer // closed once the lazy load no longer needs the reader
+	once    sync.Once
+	closeMu sync.Mutex
+	closer  io.Closer // closed once the lazy load no longer needs the reader
+	tab     atomic.Pointer[tables]
+	loadErr error
+
+	// A debug file to fetch from a debuginfod server: lookups use what is here until it came.
+	remote     bool
+	remoteOnce sync.Once
+	localRaw   []rawSym // the file's own symbols, to merge with the fetched file's
+}
+
+// tables are what lookups read: the file's own, then with a fetched debug file's.
+type tables struct {
 	syms      *symtab
 	dw        *dwarfInfo // nil when no usable DWARF
 	debugPath string     // separate debug file used, if any
-	loadErr   error
 }
 
 // Open parses the ELF headers of r. Symbol tables and DWARF are loaded on the
@@ -101,10 +114,10 @@ func Open(r io.ReaderAt, size int64, opts Options) (b *Binary, err error) {
 func (b *Binary) BuildID() string { return b.buildID }
 
 // DebugFile returns the path of the separate debug file in use ("" if none);
-// it triggers the lazy load.
+// it triggers the lazy load and waits for a debuginfod server (FetchDebug).
 func (b *Binary) DebugFile() string {
-	b.load()
-	return b.debugPath
+	b.FetchDebug()
+	return b.tab.Load().debugPath
 }
 
 // FileOffsetToVAddr maps a file offset (as in /proc/PID/maps) to a virtual
@@ -122,7 +135,8 @@ func (b *Binary) FileOffsetToVAddr(off uint64) (uint64, bool) {
 // function symbol.
 func (b *Binary) HasSymbols() bool {
 	b.load()
-	return b.syms != nil && b.syms.funcs
+	t := b.tab.Load()
+	return t.syms != nil && t.syms.funcs
 }
 
 // Close releases the reader if it is an io.Closer handed over by a Cache.
@@ -146,17 +160,18 @@ func (b *Binary) Symbolize(vaddr uint64) (frames []Frame) {
 		}
 	}()
 	b.load()
+	t := b.tab.Load()
 	var (
 		symName  string
 		symStart uint64
 		haveSym  bool
 	)
-	if b.syms != nil {
-		symName, symStart, haveSym = b.syms.lookup(vaddr)
+	if t.syms != nil {
+		symName, symStart, haveSym = t.syms.lookup(vaddr)
 	}
 	var loc *dwarfLoc
-	if b.dw != nil {
-		loc = b.dw.lookup(vaddr)
+	if t.dw != nil {
+		loc = t.dw.lookup(vaddr)
 	}
 	if !haveSym && loc == nil {
 		return nil
@@ -181,16 +196,48 @@ func (b *Binary) Symbolize(vaddr uint64) (frames []Frame) {
 	return append(frames, outer)
 }
 
-// Preload reads the symbols now, not at the first lookup: a tracer warms a binary this way while
-// the trace runs, so the report does not wait for it.
-func (b *Binary) Preload() { b.load() }
+// Preload reads the symbols now, not at the first lookup, and fetches a debug file from a
+// debuginfod server if one is wanted (FetchDebug): a tracer warms a binary this way while the
+// trace runs, so the report does not wait for it.
+func (b *Binary) Preload() { b.FetchDebug() }
 
-// load reads symbol tables, the separate debug file and DWARF once.
+// FetchDebug loads the symbols, then asks the debuginfod servers for a debug file if nothing here
+// gave DWARF, waiting for the answer (bounded by the client's timeouts); lookups made meanwhile
+// use what was here. A lookup never waits on a server by itself: the caller says when to.
+func (b *Binary) FetchDebug() {
+	b.load()
+	if !b.remote {
+		return
+	}
+	b.remoteOnce.Do(func() {
+		defer func() {
+			if p := recovered(recover()); p != nil {
+				b.localRaw = nil
+			}
+		}()
+		dbg, path := b.fetchDebugFile()
+		if dbg == nil {
+			b.localRaw = nil
+			return
+		}
+		t := &tables{syms: buildSymtab(append(b.localRaw, dbg.syms...)), dw: dbg.dw, debugPath: path}
+		if t.dw == nil {
+			t.dw = b.tab.Load().dw
+		}
+		b.tab.Store(t)
+		b.localRaw = nil
+	})
+}
+
+// load reads symbol tables, a local separate debug file and DWARF once.
 func (b *Binary) load() {
 	b.once.Do(func() {
 		defer func() {
 			if p := recovered(recover()); p != nil {
 				b.loadErr = fmt.Errorf("loading symbols %s: panic: %v", b.opts.Path, p)
+			}
+			if b.tab.Load() == nil {
+				b.tab.Store(&tables{})
 			}
 			b.Close()
 		}()
@@ -201,18 +248,21 @@ func (b *Binary) load() {
 func (b *Binary) doLoad() error {
 	raw, symErr := readSymbols(b.f, b.size)
 	dw, dwErr := loadDWARF(b.f, b.size)
+	t := &tables{}
 	if dw == nil {
 		// Stripped or --strip-debug file: a separate debug file can add both.
 		if dbg, path := b.findDebugFile(); dbg != nil {
-			b.debugPath = path
+			t.debugPath = path
 			raw = append(raw, dbg.syms...)
 			if dbg.dw != nil {
 				dw, dwErr = dbg.dw, nil
 			}
+		} else if b.opts.Debuginfod != nil && b.buildID != "" {
+			b.remote, b.localRaw = true, raw
 		}
 	}
-	b.syms = buildSymtab(raw)
-	b.dw = dw
+	t.syms, t.dw = buildSymtab(raw), dw
+	b.tab.Store(t)
 	return errors.Join(symErr, dwErr)
 }
 

@@ -82,6 +82,9 @@ func (c *Cache) merge(o Options) Options {
 	if o.Path == "" {
 		o.Path = c.opts.Path
 	}
+	if o.Debuginfod == nil {
+		o.Debuginfod = c.opts.Debuginfod
+	}
 	return o
 }
 

@@ -47,8 +47,25 @@ func readDebuglink(f *elf.File, size int64) (string, uint32) {
 	return name, f.ByteOrder.Uint32(d[crcOff:])
 }
 
-// findDebugFile looks up a separate debug file by build-id, then by
-// .gnu_debuglink; it returns nil quietly when none is usable.
+// fetchDebugFile asks the debuginfod servers for the debug file by build-id; nil when none gave
+// a usable one. The client checked the build-id before keeping the file; it is checked again as
+// it is read, since the cache may hold a file from an earlier trace.
+func (b *Binary) fetchDebugFile() (*debugInfo, string) {
+	id := b.buildID
+	p := b.opts.Debuginfod.Find(id)
+	if p == "" {
+		return nil, ""
+	}
+	if d := openDebugFile(p, false, func(f *elf.File, _ *os.File, size int64) bool {
+		return readBuildID(f, size) == id
+	}); d != nil {
+		return d, p
+	}
+	return nil, ""
+}
+
+// findDebugFile looks up a separate debug file here: by build-id, then by .gnu_debuglink; it
+// returns nil quietly when none is usable.
 func (b *Binary) findDebugFile() (*debugInfo, string) {
 	self := ""
 	if b.opts.Path != "" {

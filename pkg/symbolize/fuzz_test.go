@@ -27,9 +27,9 @@ func FuzzOpen(f *testing.F) {
 			addrs = append(addrs, s.vaddr, s.vaddr+s.filesz/2)
 			b.FileOffsetToVAddr(s.off)
 		}
-		if b.syms != nil {
-			for i := 0; i < len(b.syms.addrs) && i < 16; i++ {
-				addrs = append(addrs, b.syms.addrs[i], b.syms.addrs[i]+5)
+		if syms := b.tab.Load().syms; syms != nil {
+			for i := 0; i < len(syms.addrs) && i < 16; i++ {
+				addrs = append(addrs, syms.addrs[i], syms.addrs[i]+5)
 			}
 		}
 		for _, a := range addrs {
