@@ -44,6 +44,25 @@ func (b *Builder) Proc(ev *event.Proc) {
 	}
 }
 
+// Named records what the latest incarnation of pid is called and runs, for a process the trace did
+// not see exec or fork (attach, system-wide): it fills only what no event has told.
+func (b *Builder) Named(pid uint32, comm, exe string) {
+	p := b.cur[pid]
+	if p == nil {
+		p = b.newProc(pid)
+	}
+	p.comm = cmpOr(p.comm, comm)
+	p.exe = cmpOr(p.exe, exe)
+}
+
+// Comm is the latest incarnation of pid's command name, "" if unknown.
+func (b *Builder) Comm(pid uint32) string {
+	if p := b.cur[pid]; p != nil {
+		return p.comm
+	}
+	return ""
+}
+
 // inherit gives a forked child its parent's blocks so that its frees of them match, without owning them.
 func inherit(parent, child map[uint64]block) map[uint64]block {
 	if len(parent) == 0 {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -80,6 +81,12 @@ func buildPattern(t *testing.T) string {
 // attachAsync runs Attach in the background; stop() ends it and returns the report.
 func attachAsync(t *testing.T, pids []int) (stop func() *report.Report) {
 	t.Helper()
+	return attachAsyncWith(t, pids, testOptions(t))
+}
+
+// attachAsyncWith is attachAsync with options o.
+func attachAsyncWith(t *testing.T, pids []int, o Options) (stop func() *report.Report) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	type result struct {
 		rep *report.Report
@@ -87,7 +94,6 @@ func attachAsync(t *testing.T, pids []int) (stop func() *report.Report) {
 	}
 	done := make(chan result, 1)
 	tracing := make(chan struct{})
-	o := testOptions(t)
 	o.OnTracing = func() { close(tracing) }
 	go func() {
 		rep, err := Attach(ctx, pids, 0, o)
@@ -189,4 +195,56 @@ func traceWhile(t *testing.T, o Options, commands ...[]string) *view {
 	}
 	v, _ := decodeView(t, rep)
 	return v
+}
+
+// TestAttachNamesProcess: a process attached to (not seen to exec) is named in processes[] and
+// sites[] by its command name and executable, in both modes: count mode's calls arrive at the
+// end without a name. The oracle is the file the test executed.
+func TestAttachNamesProcess(t *testing.T) {
+	testenv.NeedRoot(t)
+	bin := buildPattern(t)
+	wantExe, err := filepath.EvalSymlinks(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantComm := filepath.Base(bin)
+	for _, mode := range []string{"count", "full"} {
+		t.Run(mode, func(t *testing.T) {
+			a := startPattern(t, bin)
+			o := testOptions(t)
+			o.Mode = mode
+			stop := attachAsyncWith(t, []int{a.cmd.Process.Pid}, o)
+			a.ask(t, "m 100")
+			v, _ := decodeView(t, stop())
+			pid := uint32(a.cmd.Process.Pid)
+			if got := calls(v, pid, "malloc"); got != 100 {
+				t.Errorf("%d mallocs, want 100", got)
+			}
+			found := false
+			for _, p := range v.Processes {
+				if p.PID != pid {
+					continue
+				}
+				found = true
+				if p.Comm != wantComm || p.Exe != wantExe {
+					t.Errorf("processes[]: comm %q exe %q, want %q %q", p.Comm, p.Exe, wantComm, wantExe)
+				}
+			}
+			if !found {
+				t.Fatalf("pid %d not in processes[]", pid)
+			}
+			n := 0
+			for _, s := range v.Sites {
+				if s.PID == pid {
+					n++
+					if s.Comm != wantComm {
+						t.Errorf("site %s: comm %q, want %q", s.Kind, s.Comm, wantComm)
+					}
+				}
+			}
+			if n == 0 {
+				t.Errorf("no site of pid %d", pid)
+			}
+		})
+	}
 }

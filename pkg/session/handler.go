@@ -103,9 +103,20 @@ func (h *handler) name(a *event.Alloc) {
 		return
 	}
 	h.named[a.PID] = true
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", a.PID)); err == nil {
-		a.Comm = strings.TrimSuffix(string(b), "\n")
+	comm, exe := procName(a.PID)
+	a.Comm = comm
+	h.s.bmu.Lock()
+	h.s.builder.Named(a.PID, comm, exe)
+	h.s.bmu.Unlock()
+}
+
+// procName reads a live process's command name and executable ("" for what cannot be read).
+func procName(pid uint32) (comm, exe string) {
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil {
+		comm = strings.TrimSuffix(string(b), "\n")
 	}
+	exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	return comm, exe
 }
 
 func (h *handler) Stack(id uint64, frames []kstack.Frame, truncated bool) {

@@ -279,6 +279,10 @@ func (s *Session) finish() (*report.Report, error) {
 	s.bmu.Lock()
 	defer s.bmu.Unlock()
 	for _, c := range counts {
+		if s.builder.Comm(c.PID) == "" { // no exec, fork or exit told its name: it still runs
+			comm, exe := procName(c.PID)
+			s.builder.Named(c.PID, comm, exe)
+		}
 		s.builder.Counted(c.PID, "", c.Kind, c.StackID, c.Calls, c.Bytes)
 	}
 	for _, t := range totals {

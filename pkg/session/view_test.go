@@ -15,6 +15,7 @@ type view struct {
 	Processes  []struct {
 		PID  uint32 `json:"pid"`
 		Comm string `json:"comm"`
+		Exe  string `json:"exe"`
 		Role string `json:"role"`
 		Heap map[string]struct {
 			Calls uint64 `json:"calls"`
@@ -23,6 +24,7 @@ type view struct {
 	} `json:"processes"`
 	Sites []struct {
 		PID              uint32 `json:"pid"`
+		Comm             string `json:"comm"`
 		Kind             string `json:"kind"`
 		Count            uint64 `json:"count"`
 		Bytes            uint64 `json:"bytes"`
