@@ -3,7 +3,10 @@
 /*
  * Process life cycle: exec (what runs and where it is loaded), fork (who
  * follows whom into the trace), exit (status, socket counts, and cleanup of
- * per-thread state so a thread that dies inside malloc leaves nothing behind).
+ * per-thread state so a thread that dies inside malloc leaves nothing behind),
+ * and thread names. A process is named by its thread-group leader; a thread
+ * named otherwise (pthread_setname_np, or born of such a thread) is told by
+ * an EV_RENAME, so that sites can say which thread made their calls.
  */
 #pragma once
 
@@ -48,6 +51,46 @@ int on_exec(u64 *ctx)
 	return 0;
 }
 
+/* emit_rename tells user space thread tid of process tgid is now called comm (a kernel string). */
+static __always_inline void emit_rename(u32 tgid, u32 tid, const char *comm)
+{
+	struct proc_event *ev = new_proc_event(EV_RENAME, tgid);
+	if (!ev)
+		return;
+	ev->addr = tid;
+	bpf_probe_read_kernel_str(ev->comm, sizeof(ev->comm), comm);
+	bpf_ringbuf_submit(ev, 0);
+}
+
+/* The task renamed may be another process's (a write to /proc/PID/task/TID/comm). */
+SEC("tp_btf/task_rename")
+int on_rename(u64 *ctx)
+{
+	struct task_struct *t = (struct task_struct *)ctx[0];
+	u32 tgid = BPF_CORE_READ(t, tgid);
+	if (traced(tgid))
+		emit_rename(tgid, BPF_CORE_READ(t, pid), (const char *)ctx[1]);
+	return 0;
+}
+
+/* new_thread tells user space the name of a new thread of a traced process when it differs from
+ * its leader's: a thread inherits the name of the thread that created it. */
+static __always_inline void new_thread(struct task_struct *child, u32 tgid)
+{
+	char name[16], leader[16];
+	struct task_struct *l = BPF_CORE_READ(child, group_leader);
+	if (bpf_core_read(name, sizeof(name), &child->comm) || bpf_core_read(leader, sizeof(leader), &l->comm))
+		return;
+	for (int i = 0; i < 16; i++) {
+		if (name[i] != leader[i]) {
+			emit_rename(tgid, BPF_CORE_READ(child, pid), (const char *)&child->comm);
+			return;
+		}
+		if (!name[i])
+			return;
+	}
+}
+
 SEC("tp_btf/sched_process_fork")
 int on_fork(u64 *ctx)
 {
@@ -58,6 +101,8 @@ int on_fork(u64 *ctx)
 	if (ptgid == ctgid) { /* a new thread: of a process that could not be traced, untraced too */
 		if (any_untraced && bpf_task_storage_get(&untraced_tasks, parent, 0, 0))
 			mark_untraced(child, false);
+		else if (traced(ptgid))
+			new_thread(child, ctgid);
 		return 0;
 	}
 	if (!traced(ptgid)) { /* outside the trace, or a child of a process that could not be traced */
@@ -100,6 +145,9 @@ int on_exit(u64 *ctx)
 	if (was_traced) {
 		ev = new_proc_event(EV_EXIT, tgid);
 		if (ev) {
+			/* the last thread to exit names the process only if it is the leader */
+			struct task_struct *leader = BPF_CORE_READ(p, group_leader);
+			bpf_core_read_str(ev->comm, sizeof(ev->comm), &leader->comm);
 			ev->exit_code = BPF_CORE_READ(p, exit_code);
 			if (st)
 				ev->sock = *st;

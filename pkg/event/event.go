@@ -102,6 +102,7 @@ const (
 	ProcExec ProcKind = iota + 1
 	ProcFork
 	ProcExit
+	ProcRename // a thread's name changed (Proc.TID, Proc.Comm), or a new thread is not named as its leader
 )
 
 // Proc is a process life-cycle event.
@@ -110,7 +111,8 @@ type Proc struct {
 	Kind     ProcKind
 	PID      uint32
 	PPID     uint32 // ProcFork: the parent
-	Comm     string
+	Comm     string // the process's name (its thread-group leader's); ProcRename: the thread's new name
+	TID      uint32 // ProcRename: the thread renamed
 	Exe      string // ProcExec: the file executed
 	ExitCode int    // ProcExit: exit status as wait(2) encodes it (status<<8 | signal)
 }

@@ -72,7 +72,7 @@ func (r *record) deliver(h Handler) {
 		h.Stack(r.id, r.frames, r.trunc)
 	case evExec:
 		h.Exec(r.proc.exec)
-	case evFork, evExit:
+	case evFork, evExit, evRename:
 		h.Proc(&r.proc.p, r.proc.sock, r.proc.totals)
 	case evMap:
 		h.Map(r.proc.m)
@@ -151,7 +151,7 @@ func (r *record) decode(raw []byte) bool {
 		if !chkStack(r.id, r.frames, r.trunc) {
 			HashMismatches.Add(1)
 		}
-	case evExec, evFork, evExit, evMap, evModule, evPage, evSock:
+	case evExec, evFork, evExit, evMap, evModule, evPage, evSock, evRename:
 		if len(raw) < int(unsafe.Sizeof(udstraceProcEvent{})) {
 			return false
 		}
@@ -191,6 +191,8 @@ func (r *record) decodeProc(ev *udstraceProcEvent) {
 		pr.exec = &Exec{Proc: pr.p, StartCode: ev.Addr, InterpBase: ev.Len, Dev: ev.Dev, Ino: ev.Ino}
 	case evFork:
 		pr.p.Kind = event.ProcFork
+	case evRename:
+		pr.p.Kind, pr.p.TID = event.ProcRename, uint32(ev.Addr)
 	case evExit:
 		pr.p.Kind, pr.p.ExitCode = event.ProcExit, int(ev.ExitCode)
 		pr.sock, pr.totals = sockStats(ev.Pid, &ev.Sock), exitTotals(ev.Pid, ev.Totals[:])

@@ -300,6 +300,7 @@ const (
 	udstraceProgOnExec          = "on_exec"
 	udstraceProgOnExit          = "on_exit"
 	udstraceProgOnFork          = "on_fork"
+	udstraceProgOnRename        = "on_rename"
 	udstraceProgSysEnter        = "sys_enter"
 	udstraceProgSysExit         = "sys_exit"
 	udstraceVarAnyUntraced      = "any_untraced"
@@ -380,6 +381,7 @@ type udstraceProgramSpecs struct {
 	OnExec      *ebpf.ProgramSpec `ebpf:"on_exec"`
 	OnExit      *ebpf.ProgramSpec `ebpf:"on_exit"`
 	OnFork      *ebpf.ProgramSpec `ebpf:"on_fork"`
+	OnRename    *ebpf.ProgramSpec `ebpf:"on_rename"`
 	SysEnter    *ebpf.ProgramSpec `ebpf:"sys_enter"`
 	SysExit     *ebpf.ProgramSpec `ebpf:"sys_exit"`
 }
@@ -560,6 +562,7 @@ type udstracePrograms struct {
 	OnExec      *ebpf.Program `ebpf:"on_exec"`
 	OnExit      *ebpf.Program `ebpf:"on_exit"`
 	OnFork      *ebpf.Program `ebpf:"on_fork"`
+	OnRename    *ebpf.Program `ebpf:"on_rename"`
 	SysEnter    *ebpf.Program `ebpf:"sys_enter"`
 	SysExit     *ebpf.Program `ebpf:"sys_exit"`
 }
@@ -573,6 +576,7 @@ func (p *udstracePrograms) Close() error {
 		p.OnExec,
 		p.OnExit,
 		p.OnFork,
+		p.OnRename,
 		p.SysEnter,
 		p.SysExit,
 	)

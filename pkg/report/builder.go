@@ -29,6 +29,7 @@ type proc struct {
 	idx        int
 	pid, ppid  uint32
 	comm, exe  string
+	threads    map[uint32]string // names of threads not named as the leader, by tid (threads.go)
 	exited     bool
 	exitCode   int
 	exitTime   uint64
@@ -102,6 +103,10 @@ type site struct {
 	retOlder  BlockCount
 	retOldest uint64
 	retAny    bool
+	// The thread that made the calls (0: none known, as in count mode), and every such thread
+	// once there are two (threads.go).
+	tid     uint32
+	threads map[uint32]struct{}
 }
 
 // NewBuilder returns an empty Builder.
@@ -272,6 +277,7 @@ func (p *proc) countHeap(ev *event.Alloc) {
 // call counts one user allocation call at its site and returns the site.
 func (b *Builder) call(p *proc, ev *event.Alloc) *site {
 	s := b.site(p, ev.Kind, ev.StackID)
+	s.thread(ev.TID)
 	s.count++
 	s.bytes += ev.Size
 	if ev.Failed {

@@ -82,6 +82,7 @@ func (b *Builder) Finish(sym Symbolizer, meta Meta) *Report {
 			OutstandingCount: s.outCount, OutstandingBytes: s.outBytes,
 			Stack: st,
 		}
+		out.TID, out.Thread, out.Threads = s.threadFields()
 		if a := ages[s.pos]; a.any {
 			out.OldestOutstandingAgeSeconds = float64(age(now, a.oldest)) / 1e9
 			out.OutstandingOlderThanMinAge = a.older

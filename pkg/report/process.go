@@ -30,6 +30,8 @@ func (b *Builder) Proc(ev *event.Proc) {
 			p.exe = ev.Exe
 		}
 		b.retire(p) // the old image is gone; its blocks stay outstanding
+	case event.ProcRename:
+		b.procAt(ev.PID, ev.Time).rename(ev.TID, ev.Comm)
 	case event.ProcExit:
 		p := b.procAt(ev.PID, ev.Time)
 		if ev.Comm != "" {

@@ -233,9 +233,8 @@ func Attach(ctx context.Context, pids []int, duration time.Duration, opts Option
 			return nil, err
 		}
 		// Named now: count mode's calls come at the end, without a name, and no exec will tell.
-		comm, exe := procName(uint32(pid))
 		s.bmu.Lock()
-		s.builder.Named(uint32(pid), comm, exe)
+		s.describe(uint32(pid))
 		s.bmu.Unlock()
 	}
 	s.meta.Command = []string{"attach", "--pid", joinInts(pids)}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/udstrace/udstrace/pkg/event"
@@ -103,11 +105,30 @@ func (h *handler) name(a *event.Alloc) {
 		return
 	}
 	h.named[a.PID] = true
-	comm, exe := procName(a.PID)
-	a.Comm = comm
 	h.s.bmu.Lock()
-	h.s.builder.Named(a.PID, comm, exe)
+	a.Comm = h.s.describe(a.PID)
 	h.s.bmu.Unlock()
+}
+
+// describe tells the builder what a live process the trace did not see exec or fork is called,
+// runs, and what its threads are called, and returns its name; the caller holds bmu.
+func (s *Session) describe(pid uint32) string {
+	comm, exe := procName(pid)
+	s.builder.Named(pid, comm, exe)
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, _ := os.ReadDir(dir)
+	for _, d := range tasks {
+		tid, err := strconv.ParseUint(d.Name(), 10, 32)
+		if err != nil || uint32(tid) == pid {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, d.Name(), "comm")); err == nil {
+			if name := strings.TrimSuffix(string(b), "\n"); name != comm {
+				s.builder.Proc(&event.Proc{Kind: event.ProcRename, PID: pid, TID: uint32(tid), Comm: name})
+			}
+		}
+	}
+	return comm
 }
 
 // procName reads a live process's command name and executable ("" for what cannot be read).

@@ -280,8 +280,7 @@ func (s *Session) finish() (*report.Report, error) {
 	defer s.bmu.Unlock()
 	for _, c := range counts {
 		if s.builder.Comm(c.PID) == "" { // no exec, fork or exit told its name: it still runs
-			comm, exe := procName(c.PID)
-			s.builder.Named(c.PID, comm, exe)
+			s.describe(c.PID)
 		}
 		s.builder.Counted(c.PID, "", c.Kind, c.StackID, c.Calls, c.Bytes)
 	}
