@@ -25,6 +25,8 @@ int on_exec(u64 *ctx)
 	u8 *state = bpf_map_lookup_elem(&targets, &tgid);
 	if (state && *state == T_PENDING_EXEC)
 		*state = T_TRACED; /* the command udstrace started is now itself */
+	if (any_shared_vm)
+		bpf_task_storage_delete(&vm_space, p); /* a vfork child's own address space from now on */
 	if (!traced(tgid))
 		return 0;
 	struct proc_event *ev = new_proc_event(EV_EXEC, tgid);
@@ -99,10 +101,13 @@ int on_fork(u64 *ctx)
 	u32 ptgid = BPF_CORE_READ(parent, tgid);
 	u32 ctgid = BPF_CORE_READ(child, tgid);
 	if (ptgid == ctgid) { /* a new thread: of a process that could not be traced, untraced too */
-		if (any_untraced && bpf_task_storage_get(&untraced_tasks, parent, 0, 0))
+		if (any_untraced && bpf_task_storage_get(&untraced_tasks, parent, 0, 0)) {
 			mark_untraced(child, false);
-		else if (traced(ptgid))
+		} else if (traced(ptgid)) {
 			new_thread(child, ctgid);
+			if (any_shared_vm && bpf_task_storage_get(&vm_space, parent, 0, 0))
+				share_space(parent, child, ptgid); /* a thread of a process in another's address space */
+		}
 		return 0;
 	}
 	if (!traced(ptgid)) { /* outside the trace, or a child of a process that could not be traced */
@@ -119,10 +124,16 @@ int on_fork(u64 *ctx)
 			return 0;
 		}
 	}
+	struct mm_struct *mm = BPF_CORE_READ(child, mm);
+	bool shared = mm && mm == BPF_CORE_READ(parent, mm);
+	if (shared)
+		share_space(parent, child, ptgid);
 	struct proc_event *ev = new_proc_event(EV_FORK, ctgid);
 	if (!ev)
 		return 0;
 	ev->ppid = ptgid;
+	if (shared)
+		ev->flags = PF_SHARED_VM;
 	bpf_ringbuf_submit(ev, 0);
 	return 0;
 }

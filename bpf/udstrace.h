@@ -168,6 +168,7 @@ struct stack_event {
 };
 
 #define PF_PATH 1
+#define PF_SHARED_VM 2 /* EV_FORK: the child runs in its parent's address space (vfork, CLONE_VM) until it execs */
 
 struct sock_stats {
 	u64 first_ns;
@@ -184,7 +185,7 @@ struct count_val {
 
 struct proc_event {
 	u8 type;
-	u8 flags; /* PF_PATH: name is a whole path, as bpf/modules.h's file_path lays it out */
+	u8 flags; /* PF_PATH: name is a whole path, as bpf/modules.h's file_path lays it out; PF_SHARED_VM */
 	u8 _pad[2];
 	u32 pid;
 	u32 ppid;

@@ -115,6 +115,9 @@ type Proc struct {
 	TID      uint32 // ProcRename: the thread renamed
 	Exe      string // ProcExec: the file executed
 	ExitCode int    // ProcExit: exit status as wait(2) encodes it (status<<8 | signal)
+	// ProcFork: the child runs in its parent's address space until it execs (vfork, or clone with
+	// CLONE_VM but not CLONE_THREAD): what it allocates there is the parent's to free.
+	SharedVM bool
 }
 
 // SocketCall names the socket-path syscalls counted as evidence that the socket path ran.

@@ -190,7 +190,7 @@ func (r *record) decodeProc(ev *udstraceProcEvent) {
 		pr.p.Kind, pr.p.Exe = event.ProcExec, cString(ev.Name[:])
 		pr.exec = &Exec{Proc: pr.p, StartCode: ev.Addr, InterpBase: ev.Len, Dev: ev.Dev, Ino: ev.Ino}
 	case evFork:
-		pr.p.Kind = event.ProcFork
+		pr.p.Kind, pr.p.SharedVM = event.ProcFork, ev.Flags&pfSharedVM != 0
 	case evRename:
 		pr.p.Kind, pr.p.TID = event.ProcRename, uint32(ev.Addr)
 	case evExit:
@@ -206,7 +206,10 @@ func (r *record) decodeProc(ev *udstraceProcEvent) {
 	}
 }
 
-const pfPath = 1 // bpf/udstrace.h PF_PATH
+const (
+	pfPath     = 1 // bpf/udstrace.h PF_PATH
+	pfSharedVM = 2 // PF_SHARED_VM
+)
 
 // fileName is a mapping event's file: its absolute path when the kernel could build it (its
 // components from the file up, each NUL-ended, an empty one at the root), else its last name.

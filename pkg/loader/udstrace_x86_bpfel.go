@@ -127,10 +127,10 @@ type udstraceProcEvent struct {
 }
 
 type udstraceSampledKey struct {
-	_    structs.HostLayout
-	Tgid uint32
-	Pad  uint32
-	Addr uint64
+	_     structs.HostLayout
+	Space uint32
+	Pad   uint32
+	Addr  uint64
 }
 
 type udstraceSockStats struct {
@@ -293,6 +293,7 @@ const (
 	udstraceMapUnwindPages      = "unwind_pages"
 	udstraceMapUnwindRows       = "unwind_rows"
 	udstraceMapUnwindRules      = "unwind_rules"
+	udstraceMapVmSpace          = "vm_space"
 	udstraceProgAllocCount      = "alloc_count"
 	udstraceProgAllocEnter      = "alloc_enter"
 	udstraceProgAllocReturn     = "alloc_return"
@@ -303,6 +304,7 @@ const (
 	udstraceProgOnRename        = "on_rename"
 	udstraceProgSysEnter        = "sys_enter"
 	udstraceProgSysExit         = "sys_exit"
+	udstraceVarAnySharedVm      = "any_shared_vm"
 	udstraceVarAnyUntraced      = "any_untraced"
 	udstraceVarCfgCgroupId      = "cfg_cgroup_id"
 	udstraceVarCfgComm          = "cfg_comm"
@@ -412,12 +414,14 @@ type udstraceMapSpecs struct {
 	UnwindPages   *ebpf.MapSpec `ebpf:"unwind_pages"`
 	UnwindRows    *ebpf.MapSpec `ebpf:"unwind_rows"`
 	UnwindRules   *ebpf.MapSpec `ebpf:"unwind_rules"`
+	VmSpace       *ebpf.MapSpec `ebpf:"vm_space"`
 }
 
 // udstraceVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type udstraceVariableSpecs struct {
+	AnySharedVm      *ebpf.VariableSpec `ebpf:"any_shared_vm"`
 	AnyUntraced      *ebpf.VariableSpec `ebpf:"any_untraced"`
 	CfgCgroupId      *ebpf.VariableSpec `ebpf:"cfg_cgroup_id"`
 	CfgComm          *ebpf.VariableSpec `ebpf:"cfg_comm"`
@@ -489,6 +493,7 @@ type udstraceMaps struct {
 	UnwindPages   *ebpf.Map `ebpf:"unwind_pages"`
 	UnwindRows    *ebpf.Map `ebpf:"unwind_rows"`
 	UnwindRules   *ebpf.Map `ebpf:"unwind_rules"`
+	VmSpace       *ebpf.Map `ebpf:"vm_space"`
 }
 
 func (m *udstraceMaps) Close() error {
@@ -515,6 +520,7 @@ func (m *udstraceMaps) Close() error {
 		m.UnwindPages,
 		m.UnwindRows,
 		m.UnwindRules,
+		m.VmSpace,
 	)
 }
 
@@ -522,6 +528,7 @@ func (m *udstraceMaps) Close() error {
 //
 // It can be passed to loadUdstraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type udstraceVariables struct {
+	AnySharedVm      *ebpf.Variable `ebpf:"any_shared_vm"`
 	AnyUntraced      *ebpf.Variable `ebpf:"any_untraced"`
 	CfgCgroupId      *ebpf.Variable `ebpf:"cfg_cgroup_id"`
 	CfgComm          *ebpf.Variable `ebpf:"cfg_comm"`

@@ -50,6 +50,8 @@ type proc struct {
 	inside     [kindSlots]KernelReqs
 	live       map[uint64]block // heap blocks by address
 	regions    map[uint64]block // user mmap regions by start address
+	space      *space           // the address space it shares with others (space.go), nil: its own
+	left       *space           // the shared space it left, its blocks still live there
 	sock       event.SocketStats
 	hasSock    bool
 	// Allocation timeline kept until the first socket time is known, for verdict (b).
@@ -249,18 +251,10 @@ func (b *Builder) unmatchedFree(p *proc, ev *event.Alloc) {
 	}
 }
 
-// LiveAddrs lists the heap blocks the latest incarnation of pid still holds.
-func (b *Builder) LiveAddrs(pid uint32) []uint64 {
-	p := b.cur[pid]
-	if p == nil {
-		return nil
-	}
-	out := make([]uint64, 0, len(p.live))
-	for a := range p.live {
-		out = append(out, a)
-	}
-	return out
-}
+// LiveAddrs names the address space the latest incarnation of pid runs in as the kernel keys it
+// (pid, or the parent a vfork child runs in) and lists the heap blocks still held there, none
+// while other processes still run in it.
+func (b *Builder) LiveAddrs(pid uint32) (space uint32, addrs []uint64) { return b.spaceBlocks(pid) }
 
 // isShrink catches a negative brk growth passed as two's complement.
 func isShrink(size uint64) bool { return int64(size) < 0 }

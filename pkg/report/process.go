@@ -18,8 +18,12 @@ func (b *Builder) Proc(ev *event.Proc) {
 		if parent := b.cur[ev.PPID]; parent != nil && parent != p && !parent.exited {
 			p.comm = cmpOr(p.comm, parent.comm)
 			p.exe = cmpOr(p.exe, parent.exe)
-			p.live = inherit(parent.live, p.live)
-			p.regions = inherit(parent.regions, p.regions)
+			if ev.SharedVM {
+				b.share(parent, p)
+			} else {
+				p.live = inherit(parent.live, p.live)
+				p.regions = inherit(parent.regions, p.regions)
+			}
 		}
 	case event.ProcExec:
 		p := b.procAt(ev.PID, ev.Time)
@@ -134,15 +138,16 @@ func (p *proc) release(m map[uint64]block, addr uint64, countMiss bool) bool {
 	return true
 }
 
-// drop removes a block from the outstanding totals.
+// drop removes a block from the outstanding totals: its site's and the process's that made it (in
+// a shared address space, not always p).
 func (p *proc) drop(blk block) {
 	if blk.s == nil {
 		return // inherited from the parent: never counted here
 	}
 	blk.s.outCount -= blk.count()
 	blk.s.outBytes -= blk.size
-	p.outCount -= blk.count()
-	p.outBytes -= blk.size
+	blk.s.p.outCount -= blk.count()
+	blk.s.p.outBytes -= blk.size
 }
 
 // unmap releases the region starting at addr; a shorter unmap trims its front, other partial unmaps are ignored.
@@ -158,7 +163,7 @@ func (p *proc) unmap(addr, size uint64) {
 	}
 	if blk.s != nil {
 		blk.s.outBytes -= size
-		p.outBytes -= size
+		blk.s.p.outBytes -= size
 	}
 	if old, ok := p.regions[addr+size]; ok {
 		p.drop(old) // overlapping regions: a release we missed

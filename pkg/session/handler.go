@@ -279,7 +279,7 @@ func (h *handler) forgetPicked(pid uint32) {
 	if h.s.opts.SampleBytes == 0 || h.s.opts.Mode == "count" {
 		return
 	}
-	_ = h.s.tracer.ForgetSampled(pid, h.s.builder.LiveAddrs(pid))
+	_ = h.s.tracer.ForgetSampled(h.s.builder.LiveAddrs(pid))
 }
 
 // checkLibc attaches to a libc the process maps that was not resolved up front, and says so.
