@@ -248,3 +248,55 @@ func TestAttachNamesProcess(t *testing.T) {
 		})
 	}
 }
+
+// workerSrc is serverSrc's requests served by a thread that named itself before anything traced it.
+const workerSrc = `#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static void say(const char *s) { write(1, s, strlen(s)); }
+__attribute__((noinline)) static void burst(int n) { for (int i = 0; i < n; i++) { void *volatile p = malloc(100); free(p); } }
+static void *worker(void *a) {
+	char line[64];
+	(void)a;
+	pthread_setname_np(pthread_self(), "zzworker");
+	say("ready\n");
+	for (;;) {
+		ssize_t k = read(0, line, sizeof line - 1);
+		if (k <= 0) exit(0);
+		line[k] = 0;
+		burst(atoi(line + 2));
+		say("done\n");
+	}
+}
+int main(void) {
+	pthread_t th;
+	pthread_create(&th, 0, worker, 0);
+	pthread_join(th, 0);
+}
+`
+
+// TestAttachThreadNames: a thread named before the attach (no rename is seen) is named on the
+// sites it calls, from /proc.
+func TestAttachThreadNames(t *testing.T) {
+	testenv.NeedRoot(t)
+	bin := testenv.CompileC(t, "worker", workerSrc, "-pthread")
+	a := startPattern(t, bin)
+	stop := attachAsync(t, []int{a.cmd.Process.Pid})
+	a.ask(t, "m 60")
+	v, _ := decodeView(t, stop())
+	pid := uint32(a.cmd.Process.Pid)
+	var n uint64
+	for _, s := range v.Sites {
+		if s.PID == pid && s.Kind == "malloc" && siteHasFunction(s.Stack, "burst") {
+			n += s.Count
+			if s.Thread != "zzworker" || s.TID == pid || s.TID == 0 || s.Comm != "worker" {
+				t.Errorf("burst's site: comm %q thread %q tid %d (pid %d), want worker, zzworker, the worker's tid", s.Comm, s.Thread, s.TID, pid)
+			}
+		}
+	}
+	if n != 60 {
+		t.Errorf("%d mallocs under burst, want 60", n)
+	}
+}
