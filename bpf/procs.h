@@ -132,6 +132,7 @@ int on_fork(u64 *ctx)
 	if (!ev)
 		return 0;
 	ev->ppid = ptgid;
+	bpf_core_read_str(ev->comm, sizeof(ev->comm), &child->comm); /* the forking thread's name */
 	if (shared)
 		ev->flags = PF_SHARED_VM;
 	bpf_ringbuf_submit(ev, 0);
@@ -156,9 +157,6 @@ int on_exit(u64 *ctx)
 	if (was_traced) {
 		ev = new_proc_event(EV_EXIT, tgid);
 		if (ev) {
-			/* the last thread to exit names the process only if it is the leader */
-			struct task_struct *leader = BPF_CORE_READ(p, group_leader);
-			bpf_core_read_str(ev->comm, sizeof(ev->comm), &leader->comm);
 			ev->exit_code = BPF_CORE_READ(p, exit_code);
 			if (st)
 				ev->sock = *st;

@@ -320,7 +320,8 @@ static __always_inline bool traced(u32 tgid)
 }
 
 /* new_proc_event reserves a process event (exec, exit, a mapping, a socket call...) on the events
- * ring, stamped and named, or counts it lost. */
+ * ring, stamped and named by the process's name, its leader's (not the calling thread's), or
+ * counts it lost. */
 static __always_inline struct proc_event *new_proc_event(u8 type, u32 pid)
 {
 	struct proc_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
@@ -332,7 +333,9 @@ static __always_inline struct proc_event *new_proc_event(u8 type, u32 pid)
 	ev->type = type;
 	ev->pid = pid;
 	ev->ts = bpf_ktime_get_ns();
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *leader = BPF_CORE_READ(t, group_leader);
+	bpf_core_read_str(ev->comm, sizeof(ev->comm), &leader->comm);
 	return ev;
 }
 
