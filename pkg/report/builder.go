@@ -105,8 +105,8 @@ type site struct {
 	retOlder  BlockCount
 	retOldest uint64
 	retAny    bool
-	// The thread that made the calls (0: none known, as in count mode), and every such thread
-	// once there are two (threads.go).
+	// The thread that made the calls (0: none known, as in count mode; with threads, the last
+	// one), and every such thread once there are two (threads.go).
 	tid     uint32
 	threads map[uint32]struct{}
 }

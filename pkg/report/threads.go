@@ -25,16 +25,19 @@ func (p *proc) threadName(tid uint32) string {
 }
 
 // thread notes that thread tid made a call at s; tid 0 (not known) is not a thread. The set of
-// threads is made only when a second one calls: most sites are called by one.
+// threads is made only when a second one calls: most sites are called by one. Once there is a
+// set, s.tid is the last thread seen, so a thread's run of calls costs one comparison.
 func (s *site) thread(tid uint32) {
 	switch {
 	case tid == 0 || tid == s.tid:
 	case s.threads != nil:
 		s.threads[tid] = struct{}{}
 	case s.tid == 0:
-		s.tid = tid
 	default:
 		s.threads = map[uint32]struct{}{s.tid: {}, tid: {}}
+	}
+	if tid != 0 {
+		s.tid = tid
 	}
 }
 
