@@ -251,11 +251,6 @@ func (b *Builder) unmatchedFree(p *proc, ev *event.Alloc) {
 	}
 }
 
-// LiveAddrs names the address space the latest incarnation of pid runs in as the kernel keys it
-// (pid, or the parent a vfork child runs in) and lists the heap blocks still held there, none
-// while other processes still run in it.
-func (b *Builder) LiveAddrs(pid uint32) (space uint32, addrs []uint64) { return b.spaceBlocks(pid) }
-
 // isShrink catches a negative brk growth passed as two's complement.
 func isShrink(size uint64) bool { return int64(size) < 0 }
 

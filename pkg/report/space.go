@@ -56,9 +56,10 @@ func (p *proc) leave() bool {
 	return true
 }
 
-// spaceBlocks is the address space pid runs in, as the kernel names it, and the blocks user space
-// still holds there; no blocks while other processes still run in it.
-func (b *Builder) spaceBlocks(pid uint32) (uint32, []uint64) {
+// LiveAddrs names the address space the latest incarnation of pid runs in as the kernel keys it
+// (pid, or the parent a vfork child runs in) and lists the heap blocks still held there, none
+// while other processes still run in it.
+func (b *Builder) LiveAddrs(pid uint32) (space uint32, addrs []uint64) {
 	p := b.cur[pid]
 	if p == nil {
 		return pid, nil
