@@ -24,7 +24,7 @@ run: build
 	$(SUDO) ./udstrace run --workload echo
 
 # What the tests need at run time (oracles and tools), installed when missing (scripts/deps.sh).
-TEST_DEPS := gdb binutils bpftool libc6-dev libc6-dbg g++ gcc make perl procps util-linux dash sqlite3
+TEST_DEPS := gdb binutils bpftool libc6-dev libc6-dbg g++ gcc make perl procps util-linux dash sqlite3 redis-server
 # What make generate needs besides.
 GEN_DEPS  := clang-19 llvm-19 libbpf-dev
 

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/udstrace/udstrace/internal/testenv"
 )
@@ -158,5 +161,53 @@ func TestCommScopeIsTheProcess(t *testing.T) {
 	}
 	if n != 7 {
 		t.Errorf("--comm threadnames: %d mallocs under t1_alloc (thread zzthread), want 7", n)
+	}
+}
+
+// TestRedisNamedByItsLeader: redis-server's bio threads name themselves (bio_close_file,
+// bio_aof_fsync, bio_lazy_free) and are alive when it exits: the process and its sites are still
+// redis-server, and the sites its main thread called say so.
+func TestRedisNamedByItsLeader(t *testing.T) {
+	testenv.NeedRoot(t)
+	for _, tool := range []string{"redis-server", "redis-cli"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s runs this test: install it (apt-get install redis-server)", tool)
+		}
+	}
+	port := "16399"
+	go func() { // once it answers, one command, then shut it down
+		for i := 0; i < 200; i++ {
+			if out, _ := exec.Command("redis-cli", "-p", port, "ping").Output(); strings.TrimSpace(string(out)) == "PONG" {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		_ = exec.Command("redis-cli", "-p", port, "set", "k", "v").Run()
+		_ = exec.Command("redis-cli", "-p", port, "shutdown", "nosave").Run()
+	}()
+	o := testOptions(t)
+	o.Command = []string{"redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir()}
+	o.Stdout = io.Discard
+	rep, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Processes) != 1 || rep.Processes[0].Comm != "redis-server" {
+		t.Fatalf("processes %+v, want one, redis-server", rep.Processes)
+	}
+	pid, main := rep.Processes[0].PID, 0
+	for _, s := range rep.Sites {
+		if s.Comm != "redis-server" {
+			t.Errorf("site %d: comm %q, want redis-server", s.ID, s.Comm)
+		}
+		if s.TID == pid {
+			main++
+			if s.Thread != "redis-server" {
+				t.Errorf("site %d of the main thread: thread %q, want redis-server", s.ID, s.Thread)
+			}
+		}
+	}
+	if main == 0 {
+		t.Error("no site of redis-server's main thread")
 	}
 }
