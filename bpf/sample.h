@@ -85,9 +85,50 @@ static __always_inline bool sampled(u32 tgid, u8 kind, u64 size)
 	return true;
 }
 
+/*
+ * A block belongs to an address space, not to a process: a child made by vfork (or clone with
+ * CLONE_VM and not CLONE_THREAD) runs in its parent's until it execs, and what it allocates
+ * there its parent may free. Such a child (and its threads) carries the tgid whose address
+ * space it runs in; every other process's space is its own tgid. Set at fork, deleted at exec,
+ * gone with the task.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, u32);
+} vm_space SEC(".maps");
+
+u32 any_shared_vm = 0; /* set once a traced process shared its address space: until then none of this costs */
+
+/* space_of is the address space the current thread of process tgid runs in, named by a tgid. */
+static __always_inline u32 space_of(u32 tgid)
+{
+	if (!any_shared_vm)
+		return tgid;
+	u32 *s = bpf_task_storage_get(&vm_space, bpf_get_current_task_btf(), 0, 0);
+	return s ? *s : tgid;
+}
+
+/* share_space gives child the address space parent runs in (tgid ptgid unless parent itself
+ * shares one); only sampling's table of picked blocks needs it in the kernel. */
+static __always_inline void share_space(struct task_struct *parent, struct task_struct *child, u32 ptgid)
+{
+	if (!cfg_sample_bytes)
+		return;
+	u32 *ps = any_shared_vm ? bpf_task_storage_get(&vm_space, parent, 0, 0) : 0;
+	u32 space = ps ? *ps : ptgid;
+	any_shared_vm = 1;
+	u32 *cs = bpf_task_storage_get(&vm_space, child, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (cs)
+		*cs = space;
+	else
+		count_lost(LOST_INFLIGHT); /* its picked blocks are keyed by its own tgid: their frees by the parent go unseen */
+}
+
 /* sampled_key names a live block that was picked, so that its free is reported. */
 struct sampled_key {
-	u32 tgid;
+	u32 space; /* the address space's tgid (space_of) */
 	u32 _pad;
 	u64 addr;
 };
@@ -101,17 +142,17 @@ struct {
 	__type(value, u8);
 } sampled_blocks SEC(".maps");
 
-/* forget_sampled reports whether addr was a picked block of tgid, and forgets it. */
+/* forget_sampled reports whether addr was a picked block of tgid's address space, and forgets it. */
 static __always_inline bool forget_sampled(u32 tgid, u64 addr)
 {
-	struct sampled_key k = { .tgid = tgid, .addr = addr };
+	struct sampled_key k = { .space = space_of(tgid), .addr = addr };
 	return bpf_map_delete_elem(&sampled_blocks, &k) == 0;
 }
 
 /* remember_sampled reports whether the table took the block; a full table is counted as lost. */
 static __always_inline bool remember_sampled(u32 tgid, u64 addr)
 {
-	struct sampled_key k = { .tgid = tgid, .addr = addr };
+	struct sampled_key k = { .space = space_of(tgid), .addr = addr };
 	u8 one = 1;
 	if (bpf_map_update_elem(&sampled_blocks, &k, &one, BPF_ANY)) {
 		count_lost(LOST_SAMPLED);

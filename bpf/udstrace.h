@@ -21,7 +21,7 @@ enum kind {
 	K_MMAP, K_MUNMAP, K_MREMAP, K_BRK,
 };
 
-enum event_type { EV_ALLOC = 1, EV_EXEC, EV_FORK, EV_EXIT, EV_MAP, EV_FREE, EV_SYS, EV_COPY, EV_STACK, EV_MODULE, EV_PAGE, EV_SOCK };
+enum event_type { EV_ALLOC = 1, EV_EXEC, EV_FORK, EV_EXIT, EV_MAP, EV_FREE, EV_SYS, EV_COPY, EV_STACK, EV_MODULE, EV_PAGE, EV_SOCK, EV_RENAME };
 
 enum event_flag {
 	F_FAILED = 1,      /* NULL / error returned: nothing allocated */
@@ -168,6 +168,7 @@ struct stack_event {
 };
 
 #define PF_PATH 1
+#define PF_SHARED_VM 2 /* EV_FORK: the child runs in its parent's address space (vfork, CLONE_VM) until it execs */
 
 struct sock_stats {
 	u64 first_ns;
@@ -184,13 +185,13 @@ struct count_val {
 
 struct proc_event {
 	u8 type;
-	u8 flags; /* PF_PATH: name is a whole path, as bpf/modules.h's file_path lays it out */
+	u8 flags; /* PF_PATH: name is a whole path, as bpf/modules.h's file_path lays it out; PF_SHARED_VM */
 	u8 _pad[2];
 	u32 pid;
 	u32 ppid;
 	s32 exit_code;
 	u64 ts;
-	u64 addr;  /* EV_EXEC: mm->start_code; EV_MAP, EV_MODULE: mapping start */
+	u64 addr;  /* EV_EXEC: mm->start_code; EV_MAP, EV_MODULE: mapping start; EV_RENAME: the thread's tid */
 	u64 len;   /* EV_EXEC: AT_BASE (the interpreter's load address); EV_MAP, EV_MODULE: length */
 	u64 pgoff; /* EV_MAP, EV_MODULE: file offset of the mapping */
 	u64 ino;
@@ -198,7 +199,7 @@ struct proc_event {
 	u32 mod; /* EV_MODULE: the id the kernel gave the module; EV_PAGE: the module (pgoff: the page) */
 	struct sock_stats sock; /* EV_EXIT */
 	struct count_val totals[HEAP_KINDS]; /* EV_EXIT with sampling: exact calls and bytes by kind */
-	char comm[16];
+	char comm[16]; /* the process's name (its leader's); EV_RENAME: the thread's new name */
 	char name[256]; /* EV_EXEC: path executed; EV_MAP, EV_MODULE: file name (last component) */
 };
 
@@ -292,9 +293,11 @@ static __always_inline bool in_scope(u32 tgid)
 		return false;
 	if (cfg_cgroup_id && bpf_get_current_cgroup_id() != cfg_cgroup_id)
 		return false;
-	if (cfg_comm[0]) {
+	if (cfg_comm[0]) { /* the process's name: its leader's, whatever the thread calls itself */
 		char comm[16];
-		bpf_get_current_comm(comm, sizeof(comm));
+		struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+		struct task_struct *leader = BPF_CORE_READ(t, group_leader);
+		bpf_core_read(comm, sizeof(comm), &leader->comm);
 		for (int i = 0; i < 16; i++) {
 			if (comm[i] != cfg_comm[i])
 				return false;
@@ -317,7 +320,8 @@ static __always_inline bool traced(u32 tgid)
 }
 
 /* new_proc_event reserves a process event (exec, exit, a mapping, a socket call...) on the events
- * ring, stamped and named, or counts it lost. */
+ * ring, stamped and named by the process's name, its leader's (not the calling thread's), or
+ * counts it lost. */
 static __always_inline struct proc_event *new_proc_event(u8 type, u32 pid)
 {
 	struct proc_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
@@ -329,7 +333,9 @@ static __always_inline struct proc_event *new_proc_event(u8 type, u32 pid)
 	ev->type = type;
 	ev->pid = pid;
 	ev->ts = bpf_ktime_get_ns();
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *leader = BPF_CORE_READ(t, group_leader);
+	bpf_core_read_str(ev->comm, sizeof(ev->comm), &leader->comm);
 	return ev;
 }
 

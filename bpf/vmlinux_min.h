@@ -128,6 +128,7 @@ struct task_struct {
 	char comm[16];
 	int exit_code;
 	struct task_struct *real_parent;
+	struct task_struct *group_leader;
 	struct mm_struct *mm;
 	struct files_struct *files;
 	struct signal_struct *signal;

@@ -102,6 +102,7 @@ const (
 	ProcExec ProcKind = iota + 1
 	ProcFork
 	ProcExit
+	ProcRename // a thread's name changed (Proc.TID, Proc.Comm), or a new thread is not named as its leader
 )
 
 // Proc is a process life-cycle event.
@@ -110,9 +111,13 @@ type Proc struct {
 	Kind     ProcKind
 	PID      uint32
 	PPID     uint32 // ProcFork: the parent
-	Comm     string
+	Comm     string // the process's name (its thread-group leader's); ProcRename: the thread's new name
+	TID      uint32 // ProcRename: the thread renamed
 	Exe      string // ProcExec: the file executed
 	ExitCode int    // ProcExit: exit status as wait(2) encodes it (status<<8 | signal)
+	// ProcFork: the child runs in its parent's address space until it execs (vfork, or clone with
+	// CLONE_VM but not CLONE_THREAD): what it allocates there is the parent's to free.
+	SharedVM bool
 }
 
 // SocketCall names the socket-path syscalls counted as evidence that the socket path ran.

@@ -9,10 +9,10 @@ import (
 )
 
 // attachKernel attaches the syscall programs (raw tracepoints: bpf/syscalls.h says why) and the
-// process life-cycle hooks. Count mode traces no memory syscall results: no sys_exit.
+// process life-cycle hooks (thread names included). Count mode traces no memory syscall results: no sys_exit.
 func (t *Tracer) attachKernel() error {
 	o := &t.objs
-	progs := []*ebpf.Program{o.SysEnter, o.OnExec, o.OnFork, o.OnExit}
+	progs := []*ebpf.Program{o.SysEnter, o.OnExec, o.OnFork, o.OnExit, o.OnRename}
 	if !t.count {
 		progs = append(progs, o.SysExit)
 	}

@@ -72,7 +72,7 @@ func (r *record) deliver(h Handler) {
 		h.Stack(r.id, r.frames, r.trunc)
 	case evExec:
 		h.Exec(r.proc.exec)
-	case evFork, evExit:
+	case evFork, evExit, evRename:
 		h.Proc(&r.proc.p, r.proc.sock, r.proc.totals)
 	case evMap:
 		h.Map(r.proc.m)
@@ -151,7 +151,7 @@ func (r *record) decode(raw []byte) bool {
 		if !chkStack(r.id, r.frames, r.trunc) {
 			HashMismatches.Add(1)
 		}
-	case evExec, evFork, evExit, evMap, evModule, evPage, evSock:
+	case evExec, evFork, evExit, evMap, evModule, evPage, evSock, evRename:
 		if len(raw) < int(unsafe.Sizeof(udstraceProcEvent{})) {
 			return false
 		}
@@ -190,7 +190,9 @@ func (r *record) decodeProc(ev *udstraceProcEvent) {
 		pr.p.Kind, pr.p.Exe = event.ProcExec, cString(ev.Name[:])
 		pr.exec = &Exec{Proc: pr.p, StartCode: ev.Addr, InterpBase: ev.Len, Dev: ev.Dev, Ino: ev.Ino}
 	case evFork:
-		pr.p.Kind = event.ProcFork
+		pr.p.Kind, pr.p.SharedVM = event.ProcFork, ev.Flags&pfSharedVM != 0
+	case evRename:
+		pr.p.Kind, pr.p.TID = event.ProcRename, uint32(ev.Addr)
 	case evExit:
 		pr.p.Kind, pr.p.ExitCode = event.ProcExit, int(ev.ExitCode)
 		pr.sock, pr.totals = sockStats(ev.Pid, &ev.Sock), exitTotals(ev.Pid, ev.Totals[:])
@@ -204,7 +206,10 @@ func (r *record) decodeProc(ev *udstraceProcEvent) {
 	}
 }
 
-const pfPath = 1 // bpf/udstrace.h PF_PATH
+const (
+	pfPath     = 1 // bpf/udstrace.h PF_PATH
+	pfSharedVM = 2 // PF_SHARED_VM
+)
 
 // fileName is a mapping event's file: its absolute path when the kernel could build it (its
 // components from the file up, each NUL-ended, an empty one at the root), else its last name.

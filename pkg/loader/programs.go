@@ -11,6 +11,7 @@ type commonPrograms struct {
 	OnExec   *ebpf.Program `ebpf:"on_exec"`
 	OnFork   *ebpf.Program `ebpf:"on_fork"`
 	OnExit   *ebpf.Program `ebpf:"on_exit"`
+	OnRename *ebpf.Program `ebpf:"on_rename"`
 }
 
 type fullObjects struct {
@@ -33,7 +34,7 @@ type countObjects struct {
 // loadMode loads the maps and the programs of one mode into o; the other mode's programs stay nil.
 func loadMode(spec *ebpf.CollectionSpec, count bool, opts *ebpf.CollectionOptions, o *udstraceObjects) error {
 	set := func(c commonPrograms) {
-		o.SysEnter, o.OnExec, o.OnFork, o.OnExit = c.SysEnter, c.OnExec, c.OnFork, c.OnExit
+		o.SysEnter, o.OnExec, o.OnFork, o.OnExit, o.OnRename = c.SysEnter, c.OnExec, c.OnFork, c.OnExit, c.OnRename
 	}
 	if count {
 		var c countObjects

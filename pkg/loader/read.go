@@ -26,6 +26,7 @@ const (
 	evModule
 	evPage
 	evSock
+	evRename
 )
 
 const (

@@ -154,7 +154,7 @@ func (t *Tracer) DeadThreadStates() (int, error) {
 	if err != nil {
 		return a, err
 	}
-	b, err := deadKeys(t.objs.SampledBlocks, func(k udstraceSampledKey) uint32 { return k.Tgid })
+	b, err := deadKeys(t.objs.SampledBlocks, func(k udstraceSampledKey) uint32 { return k.Space })
 	return a + b, err
 }
 
@@ -179,13 +179,14 @@ func deadKeys[K any](m *ebpf.Map, id func(K) uint32) (int, error) {
 
 // ForgetSampled deletes a process's picked blocks from the kernel's table once the process exited
 // or exec'd, so the table holds only live blocks; addrs are the blocks user space still holds.
+// The table is keyed by address space (bpf/sample.h): pid's own, not one it shared with a parent.
 func (t *Tracer) ForgetSampled(pid uint32, addrs []uint64) error {
 	if len(addrs) == 0 {
 		return nil
 	}
 	keys := make([]udstraceSampledKey, len(addrs))
 	for i, a := range addrs {
-		keys[i] = udstraceSampledKey{Tgid: pid, Addr: a}
+		keys[i] = udstraceSampledKey{Space: pid, Addr: a}
 	}
 	// A batch stops at the first key not there (blocks a forked child inherited are its parent's):
 	// then delete one by one.

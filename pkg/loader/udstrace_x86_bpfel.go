@@ -127,10 +127,10 @@ type udstraceProcEvent struct {
 }
 
 type udstraceSampledKey struct {
-	_    structs.HostLayout
-	Tgid uint32
-	Pad  uint32
-	Addr uint64
+	_     structs.HostLayout
+	Space uint32
+	Pad   uint32
+	Addr  uint64
 }
 
 type udstraceSockStats struct {
@@ -293,6 +293,7 @@ const (
 	udstraceMapUnwindPages      = "unwind_pages"
 	udstraceMapUnwindRows       = "unwind_rows"
 	udstraceMapUnwindRules      = "unwind_rules"
+	udstraceMapVmSpace          = "vm_space"
 	udstraceProgAllocCount      = "alloc_count"
 	udstraceProgAllocEnter      = "alloc_enter"
 	udstraceProgAllocReturn     = "alloc_return"
@@ -300,8 +301,10 @@ const (
 	udstraceProgOnExec          = "on_exec"
 	udstraceProgOnExit          = "on_exit"
 	udstraceProgOnFork          = "on_fork"
+	udstraceProgOnRename        = "on_rename"
 	udstraceProgSysEnter        = "sys_enter"
 	udstraceProgSysExit         = "sys_exit"
+	udstraceVarAnySharedVm      = "any_shared_vm"
 	udstraceVarAnyUntraced      = "any_untraced"
 	udstraceVarCfgCgroupId      = "cfg_cgroup_id"
 	udstraceVarCfgComm          = "cfg_comm"
@@ -380,6 +383,7 @@ type udstraceProgramSpecs struct {
 	OnExec      *ebpf.ProgramSpec `ebpf:"on_exec"`
 	OnExit      *ebpf.ProgramSpec `ebpf:"on_exit"`
 	OnFork      *ebpf.ProgramSpec `ebpf:"on_fork"`
+	OnRename    *ebpf.ProgramSpec `ebpf:"on_rename"`
 	SysEnter    *ebpf.ProgramSpec `ebpf:"sys_enter"`
 	SysExit     *ebpf.ProgramSpec `ebpf:"sys_exit"`
 }
@@ -410,12 +414,14 @@ type udstraceMapSpecs struct {
 	UnwindPages   *ebpf.MapSpec `ebpf:"unwind_pages"`
 	UnwindRows    *ebpf.MapSpec `ebpf:"unwind_rows"`
 	UnwindRules   *ebpf.MapSpec `ebpf:"unwind_rules"`
+	VmSpace       *ebpf.MapSpec `ebpf:"vm_space"`
 }
 
 // udstraceVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type udstraceVariableSpecs struct {
+	AnySharedVm      *ebpf.VariableSpec `ebpf:"any_shared_vm"`
 	AnyUntraced      *ebpf.VariableSpec `ebpf:"any_untraced"`
 	CfgCgroupId      *ebpf.VariableSpec `ebpf:"cfg_cgroup_id"`
 	CfgComm          *ebpf.VariableSpec `ebpf:"cfg_comm"`
@@ -487,6 +493,7 @@ type udstraceMaps struct {
 	UnwindPages   *ebpf.Map `ebpf:"unwind_pages"`
 	UnwindRows    *ebpf.Map `ebpf:"unwind_rows"`
 	UnwindRules   *ebpf.Map `ebpf:"unwind_rules"`
+	VmSpace       *ebpf.Map `ebpf:"vm_space"`
 }
 
 func (m *udstraceMaps) Close() error {
@@ -513,6 +520,7 @@ func (m *udstraceMaps) Close() error {
 		m.UnwindPages,
 		m.UnwindRows,
 		m.UnwindRules,
+		m.VmSpace,
 	)
 }
 
@@ -520,6 +528,7 @@ func (m *udstraceMaps) Close() error {
 //
 // It can be passed to loadUdstraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type udstraceVariables struct {
+	AnySharedVm      *ebpf.Variable `ebpf:"any_shared_vm"`
 	AnyUntraced      *ebpf.Variable `ebpf:"any_untraced"`
 	CfgCgroupId      *ebpf.Variable `ebpf:"cfg_cgroup_id"`
 	CfgComm          *ebpf.Variable `ebpf:"cfg_comm"`
@@ -560,6 +569,7 @@ type udstracePrograms struct {
 	OnExec      *ebpf.Program `ebpf:"on_exec"`
 	OnExit      *ebpf.Program `ebpf:"on_exit"`
 	OnFork      *ebpf.Program `ebpf:"on_fork"`
+	OnRename    *ebpf.Program `ebpf:"on_rename"`
 	SysEnter    *ebpf.Program `ebpf:"sys_enter"`
 	SysExit     *ebpf.Program `ebpf:"sys_exit"`
 }
@@ -573,6 +583,7 @@ func (p *udstracePrograms) Close() error {
 		p.OnExec,
 		p.OnExit,
 		p.OnFork,
+		p.OnRename,
 		p.SysEnter,
 		p.SysExit,
 	)

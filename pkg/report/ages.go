@@ -11,6 +11,9 @@ import (
 
 // retire keeps p's counted blocks for ageing once its image is gone, and drops its address maps.
 func (b *Builder) retire(p *proc) {
+	if p.leave() {
+		return // others still run in its address space: its blocks live on there
+	}
 	minAge := uint64(max(b.opts.MinAge, 0))
 	for _, m := range []map[uint64]block{p.live, p.regions} {
 		for _, blk := range m {
@@ -74,7 +77,14 @@ func (b *Builder) ages(now uint64) []siteAges {
 			a.older.Bytes += blk.size
 		}
 	}
+	scanned := map[*space]bool{}
 	for _, p := range b.procs {
+		if p.space != nil {
+			if scanned[p.space] {
+				continue // a shared address space is scanned once
+			}
+			scanned[p.space] = true
+		}
 		for _, blk := range p.live {
 			add(blk)
 		}

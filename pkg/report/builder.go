@@ -29,6 +29,7 @@ type proc struct {
 	idx        int
 	pid, ppid  uint32
 	comm, exe  string
+	threads    map[uint32]string // names of threads not named as the leader, by tid (threads.go)
 	exited     bool
 	exitCode   int
 	exitTime   uint64
@@ -49,6 +50,8 @@ type proc struct {
 	inside     [kindSlots]KernelReqs
 	live       map[uint64]block // heap blocks by address
 	regions    map[uint64]block // user mmap regions by start address
+	space      *space           // the address space it shares with others (space.go), nil: its own
+	left       *space           // the shared space it left, its blocks still live there
 	sock       event.SocketStats
 	hasSock    bool
 	// Allocation timeline kept until the first socket time is known, for verdict (b).
@@ -102,6 +105,10 @@ type site struct {
 	retOlder  BlockCount
 	retOldest uint64
 	retAny    bool
+	// The thread that made the calls (0: none known, as in count mode; with threads, the last
+	// one), and every such thread once there are two (threads.go).
+	tid     uint32
+	threads map[uint32]struct{}
 }
 
 // NewBuilder returns an empty Builder.
@@ -244,19 +251,6 @@ func (b *Builder) unmatchedFree(p *proc, ev *event.Alloc) {
 	}
 }
 
-// LiveAddrs lists the heap blocks the latest incarnation of pid still holds.
-func (b *Builder) LiveAddrs(pid uint32) []uint64 {
-	p := b.cur[pid]
-	if p == nil {
-		return nil
-	}
-	out := make([]uint64, 0, len(p.live))
-	for a := range p.live {
-		out = append(out, a)
-	}
-	return out
-}
-
 // isShrink catches a negative brk growth passed as two's complement.
 func isShrink(size uint64) bool { return int64(size) < 0 }
 
@@ -272,6 +266,7 @@ func (p *proc) countHeap(ev *event.Alloc) {
 // call counts one user allocation call at its site and returns the site.
 func (b *Builder) call(p *proc, ev *event.Alloc) *site {
 	s := b.site(p, ev.Kind, ev.StackID)
+	s.thread(ev.TID)
 	s.count++
 	s.bytes += ev.Size
 	if ev.Failed {

@@ -54,6 +54,7 @@ func (b *Builder) weighted(p *proc, ev *event.Alloc) {
 		return
 	}
 	s := b.site(p, k, ev.StackID)
+	s.thread(ev.TID)
 	s.count += w
 	s.bytes += w * ev.Size
 	if ev.Failed {

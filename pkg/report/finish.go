@@ -98,6 +98,7 @@ func (b *Builder) finish(sym Symbolizer, meta Meta, lazy bool) *Report {
 			OutstandingCount: s.outCount, OutstandingBytes: s.outBytes,
 			Stack: st,
 		}
+		out.TID, out.Thread, out.Threads = s.threadFields()
 		if a := ages[s.pos]; a.any {
 			out.OldestOutstandingAgeSeconds = float64(age(now, a.oldest)) / 1e9
 			out.OutstandingOlderThanMinAge = a.older

@@ -76,6 +76,7 @@ func (b *Builder) fold(p *proc) {
 			b.pending[i].s = gs
 		}
 	}
+	p.remapLeft(moved)
 	p.gone, p.sites, p.timeline, p.overflow, p.after = true, nil, nil, nil, nil
 	b.dead++
 	if b.cur[p.pid] == p {

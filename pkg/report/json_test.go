@@ -41,6 +41,8 @@ func FuzzSiteJSON(f *testing.F) {
 	f.Add("cc1", "malloc", "libc.so.6!malloc+0x0", "malloc/malloc.c", uint64(592), int64(3281), 0.25, uint8(1))
 	f.Add("a\"b\\c\n\t\x01\x7f", "k\u2028\u2029", "\xff\xfe<&>", "", uint64(0), int64(-1), 1e-7, uint8(2))
 	f.Add("", "", "", "", uint64(1<<63), int64(1<<40), 1e21, uint8(0))
+	f.Add("bio", "malloc", "x", "y", uint64(9000), int64(2), 0.5, uint8(0x11))
+	f.Add("bio", "malloc", "x", "y", uint64(9000), int64(2), 0.5, uint8(0x23))
 	f.Fuzz(func(t *testing.T, comm, kind, sym, file string, n uint64, line int64, age float64, frames uint8) {
 		if math.IsNaN(age) || math.IsInf(age, 0) {
 			return // refused by both (TestSiteJSONRefusesNaN)
@@ -49,6 +51,12 @@ func FuzzSiteJSON(f *testing.F) {
 			OutstandingCount: n >> 1, OutstandingBytes: n >> 2, OldestOutstandingAgeSeconds: age,
 			OutstandingOlderThanMinAge: BlockCount{Count: n >> 3, Bytes: n >> 4}}
 		s.notTraced = frames&8 != 0 // count mode: the outstanding fields are left out
+		switch frames & 0x30 { // the thread fields, omitted when zero
+		case 0x10:
+			s.TID, s.Thread, s.Threads = uint32(n>>7), kind+comm, 1
+		case 0x20:
+			s.Threads = int(frames)
+		}
 		if frames%4 != 0 { // 0: a nil stack
 			s.Stack = []StackFrame{}
 			for i := range int(frames % 4) {

@@ -154,6 +154,15 @@ func appendSite(dst []byte, s *Site, prefix, indent string) (out []byte, ok bool
 	if s.FoldedSites != 0 {
 		w.int("folded_sites", int64(s.FoldedSites))
 	}
+	if s.TID != 0 {
+		w.uint("tid", uint64(s.TID))
+	}
+	if s.Thread != "" {
+		w.str("thread", s.Thread)
+	}
+	if s.Threads != 0 {
+		w.int("threads", int64(s.Threads))
+	}
 	w.close('}')
 	return w.b, true
 }

@@ -18,8 +18,12 @@ func (b *Builder) Proc(ev *event.Proc) {
 		if parent := b.cur[ev.PPID]; parent != nil && parent != p && !parent.exited {
 			p.comm = cmpOr(p.comm, parent.comm)
 			p.exe = cmpOr(p.exe, parent.exe)
-			p.live = inherit(parent.live, p.live)
-			p.regions = inherit(parent.regions, p.regions)
+			if ev.SharedVM {
+				b.share(parent, p)
+			} else {
+				p.live = inherit(parent.live, p.live)
+				p.regions = inherit(parent.regions, p.regions)
+			}
 		}
 	case event.ProcExec:
 		p := b.procAt(ev.PID, ev.Time)
@@ -30,6 +34,8 @@ func (b *Builder) Proc(ev *event.Proc) {
 			p.exe = ev.Exe
 		}
 		b.retire(p) // the old image is gone; its blocks stay outstanding
+	case event.ProcRename:
+		b.procAt(ev.PID, ev.Time).rename(ev.TID, ev.Comm)
 	case event.ProcExit:
 		p := b.procAt(ev.PID, ev.Time)
 		if ev.Comm != "" {
@@ -42,6 +48,25 @@ func (b *Builder) Proc(ev *event.Proc) {
 		}
 		b.exited(p)
 	}
+}
+
+// Named records what the latest incarnation of pid is called and runs, for a process the trace did
+// not see exec or fork (attach, system-wide): it fills only what no event has told.
+func (b *Builder) Named(pid uint32, comm, exe string) {
+	p := b.cur[pid]
+	if p == nil {
+		p = b.newProc(pid)
+	}
+	p.comm = cmpOr(p.comm, comm)
+	p.exe = cmpOr(p.exe, exe)
+}
+
+// Comm is the latest incarnation of pid's command name, "" if unknown.
+func (b *Builder) Comm(pid uint32) string {
+	if p := b.cur[pid]; p != nil {
+		return p.comm
+	}
+	return ""
 }
 
 // inherit gives a forked child its parent's blocks so that its frees of them match, without owning them.
@@ -113,15 +138,16 @@ func (p *proc) release(m map[uint64]block, addr uint64, countMiss bool) bool {
 	return true
 }
 
-// drop removes a block from the outstanding totals.
+// drop removes a block from the outstanding totals: its site's and the process's that made it (in
+// a shared address space, not always p).
 func (p *proc) drop(blk block) {
 	if blk.s == nil {
 		return // inherited from the parent: never counted here
 	}
 	blk.s.outCount -= blk.count()
 	blk.s.outBytes -= blk.size
-	p.outCount -= blk.count()
-	p.outBytes -= blk.size
+	blk.s.p.outCount -= blk.count()
+	blk.s.p.outBytes -= blk.size
 }
 
 // unmap releases the region starting at addr; a shorter unmap trims its front, other partial unmaps are ignored.
@@ -137,7 +163,7 @@ func (p *proc) unmap(addr, size uint64) {
 	}
 	if blk.s != nil {
 		blk.s.outBytes -= size
-		p.outBytes -= size
+		blk.s.p.outBytes -= size
 	}
 	if old, ok := p.regions[addr+size]; ok {
 		p.drop(old) // overlapping regions: a release we missed

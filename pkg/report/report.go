@@ -270,8 +270,13 @@ type Site struct {
 	OutstandingOlderThanMinAge  BlockCount `json:"outstanding_older_than_min_age"`
 	// FoldedSites > 0: this entry stands for that many cold sites past --max-sites, of one process,
 	// kind and calling module; its stack is one frame naming the module.
-	FoldedSites int  `json:"folded_sites,omitempty"`
-	notTraced   bool // count mode: outstanding not traced (nottraced.go)
+	FoldedSites int `json:"folded_sites,omitempty"`
+	// The thread that made every call of the site (its tid and latest name), or only how many
+	// threads did (0 and omitted: not known, as in count mode).
+	TID       uint32 `json:"tid,omitempty"`
+	Thread    string `json:"thread,omitempty"`
+	Threads   int    `json:"threads,omitempty"`
+	notTraced bool   // count mode: outstanding not traced (nottraced.go)
 }
 
 // BlockCount counts live blocks and their bytes.

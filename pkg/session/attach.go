@@ -232,6 +232,10 @@ func Attach(ctx context.Context, pids []int, duration time.Duration, opts Option
 			s.abort()
 			return nil, err
 		}
+		// Named now: count mode's calls come at the end, without a name, and no exec will tell.
+		s.bmu.Lock()
+		s.describe(uint32(pid))
+		s.bmu.Unlock()
 	}
 	s.meta.Command = []string{"attach", "--pid", joinInts(pids)}
 	s.waitFor(ctx, duration, func() bool {

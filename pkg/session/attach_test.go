@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -80,6 +81,12 @@ func buildPattern(t *testing.T) string {
 // attachAsync runs Attach in the background; stop() ends it and returns the report.
 func attachAsync(t *testing.T, pids []int) (stop func() *report.Report) {
 	t.Helper()
+	return attachAsyncWith(t, pids, testOptions(t))
+}
+
+// attachAsyncWith is attachAsync with options o.
+func attachAsyncWith(t *testing.T, pids []int, o Options) (stop func() *report.Report) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	type result struct {
 		rep *report.Report
@@ -87,7 +94,6 @@ func attachAsync(t *testing.T, pids []int) (stop func() *report.Report) {
 	}
 	done := make(chan result, 1)
 	tracing := make(chan struct{})
-	o := testOptions(t)
 	o.OnTracing = func() { close(tracing) }
 	go func() {
 		rep, err := Attach(ctx, pids, 0, o)
@@ -189,4 +195,108 @@ func traceWhile(t *testing.T, o Options, commands ...[]string) *view {
 	}
 	v, _ := decodeView(t, rep)
 	return v
+}
+
+// TestAttachNamesProcess: a process attached to (not seen to exec) is named in processes[] and
+// sites[] by its command name and executable, in both modes: count mode's calls arrive at the
+// end without a name. The oracle is the file the test executed.
+func TestAttachNamesProcess(t *testing.T) {
+	testenv.NeedRoot(t)
+	bin := buildPattern(t)
+	wantExe, err := filepath.EvalSymlinks(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantComm := filepath.Base(bin)
+	for _, mode := range []string{"count", "full"} {
+		t.Run(mode, func(t *testing.T) {
+			a := startPattern(t, bin)
+			o := testOptions(t)
+			o.Mode = mode
+			stop := attachAsyncWith(t, []int{a.cmd.Process.Pid}, o)
+			a.ask(t, "m 100")
+			v, _ := decodeView(t, stop())
+			pid := uint32(a.cmd.Process.Pid)
+			if got := calls(v, pid, "malloc"); got != 100 {
+				t.Errorf("%d mallocs, want 100", got)
+			}
+			found := false
+			for _, p := range v.Processes {
+				if p.PID != pid {
+					continue
+				}
+				found = true
+				if p.Comm != wantComm || p.Exe != wantExe {
+					t.Errorf("processes[]: comm %q exe %q, want %q %q", p.Comm, p.Exe, wantComm, wantExe)
+				}
+			}
+			if !found {
+				t.Fatalf("pid %d not in processes[]", pid)
+			}
+			n := 0
+			for _, s := range v.Sites {
+				if s.PID == pid {
+					n++
+					if s.Comm != wantComm {
+						t.Errorf("site %s: comm %q, want %q", s.Kind, s.Comm, wantComm)
+					}
+				}
+			}
+			if n == 0 {
+				t.Errorf("no site of pid %d", pid)
+			}
+		})
+	}
+}
+
+// workerSrc is serverSrc's requests served by a thread that named itself before anything traced it.
+const workerSrc = `#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static void say(const char *s) { write(1, s, strlen(s)); }
+__attribute__((noinline)) static void burst(int n) { for (int i = 0; i < n; i++) { void *volatile p = malloc(100); free(p); } }
+static void *worker(void *a) {
+	char line[64];
+	(void)a;
+	pthread_setname_np(pthread_self(), "zzworker");
+	say("ready\n");
+	for (;;) {
+		ssize_t k = read(0, line, sizeof line - 1);
+		if (k <= 0) exit(0);
+		line[k] = 0;
+		burst(atoi(line + 2));
+		say("done\n");
+	}
+}
+int main(void) {
+	pthread_t th;
+	pthread_create(&th, 0, worker, 0);
+	pthread_join(th, 0);
+}
+`
+
+// TestAttachThreadNames: a thread named before the attach (no rename is seen) is named on the
+// sites it calls, from /proc.
+func TestAttachThreadNames(t *testing.T) {
+	testenv.NeedRoot(t)
+	bin := testenv.CompileC(t, "worker", workerSrc, "-pthread")
+	a := startPattern(t, bin)
+	stop := attachAsync(t, []int{a.cmd.Process.Pid})
+	a.ask(t, "m 60")
+	v, _ := decodeView(t, stop())
+	pid := uint32(a.cmd.Process.Pid)
+	var n uint64
+	for _, s := range v.Sites {
+		if s.PID == pid && s.Kind == "malloc" && siteHasFunction(s.Stack, "burst") {
+			n += s.Count
+			if s.Thread != "zzworker" || s.TID == pid || s.TID == 0 || s.Comm != "worker" {
+				t.Errorf("burst's site: comm %q thread %q tid %d (pid %d), want worker, zzworker, the worker's tid", s.Comm, s.Thread, s.TID, pid)
+			}
+		}
+	}
+	if n != 60 {
+		t.Errorf("%d mallocs under burst, want 60", n)
+	}
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/udstrace/udstrace/pkg/event"
@@ -103,9 +105,39 @@ func (h *handler) name(a *event.Alloc) {
 		return
 	}
 	h.named[a.PID] = true
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", a.PID)); err == nil {
-		a.Comm = strings.TrimSuffix(string(b), "\n")
+	h.s.bmu.Lock()
+	a.Comm = h.s.describe(a.PID)
+	h.s.bmu.Unlock()
+}
+
+// describe tells the builder what a live process the trace did not see exec or fork is called,
+// runs, and what its threads are called, and returns its name; the caller holds bmu.
+func (s *Session) describe(pid uint32) string {
+	comm, exe := procName(pid)
+	s.builder.Named(pid, comm, exe)
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, _ := os.ReadDir(dir)
+	for _, d := range tasks {
+		tid, err := strconv.ParseUint(d.Name(), 10, 32)
+		if err != nil || uint32(tid) == pid {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, d.Name(), "comm")); err == nil {
+			if name := strings.TrimSuffix(string(b), "\n"); name != comm {
+				s.builder.Proc(&event.Proc{Kind: event.ProcRename, PID: pid, TID: uint32(tid), Comm: name})
+			}
+		}
 	}
+	return comm
+}
+
+// procName reads a live process's command name and executable ("" for what cannot be read).
+func procName(pid uint32) (comm, exe string) {
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil {
+		comm = strings.TrimSuffix(string(b), "\n")
+	}
+	exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	return comm, exe
 }
 
 func (h *handler) Stack(id uint64, frames []kstack.Frame, truncated bool) {
@@ -255,7 +287,7 @@ func (h *handler) forgetPicked(pid uint32) {
 	if h.s.opts.SampleBytes == 0 || h.s.opts.Mode == "count" {
 		return
 	}
-	_ = h.s.tracer.ForgetSampled(pid, h.s.builder.LiveAddrs(pid))
+	_ = h.s.tracer.ForgetSampled(h.s.builder.LiveAddrs(pid))
 }
 
 // checkLibc attaches to a libc the process maps that was not resolved up front, and says so.

@@ -293,6 +293,9 @@ func (s *Session) finish() (*report.Report, error) {
 	s.bmu.Lock()
 	defer s.bmu.Unlock()
 	for _, c := range counts {
+		if s.builder.Comm(c.PID) == "" { // no exec, fork or exit told its name: it still runs
+			s.describe(c.PID)
+		}
 		s.builder.Counted(c.PID, "", c.Kind, c.StackID, c.Calls, c.Bytes)
 	}
 	for _, t := range totals {

@@ -15,6 +15,7 @@ type view struct {
 	Processes  []struct {
 		PID  uint32 `json:"pid"`
 		Comm string `json:"comm"`
+		Exe  string `json:"exe"`
 		Role string `json:"role"`
 		Heap map[string]struct {
 			Calls uint64 `json:"calls"`
@@ -22,17 +23,17 @@ type view struct {
 		} `json:"heap_calls_by_kind"`
 	} `json:"processes"`
 	Sites []struct {
-		PID              uint32 `json:"pid"`
-		Kind             string `json:"kind"`
-		Count            uint64 `json:"count"`
-		Bytes            uint64 `json:"bytes"`
-		OutstandingBytes uint64 `json:"outstanding_bytes"`
-		Stack            []struct {
-			Symbol   string `json:"symbol"`
-			Module   string `json:"module"`
-			Function string `json:"function"`
-			Inlined  bool   `json:"inlined"`
-		} `json:"stack"`
+		PID              uint32      `json:"pid"`
+		Comm             string      `json:"comm"`
+		Kind             string      `json:"kind"`
+		Count            uint64      `json:"count"`
+		Bytes            uint64      `json:"bytes"`
+		OutstandingCount uint64      `json:"outstanding_count"`
+		OutstandingBytes uint64      `json:"outstanding_bytes"`
+		TID              uint32      `json:"tid"`
+		Thread           string      `json:"thread"`
+		Threads          int         `json:"threads"`
+		Stack            []viewFrame `json:"stack"`
 	} `json:"sites"`
 	SocketPath struct {
 		Syscalls        uint64 `json:"syscalls"`
@@ -41,6 +42,13 @@ type view struct {
 		Holds           bool   `json:"holds"`
 		Reason          string `json:"reason"`
 	} `json:"socket_path"`
+}
+
+type viewFrame struct {
+	Symbol   string `json:"symbol"`
+	Module   string `json:"module"`
+	Function string `json:"function"`
+	Inlined  bool   `json:"inlined"`
 }
 
 func decodeView(t *testing.T, r *report.Report) (*view, string) {
