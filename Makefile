@@ -24,7 +24,7 @@ run: build
 	$(SUDO) ./udstrace run --workload echo
 
 # What the tests need at run time (oracles and tools), installed when missing (scripts/deps.sh).
-TEST_DEPS := gdb binutils bpftool libc6-dev libc6-dbg g++ gcc make perl procps util-linux
+TEST_DEPS := gdb binutils bpftool bpftrace libc6-dev libc6-dbg g++ gcc make perl procps util-linux
 # What make generate needs besides.
 GEN_DEPS  := clang-19 llvm-19 libbpf-dev
 
