@@ -4,11 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 
+	"github.com/udstrace/udstrace/pkg/launch"
 	"github.com/udstrace/udstrace/pkg/report"
 	"github.com/udstrace/udstrace/workload"
 )
@@ -50,10 +50,24 @@ func Verify(ctx context.Context, command []string, rep *report.Report) ([]Verify
 	if err := os.Mkdir(out, 0o700); err != nil {
 		return nil, fmt.Errorf("verifying: %w", err)
 	}
-	cmd := exec.CommandContext(ctx, command[0], command[1:]...)
-	cmd.Env = append(os.Environ(), "LD_PRELOAD="+bins.Allocount, "ALLOCOUNT_DIR="+out)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	_ = cmd.Run() // its exit status is the command's business; the counts are ours
+	// Started as the traced run was (Run with NoASLR): the same file, argv and variables, no ASLR.
+	path, err := commandPath(command[0])
+	if err != nil {
+		return nil, err
+	}
+	env := append(os.Environ(), "LD_PRELOAD="+bins.Allocount, "ALLOCOUNT_DIR="+out)
+	p, err := launch.Start(command, launch.Options{Stdout: os.Stderr, Stderr: os.Stderr, Env: env, Path: path, NoASLR: true})
+	if err != nil {
+		return nil, fmt.Errorf("verifying: %w", err)
+	}
+	if err := p.Release(); err != nil {
+		p.Abort()
+		return nil, fmt.Errorf("verifying: %w", err)
+	}
+	// Its exit status is the command's business; the counts are ours.
+	if _, _, err := p.Wait(ctx.Done(), nil, DefaultKillAfter); err != nil {
+		return nil, fmt.Errorf("verifying: %w", err)
+	}
 	preload, err := readCounts(out)
 	if err != nil {
 		return nil, err
