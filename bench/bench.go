@@ -20,7 +20,7 @@ type row struct {
 	yardstick bool // bpftrace's malloc+free row: the "overhead ÷ bpftrace's" denominator
 	floor     int  // a trap floor row: 1 or 3 traps per pair
 	vsFloor   int  // an udstrace row: the floor (1 or 3 traps) its overhead is compared with
-	uds       bool // an udstrace row (free(NULL) is not reported)
+	uds       bool // an udstrace row
 }
 
 // udstraceRows builds one row per udstrace mode; run makes a mode's runner.
@@ -203,10 +203,7 @@ func table(rows []*row, ref sample, c config) [][]string {
 			line = append(line, s)
 		} else {
 			s, lost := median(r.samples, nsKey)
-			wantFree := startFree + int64(n)
-			if r.uds {
-				wantFree -= ref.null // udstrace does not report free(NULL)
-			}
+			wantFree := startFree + int64(n) // free(NULL) included: udstrace counts it too
 			vsBpf, vsFloor := "—", "—"
 			if r != rows[0] {
 				vsBpf = overRatio(over[r], bpfOver)

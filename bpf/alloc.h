@@ -177,19 +177,22 @@ int free_enter(struct pt_regs *ctx)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u64 ptr = ctx->di;
-	if (!ptr || !traced(pid_tgid >> 32))
+	if (!traced(pid_tgid >> 32))
 		return 0;
 	if (in_allocator(ctx->sp) != K_NONE)
 		return 0; /* realloc(p, 0) freeing p: reported by realloc's return */
 	if (cfg_sample_bytes) {
-		count_total(pid_tgid >> 32, K_FREE, 0);
-		if (!forget_sampled(pid_tgid >> 32, ptr))
+		/* free's totals: calls (free(NULL) too) and, in the bytes slot, blocks released */
+		count_total(pid_tgid >> 32, K_FREE, ptr ? 1 : 0);
+		if (!ptr || !forget_sampled(pid_tgid >> 32, ptr))
 			return 0; /* not a picked block: counted, nothing to pair */
 	}
 	/* The probe never moves past an instruction that writes sp, so [sp] is the return address:
-	 * user space names the caller of a free whose block it never saw allocated. */
+	 * user space names the caller of a free whose block it never saw allocated. free(NULL) is
+	 * a call (counted) that releases nothing: it needs no caller. */
 	u64 caller = 0;
-	bpf_probe_read_user(&caller, sizeof(caller), (void *)ctx->sp);
+	if (ptr)
+		bpf_probe_read_user(&caller, sizeof(caller), (void *)ctx->sp);
 	emit_free(pid_tgid, ptr, cfg_sample_bytes ? F_WEIGHTED : 0, caller);
 	return 0;
 }

@@ -11,7 +11,9 @@
  * calls itself only by tail calls (realloc(NULL, n) jumps to malloc,
  * reallocarray to realloc), which keep the caller's stack pointer and return
  * address: an entry with the same two as the thread's previous realloc or
- * reallocarray entry is that tail call, not a new allocation.
+ * reallocarray entry is that tail call, not a new allocation. The return
+ * address is the real one even under another tracer's return probe
+ * (bpf/retaddr.h).
  *
  * The stack is unwound from the entry, where frame 0 is the allocator's own
  * pc: the same frames full mode takes at the return. With sampling
@@ -37,11 +39,12 @@ struct {
 } counts SEC(".maps");
 
 
-/* read_ret reads the return address at [sp], once: user memory reads are costly. */
+/* read_ret reads the return address at [sp], once: user memory reads are costly. Another
+ * tracer's return probe is seen through (bpf/retaddr.h). */
 static __always_inline u64 read_ret(u64 sp, u64 *ret, bool *have)
 {
 	if (!*have) {
-		bpf_probe_read_user(ret, sizeof(*ret), (void *)sp);
+		*ret = real_return(sp);
 		*have = true;
 	}
 	return *ret;

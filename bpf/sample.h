@@ -30,6 +30,8 @@ struct {
 	__type(value, s64); /* bytes until the thread's next sample; 0: not drawn yet */
 } sample_left SEC(".maps");
 
+/* Exact calls and bytes per process and kind; K_NONE counts realloc(p, 0)'s frees, and free's
+ * bytes slot counts the frees that released a block (free(NULL) is a call, not a free). */
 struct total_key {
 	u32 tgid;
 	u32 kind;

@@ -9,6 +9,7 @@
 #pragma once
 
 #include "udstrace.h"
+#include "retaddr.h"
 
 struct call_state {
 	u64 size;
@@ -198,8 +199,7 @@ static __always_inline void untraced_count(u32 tgid, u8 kind, u64 sp)
 	struct untraced *u = untraced_self(tgid);
 	if (!u)
 		return;
-	u64 ret = 0;
-	bpf_probe_read_user(&ret, sizeof(ret), (void *)sp);
+	u64 ret = real_return(sp);
 	bool tail = u->sp == sp && u->ret == ret &&
 		    ((kind == K_MALLOC && u->depth == K_REALLOC) || (kind == K_REALLOC && u->depth == K_REALLOCARRAY));
 	u->depth = kind == K_REALLOC || kind == K_REALLOCARRAY ? kind : 0;

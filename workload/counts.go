@@ -64,7 +64,7 @@ func ReadCounts(dir string) ([]Counted, error) {
 
 // Traced folds one process's counts into what udstrace's uprobes report, by function: calls and
 // bytes. aligned_alloc is memalign in glibc 2.36 (one address, one probe, reported under the first
-// name), and free(NULL) does nothing, so it is not traced; free has no bytes.
+// name); free's calls include free(NULL), a call like any other, and free has no bytes.
 func Traced(funcs map[string]Count) map[string][2]uint64 {
 	out := map[string][2]uint64{}
 	for name, n := range funcs {
@@ -73,7 +73,7 @@ func Traced(funcs map[string]Count) map[string][2]uint64 {
 			kind = "memalign"
 		}
 		if name == "free" {
-			calls, bytes = n.Calls-n.Null, 0
+			bytes = 0
 		}
 		if calls == 0 {
 			continue

@@ -123,6 +123,7 @@ func (o *options) sessionOptions(command []string) session.Options {
 	sopts.OnTracing = func() { sopts.Log.Debug("tracing") } // tests time --duration from here
 	if o.verify {
 		sopts.Env = session.VerifyEnv() // the same variables as the interposer's run
+		sopts.NoASLR = true             // and the same addresses: some programs hash pointers
 		sopts.MaxSites = 0              // differences are explained by each site's stack: none folded
 	}
 	if o.workload != "" && !o.debug {

@@ -4,6 +4,7 @@
 package launch
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -44,21 +45,7 @@ func RunHelper() error {
 		return errors.New("udstrace went away before the command could start")
 	}
 	release.Close()
-	argv := os.Args[2:]
-	var pin string
-	if argv[0] == pinArg && len(argv) > 2 {
-		pin, argv = argv[1], argv[2:]
-	}
-	path, err := exec.LookPath(argv[0])
-	if err != nil {
-		return err
-	}
-	if pin != "" {
-		if err := checkPinned(path, pin); err != nil {
-			return err
-		}
-	}
-	return syscall.Exec(path, argv, os.Environ())
+	return execCommand(parseHelperArgs(os.Args[2:]), os.Environ())
 }
 
 // Options for a launched process.
@@ -74,6 +61,11 @@ type Options struct {
 	DeathSignal syscall.Signal
 	// Pinned, when set, is the file argv[0] must still be when the helper execs it (see Pin).
 	Pinned *FileID
+	// Path, when set, is the file to exec (argv[0] is then only the name the command is given).
+	Path string
+	// NoASLR runs the command with address space randomization off, as gdb does: two runs of a
+	// program that hashes pointers (gcc's cc1) then make the same calls.
+	NoASLR bool
 }
 
 // Process is a command held before exec until Release. It leads a process group of its own.
@@ -98,18 +90,14 @@ func Start(argv []string, opts Options) (*Process, error) {
 	if len(argv) == 0 {
 		return nil, errors.New("starting command: empty command line")
 	}
-	if _, err := exec.LookPath(argv[0]); err != nil {
+	if _, err := exec.LookPath(cmp.Or(opts.Path, argv[0])); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", argv[0], err)
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("starting %s: %w", argv[0], err)
 	}
-	args := []string{helperArg}
-	if opts.Pinned != nil {
-		args = append(args, pinArg, opts.Pinned.arg())
-	}
-	cmd := exec.Command(selfExe, append(args, argv...)...)
+	cmd := exec.Command(selfExe, helperArgs(argv, opts)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = opts.Stdin, opts.Stdout, opts.Stderr
 	cmd.Dir, cmd.Env = opts.Dir, opts.Env
 	runR, runW, err := os.Pipe()

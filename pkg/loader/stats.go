@@ -123,7 +123,8 @@ func (t *Tracer) StackStats() (StackStats, error) {
 	return out, nil
 }
 
-// Total is one process's exact calls and bytes of one allocator function (sampled count mode).
+// Total is one process's exact calls and bytes of one allocator function (sampling); for free,
+// Bytes counts the calls that released a block (free(NULL) releases none).
 type Total struct {
 	PID   uint32
 	Kind  event.Kind

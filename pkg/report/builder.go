@@ -37,6 +37,7 @@ type proc struct {
 	allocs     uint64 // site calls
 	allocBytes uint64
 	frees      uint64
+	nullFrees  uint64 // free(NULL): calls of free that release nothing
 	unmatched  uint64
 	outCount   uint64
 	outBytes   uint64
@@ -203,7 +204,9 @@ func (b *Builder) Alloc(ev *event.Alloc) {
 		}
 	case event.Free:
 		p.heap[k].Calls++
-		if ev.Addr != 0 {
+		if ev.Addr == 0 {
+			p.nullFrees++
+		} else {
 			p.frees++
 			if !p.release(p.live, ev.Addr, true) {
 				b.unmatchedFree(p, ev)

@@ -16,7 +16,8 @@ func (b *Builder) Counted(pid uint32, comm string, kind event.Kind, stack uint64
 
 // Totals records a process's exact calls and bytes of one allocator function without a site:
 // with sampling the sites come from Estimated or weighted events, and only the totals are exact.
-// KindNone counts the frees made by realloc(p, 0), which are not calls of free.
+// KindNone counts the frees made by realloc(p, 0), which are not calls of free; free's bytes are
+// the calls of free that released a block (all but free(NULL)).
 func (b *Builder) Totals(pid uint32, kind event.Kind, calls, bytes uint64) {
 	if int(kind) >= kindSlots || calls == 0 {
 		return
@@ -29,7 +30,8 @@ func (b *Builder) Totals(pid uint32, kind event.Kind, calls, bytes uint64) {
 	c := &p.heap[kind]
 	c.Calls += calls
 	if kind == event.Free {
-		p.frees += calls
+		p.frees += bytes // free's bytes are the calls that released a block: not free(NULL)
+		p.nullFrees += calls - min(bytes, calls)
 		return
 	}
 	c.Bytes += bytes

@@ -160,7 +160,7 @@ func (p *proc) report(role Role) Process {
 	out := Process{
 		PID: p.pid, PPID: p.ppid, Comm: p.comm, Exe: p.exe, Role: role, Exited: p.exited,
 		Allocations: p.allocs, AllocatedBytes: p.allocBytes,
-		HeapByKind: map[string]CallCount{}, Frees: p.frees, UnmatchedFrees: p.unmatched,
+		HeapByKind: map[string]CallCount{}, Frees: p.frees, FreeNullCalls: p.nullFrees, UnmatchedFrees: p.unmatched,
 		OutstandingCount: p.outCount, OutstandingBytes: p.outBytes,
 		MmapCalls: p.mmapCalls, MmapBytes: p.mmapBytes, MremapCalls: p.mremap, MremapBytes: p.mremapB,
 		MunmapCalls: p.munmap, BrkCalls: p.brkCalls, BrkBytes: p.brkBytes,

@@ -142,6 +142,7 @@ func (g *proc) addTotals(p *proc) {
 	g.allocs += p.allocs
 	g.allocBytes += p.allocBytes
 	g.frees += p.frees
+	g.nullFrees += p.nullFrees
 	g.unmatched += p.unmatched
 	g.outCount += p.outCount
 	g.outBytes += p.outBytes

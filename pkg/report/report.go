@@ -213,6 +213,7 @@ type Process struct {
 	HeapBytes            uint64                `json:"heap_bytes"`
 	HeapByKind           map[string]CallCount  `json:"heap_calls_by_kind"`
 	Frees                uint64                `json:"frees"`
+	FreeNullCalls        uint64                `json:"free_null_calls"` // free(NULL), part of heap_calls_by_kind.free.calls
 	UnmatchedFrees       uint64                `json:"unmatched_frees"`
 	OutstandingCount     uint64                `json:"outstanding_count"`
 	OutstandingBytes     uint64                `json:"outstanding_bytes"`

@@ -30,24 +30,22 @@ func Run(ctx context.Context, opts Options) (*report.Report, error) {
 	if len(opts.Command) == 0 {
 		return nil, errors.New("running: no command given")
 	}
-	path, err := exec.LookPath(opts.Command[0])
+	path, err := commandPath(opts.Command[0])
 	if err != nil {
-		return nil, fmt.Errorf("looking up %s: %w", opts.Command[0], ErrCommandNotFound)
-	}
-	if abs, err := filepath.Abs(path); err == nil {
-		path = abs // the kernel reports the path as exec'd: absolute, it still opens after the process is gone
+		return nil, err
 	}
 	s, err := startFor(path, opts)
 	if err != nil {
 		return nil, err
 	}
 	s.meta.Command = opts.Command
-	argv := append([]string{path}, opts.Command[1:]...)
 	var env []string // nil: udstrace's own environment
 	if len(opts.Env) > 0 {
 		env = append(os.Environ(), opts.Env...)
 	}
-	ws, err := s.runOne(ctx, argv, launch.Options{Stdout: opts.Stdout, Stderr: opts.Stderr, Env: env}, "")
+	// argv[0] stays as given: programs read it (gcc derives its tools' paths from it).
+	lo := launch.Options{Stdout: opts.Stdout, Stderr: opts.Stderr, Env: env, Path: path, NoASLR: opts.NoASLR}
+	ws, err := s.runOne(ctx, opts.Command, lo, "")
 	if err != nil {
 		s.abort()
 		return nil, err
@@ -58,6 +56,19 @@ func Run(ctx context.Context, opts Options) (*report.Report, error) {
 	s.meta.CommandStatus = &status
 	s.mu.Unlock()
 	return s.finish()
+}
+
+// commandPath is the file a command name runs, absolute: the kernel reports the path as exec'd,
+// and an absolute one still opens after the process is gone.
+func commandPath(name string) (string, error) {
+	path, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("looking up %s: %w", name, ErrCommandNotFound)
+	}
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs
+	}
+	return path, nil
 }
 
 // runOne starts one traced process, lets it run to its end (or until ctx is done) and returns its wait status.

@@ -110,8 +110,9 @@ func addLiveTotals(rep *report.Report, totals []loader.Total) {
 		case event.KindNone: // frees by realloc(p, 0)
 			p.Frees += t.Calls
 			continue
-		case event.Free:
-			p.Frees += t.Calls
+		case event.Free: // its bytes are the calls that released a block: not free(NULL)
+			p.Frees += t.Bytes
+			p.FreeNullCalls += t.Calls - min(t.Bytes, t.Calls)
 		default:
 			p.Allocations += t.Calls
 			p.AllocatedBytes += t.Bytes

@@ -55,6 +55,7 @@ type Options struct {
 	// periods); the caller must call Wait before exiting, or before another tool probes libc.
 	DetachLater bool
 	Env         []string  // run: variables added to the command's environment
+	NoASLR      bool      // run: the command runs with address space randomization off (--verify)
 	Stdout      io.Writer // where the traced commands' output goes
 	Stderr      io.Writer
 	Log         *slog.Logger

@@ -4,11 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 
+	"github.com/udstrace/udstrace/pkg/launch"
 	"github.com/udstrace/udstrace/pkg/report"
 	"github.com/udstrace/udstrace/workload"
 )
@@ -50,10 +50,24 @@ func Verify(ctx context.Context, command []string, rep *report.Report) ([]Verify
 	if err := os.Mkdir(out, 0o700); err != nil {
 		return nil, fmt.Errorf("verifying: %w", err)
 	}
-	cmd := exec.CommandContext(ctx, command[0], command[1:]...)
-	cmd.Env = append(os.Environ(), "LD_PRELOAD="+bins.Allocount, "ALLOCOUNT_DIR="+out)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	_ = cmd.Run() // its exit status is the command's business; the counts are ours
+	// Started as the traced run was (Run with NoASLR): the same file, argv and variables, no ASLR.
+	path, err := commandPath(command[0])
+	if err != nil {
+		return nil, err
+	}
+	env := append(os.Environ(), "LD_PRELOAD="+bins.Allocount, "ALLOCOUNT_DIR="+out)
+	p, err := launch.Start(command, launch.Options{Stdout: os.Stderr, Stderr: os.Stderr, Env: env, Path: path, NoASLR: true})
+	if err != nil {
+		return nil, fmt.Errorf("verifying: %w", err)
+	}
+	if err := p.Release(); err != nil {
+		p.Abort()
+		return nil, fmt.Errorf("verifying: %w", err)
+	}
+	// Its exit status is the command's business; the counts are ours.
+	if _, _, err := p.Wait(ctx.Done(), nil, DefaultKillAfter); err != nil {
+		return nil, fmt.Errorf("verifying: %w", err)
+	}
 	preload, err := readCounts(out)
 	if err != nil {
 		return nil, err
@@ -67,7 +81,9 @@ type counted struct {
 	calls map[string]uint64
 }
 
-// readCounts folds the interposer's counts the way the uprobes see them.
+// readCounts folds the interposer's counts the way the uprobes see them. free is compared
+// without free(NULL) on both sides: it does nothing, and libc calls it on itself directly (setlocale,
+// tzset, stdio's backup areas...), where no interposer sees it, while the uprobes count every call.
 func readCounts(dir string) ([]counted, error) {
 	all, err := workload.ReadCounts(dir)
 	if err != nil {
@@ -78,6 +94,11 @@ func readCounts(dir string) ([]counted, error) {
 		c := counted{pid: a.PID, comm: a.Comm, calls: map[string]uint64{}}
 		for kind, n := range workload.Traced(a.Funcs) {
 			c.calls[kind] = n[0]
+		}
+		if n := a.Funcs["free"].Calls - a.Funcs["free"].Null; n > 0 {
+			c.calls["free"] = n
+		} else {
+			delete(c.calls, "free")
 		}
 		out = append(out, c)
 	}
@@ -97,8 +118,14 @@ func compare(rep *report.Report, preload []counted) []VerifyRow {
 			}
 		}
 		kinds := map[string]bool{}
-		for k := range p.HeapByKind {
-			kinds[k] = true
+		traced := map[string]uint64{}
+		for k, c := range p.HeapByKind {
+			if k == "free" {
+				c.Calls -= min(p.FreeNullCalls, c.Calls) // as readCounts: free(NULL) is not compared
+			}
+			if c.Calls > 0 {
+				traced[k], kinds[k] = c.Calls, true
+			}
 		}
 		if pc != nil {
 			for k := range pc.calls {
@@ -107,7 +134,7 @@ func compare(rep *report.Report, preload []counted) []VerifyRow {
 		}
 		row.Match = pc != nil
 		for _, k := range sortedKeys(kinds) {
-			vk := VerifyKind{Kind: k, Traced: p.HeapByKind[k].Calls}
+			vk := VerifyKind{Kind: k, Traced: traced[k]}
 			if pc != nil {
 				vk.Preload = pc.calls[k]
 			}
