@@ -14,6 +14,7 @@ import (
 type notTracedProcess struct {
 	plainProcess
 	Frees            *uint64 `json:"frees,omitempty"`
+	FreeNullCalls    *uint64 `json:"free_null_calls,omitempty"`
 	UnmatchedFrees   *uint64 `json:"unmatched_frees,omitempty"`
 	OutstandingCount *uint64 `json:"outstanding_count,omitempty"`
 	OutstandingBytes *uint64 `json:"outstanding_bytes,omitempty"`

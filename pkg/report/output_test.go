@@ -235,7 +235,7 @@ func TestTextEscapes(t *testing.T) {
 // TestCountModeNotTraced: count mode traces no frees and no memory syscalls; its JSON leaves
 // those figures out (absent, not 0) and its text shows "-", while full mode keeps them.
 func TestCountModeNotTraced(t *testing.T) {
-	untraced := []string{"frees", "unmatched_frees", "outstanding_count", "outstanding_bytes", "mmap_calls", "mmap_bytes",
+	untraced := []string{"frees", "free_null_calls", "unmatched_frees", "outstanding_count", "outstanding_bytes", "mmap_calls", "mmap_bytes",
 		"mremap_calls", "mremap_bytes", "munmap_calls", "brk_calls", "brk_bytes", "inside_allocator"}
 	siteUntraced := []string{"outstanding_count", "outstanding_bytes", "oldest_outstanding_age_seconds", "outstanding_older_than_min_age"}
 	for _, mode := range []string{"full", "count"} {
