@@ -12,6 +12,7 @@
 #include "sysnr.h"
 
 #define PROT_EXEC 0x4
+#define MAP_ANONYMOUS 0x20
 
 struct sys_state {
 	u64 args[6];
@@ -71,8 +72,9 @@ static __always_inline void mem_sys_enter(struct pt_regs *regs, u8 kind, u64 pid
 		count_lost(LOST_SYSCALLS);
 }
 
-/* emit_map tells user space which file an executable mapping shows, for symbols after the process is gone. */
-static __always_inline void emit_map(u32 pid, u64 addr, u64 len, u64 pgoff, s32 fd)
+/* emit_map tells user space which file a mapping shows: an executable one for symbols after the
+ * process is gone (PF_EXEC), any other to name the file in the report's file mappings. */
+static __always_inline void emit_map(u32 pid, u64 addr, u64 len, u64 pgoff, s32 fd, bool exec)
 {
 	struct file *f = fd_file(fd);
 	if (!f)
@@ -85,8 +87,9 @@ static __always_inline void emit_map(u32 pid, u64 addr, u64 len, u64 pgoff, s32 
 	ev->pgoff = pgoff;
 	ev->ino = BPF_CORE_READ(f, f_inode, i_ino);
 	ev->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
-	ev->flags = copy_path(thread_state(false), f, ev->name);
-	bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP); /* the file is opened while the process lives */
+	ev->flags = copy_path(thread_state(false), f, ev->name) | (exec ? PF_EXEC : 0);
+	/* An executable file is opened while the process lives; a data file is only named. */
+	bpf_ringbuf_submit(ev, exec ? BPF_RB_FORCE_WAKEUP : 0);
 }
 
 /* mem_sys_exit sends the memory syscall the thread entered (if it was traced), with its result. */
@@ -139,7 +142,7 @@ static __always_inline int mem_sys_exit(void *ctx, long ret)
 	if (failed)
 		hdr->a.flags |= F_FAILED;
 	u8 kind = st->kind, inside = st->inside;
-	u64 prot = st->args[2], mlen = st->args[1], mpgoff = st->args[5];
+	u64 prot = st->args[2], mflags = st->args[3], mlen = st->args[1], mpgoff = st->args[5];
 	s32 mfd = (s32)st->args[4];
 	bpf_map_delete_elem(&sysinflight, &tid); /* st is not read past here: the slot may be reused */
 	struct start *from = &ts->from;
@@ -147,7 +150,7 @@ static __always_inline int mem_sys_exit(void *ctx, long ret)
 	if (inside == K_NONE)
 		user_regs(&from->pc, &from->sp, &from->fp);
 	stack_and_emit(ctx, ts, SO_SYS | (inside == K_NONE ? 0 : SO_NO_STACK));
-	if (kind == K_MMAP && !failed && (prot & PROT_EXEC))
-		emit_map(pid_tgid >> 32, ret, mlen, mpgoff, mfd);
+	if (kind == K_MMAP && !failed && mfd >= 0 && !(mflags & MAP_ANONYMOUS))
+		emit_map(pid_tgid >> 32, ret, mlen, mpgoff, mfd, prot & PROT_EXEC);
 	return 0;
 }

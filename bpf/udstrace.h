@@ -169,6 +169,7 @@ struct stack_event {
 
 #define PF_PATH 1
 #define PF_SHARED_VM 2 /* EV_FORK: the child runs in its parent's address space (vfork, CLONE_VM) until it execs */
+#define PF_EXEC 4      /* EV_MAP: the mapping is executable (else a data file, named for the report only) */
 
 struct sock_stats {
 	u64 first_ns;
@@ -185,7 +186,7 @@ struct count_val {
 
 struct proc_event {
 	u8 type;
-	u8 flags; /* PF_PATH: name is a whole path, as bpf/modules.h's file_path lays it out; PF_SHARED_VM */
+	u8 flags; /* PF_PATH: name is a whole path, as bpf/modules.h's file_path lays it out; PF_SHARED_VM; PF_EXEC */
 	u8 _pad[2];
 	u32 pid;
 	u32 ppid;

@@ -75,6 +75,9 @@ func run(ctx context.Context, args []string) int {
 		sopts.Interval, sopts.OnInterval = o.interval, stream.snapshot
 	}
 	rep, err := trace(ctx, sub, o, sopts)
+	if err == nil && o.fileMaps {
+		rep.IncludeFileMaps()
+	}
 	if err == nil {
 		if stream != nil {
 			err = stream.final(rep)

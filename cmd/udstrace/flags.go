@@ -50,6 +50,7 @@ type options struct {
 	weight     string
 	foldedRoot string
 	sort       string
+	fileMaps   bool
 }
 
 var formats = []string{"text", "json", "ndjson", "pprof", "folded"}
@@ -89,6 +90,7 @@ func addFlags(fs *pflag.FlagSet, o *options) {
 	fs.StringVar(&o.cgroup, "cgroup", "", "trace only processes in this cgroup v2 `PATH` (absolute or under /sys/fs/cgroup)")
 	fs.DurationVar(&o.killAfter, "kill-after", session.DefaultKillAfter, "run: on Ctrl-C or SIGTERM the command's process group gets SIGTERM, then SIGKILL after this long (0: at once; a second Ctrl-C: at once)")
 	fs.StringVar(&o.weight, "weight", "bytes", "folded: what each stack's value counts: "+strings.Join(weightNames(), ", ")+" (outstanding-*: full mode)")
+	fs.BoolVar(&o.fileMaps, "include-file-maps", false, "show the call sites of file mappings (mmap of a file: libraries, data files) among the allocations in text, pprof, folded, ndjson and top; JSON always has them, marked file_backed, and every report lists the files mapped apart")
 	fs.StringVar(&o.sort, "sort", "bytes", "top: rank sites by bytes (allocated per second), count (calls per second), outstanding (bytes not freed) or growth (outstanding bytes gained per second)")
 	fs.StringVar(&o.foldedRoot, "folded-root", "", "folded: process roots each stack at a frame naming its process (comm-PID), to keep processes apart in one flame graph")
 }

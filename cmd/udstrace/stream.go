@@ -26,14 +26,15 @@ type streamer struct {
 	rows     int
 	prev     map[int]siteFigures
 	prevTime time.Time
+	fileMaps bool // --include-file-maps
 }
 
 func newStreamer(w io.Writer, o options, sub string) *streamer {
 	switch {
 	case sub == "top":
-		return &streamer{w: w, top: true, sort: o.sort, rows: o.topSites}
+		return &streamer{w: w, top: true, sort: o.sort, rows: o.topSites, fileMaps: o.fileMaps}
 	case o.format == "ndjson":
-		return &streamer{w: w, iv: report.NewIntervals(o.topSites)}
+		return &streamer{w: w, iv: report.NewIntervals(o.topSites), fileMaps: o.fileMaps}
 	}
 	return nil
 }
@@ -41,6 +42,9 @@ func newStreamer(w io.Writer, o options, sub string) *streamer {
 func (s *streamer) snapshot(r *report.Report) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.fileMaps {
+		r.IncludeFileMaps()
+	}
 	if s.top {
 		s.draw(r)
 		return
@@ -93,11 +97,12 @@ func (s *streamer) draw(r *report.Report) {
 	}
 	secs := max(now.Sub(since).Seconds(), 1e-3)
 	count := r.Mode == "count"
-	rows := make([]topRow, 0, len(r.Sites))
-	figs := make(map[int]siteFigures, len(r.Sites))
+	shown := r.ShownSites()
+	rows := make([]topRow, 0, len(shown))
+	figs := make(map[int]siteFigures, len(shown))
 	var totalRate float64
-	for i := range r.Sites {
-		site := &r.Sites[i]
+	for i := range shown {
+		site := &shown[i]
 		prev := s.prev[site.ID]
 		figs[site.ID] = siteFigures{site.Count, site.Bytes, site.OutstandingBytes}
 		row := topRow{site: site, outstandingNotTraced: count,

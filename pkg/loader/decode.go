@@ -90,7 +90,9 @@ func (r *record) early(e Early) {
 	case evExec:
 		e.EarlyExec(r.proc.exec)
 	case evMap:
-		e.EarlyMap(r.proc.m)
+		if r.proc.m.Exec { // a data file is only named, in order
+			e.EarlyMap(r.proc.m)
+		}
 	case evCopy:
 		e.EarlyCopy(r.alloc.PID, r.copy)
 	}
@@ -197,7 +199,8 @@ func (r *record) decodeProc(ev *udstraceProcEvent) {
 		pr.p.Kind, pr.p.ExitCode = event.ProcExit, int(ev.ExitCode)
 		pr.sock, pr.totals = sockStats(ev.Pid, &ev.Sock), exitTotals(ev.Pid, ev.Totals[:])
 	case evMap:
-		pr.m = &Mapping{PID: ev.Pid, Addr: ev.Addr, Len: ev.Len, Pgoff: ev.Pgoff, Dev: ev.Dev, Ino: ev.Ino, Name: fileName(ev)}
+		pr.m = &Mapping{PID: ev.Pid, Addr: ev.Addr, Len: ev.Len, Pgoff: ev.Pgoff, Dev: ev.Dev, Ino: ev.Ino, Name: fileName(ev),
+			Time: ev.Ts, Exec: ev.Flags&pfExec != 0}
 	case evPage:
 		pr.page = PageRequest{Time: ev.Ts, PID: ev.Pid, Mod: ev.Mod, Page: uint32(ev.Pgoff)}
 	case evModule:
@@ -209,6 +212,7 @@ func (r *record) decodeProc(ev *udstraceProcEvent) {
 const (
 	pfPath     = 1 // bpf/udstrace.h PF_PATH
 	pfSharedVM = 2 // PF_SHARED_VM
+	pfExec     = 4 // PF_EXEC
 )
 
 // fileName is a mapping event's file: its absolute path when the kernel could build it (its

@@ -76,7 +76,9 @@ type Mapping struct {
 	Addr, Len, Pgoff uint64
 	Dev              uint32
 	Ino              uint64
-	Name             string // last path component
+	Name             string // the file's path, or its last component when the kernel could not build it
+	Time             uint64 // CLOCK_MONOTONIC ns
+	Exec             bool   // an executable mapping; else a data file (EV_MAP says which file for the report)
 }
 
 // ModuleRequest is a file the kernel met in a stack before user space knew it: it gave it

@@ -32,6 +32,7 @@ func (b *Builder) retire(p *proc) {
 			}
 		}
 	}
+	p.retireFiles()
 	p.live, p.regions = nil, nil
 	b.promote(minAge)
 }
@@ -133,7 +134,7 @@ func (r *Report) longLived(b *bytes.Buffer) {
 	}
 	var sites []Site
 	var total BlockCount
-	for _, s := range r.Sites {
+	for _, s := range r.ShownSites() {
 		if o := s.OutstandingOlderThanMinAge; o.Count > 0 {
 			sites = append(sites, s)
 			total.Count += o.Count

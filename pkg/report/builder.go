@@ -43,18 +43,24 @@ type proc struct {
 	outBytes   uint64
 	mmapCalls  uint64
 	mmapBytes  uint64
-	mremap     uint64
-	mremapB    uint64
-	munmap     uint64
-	brkCalls   uint64
-	brkBytes   uint64
-	inside     [kindSlots]KernelReqs
-	live       map[uint64]block // heap blocks by address
-	regions    map[uint64]block // user mmap regions by start address
-	space      *space           // the address space it shares with others (space.go), nil: its own
-	left       *space           // the shared space it left, its blocks still live there
-	sock       event.SocketStats
-	hasSock    bool
+	// File-backed mappings: not allocations (anonymous memory is), counted apart (filemaps.go).
+	fileCalls   uint64
+	fileBytes   uint64
+	fileOut     uint64              // bytes still mapped
+	files       map[string]*fileAgg // file name -> maps, bytes
+	regionNames map[uint64]string   // live file regions' names by start address
+	mremap      uint64
+	mremapB     uint64
+	munmap      uint64
+	brkCalls    uint64
+	brkBytes    uint64
+	inside      [kindSlots]KernelReqs
+	live        map[uint64]block // heap blocks by address
+	regions     map[uint64]block // user mmap regions by start address
+	space       *space           // the address space it shares with others (space.go), nil: its own
+	left        *space           // the shared space it left, its blocks still live there
+	sock        event.SocketStats
+	hasSock     bool
 	// Allocation timeline kept until the first socket time is known, for verdict (b).
 	timeline    []tlEntry
 	overflow    map[*site]*agg // allocations past the timeline cap
@@ -100,7 +106,8 @@ type site struct {
 	bytes    uint64
 	outCount uint64
 	outBytes uint64
-	pos      int // index in Builder.order
+	file     bool // mmap or mremap of a file: a mapping, not an allocation
+	pos      int  // index in Builder.order
 	gone     bool
 	// Retired blocks (their image is gone) already at least MinAge old, and the oldest's time.
 	retOlder  BlockCount
@@ -215,8 +222,13 @@ func (b *Builder) Alloc(ev *event.Alloc) {
 	case event.Mmap:
 		p.mmapCalls++
 		p.mmapBytes += ev.Size
-		s := b.call(p, ev)
+		s := b.mapCall(p, ev, isFileMap(ev))
 		if !ev.Failed {
+			if uint32(ev.Flags)&mapFixed != 0 {
+				p.carve(ev.Addr, ev.Size) // it replaces what was mapped there
+			} else if old, ok := p.regions[ev.Addr]; ok {
+				forgetRegionName(old, ev.Addr) // the new one is named by its own mapping event, if a file
+			}
 			p.addBlock(&p.regions, s, ev.Addr, ev.Size, ev.Time)
 		}
 	case event.Munmap:
@@ -227,10 +239,19 @@ func (b *Builder) Alloc(ev *event.Alloc) {
 	case event.Mremap:
 		p.mremap++
 		p.mremapB += ev.Size
-		s := b.call(p, ev)
+		old, file := p.regions[ev.OldAddr], false
+		if old.s != nil {
+			file = old.s.file // a moved file mapping stays one
+		}
+		s := b.mapCall(p, ev, file)
 		if !ev.Failed {
+			name := regionName(old, ev.OldAddr)
+			forgetRegionName(old, ev.OldAddr)
 			p.release(p.regions, ev.OldAddr, false)
 			p.addBlock(&p.regions, s, ev.Addr, ev.Size, ev.Time)
+			if name != "" {
+				p.nameRegion(ev.Addr, name)
+			}
 		}
 	case event.Brk:
 		p.brkCalls++

@@ -61,9 +61,12 @@ func (b *Builder) finish(sym Symbolizer, meta Meta, lazy bool) *Report {
 		}
 	}
 	slices.SortFunc(procs, func(a, b *proc) int { return cmp.Or(cmp.Compare(a.pid, b.pid), cmp.Compare(a.idx, b.idx)) })
+	r.FileMappings = []FileMapping{}
 	for _, p := range procs {
 		r.Processes = append(r.Processes, p.report(meta.Roles[p.pid]))
+		r.FileMappings = append(r.FileMappings, p.fileMappings()...)
 	}
+	slices.SortStableFunc(r.FileMappings, func(a, b FileMapping) int { return cmp.Compare(b.Bytes, a.Bytes) })
 
 	now := cmp.Or(meta.Now, b.latest)
 	r.AgeReference, r.MinAgeSeconds = now, max(b.opts.MinAge, 0).Seconds()
@@ -96,7 +99,7 @@ func (b *Builder) finish(sym Symbolizer, meta Meta, lazy bool) *Report {
 			ID: s.id, PID: s.p.pid, Comm: s.p.comm, Kind: s.kind.String(),
 			Count: s.count, Failed: s.failed, Bytes: s.bytes,
 			OutstandingCount: s.outCount, OutstandingBytes: s.outBytes,
-			Stack: st,
+			Stack: st, FileBacked: s.file,
 		}
 		out.TID, out.Thread, out.Threads = s.threadFields()
 		if a := ages[s.pos]; a.any {
@@ -162,7 +165,8 @@ func (p *proc) report(role Role) Process {
 		Allocations: p.allocs, AllocatedBytes: p.allocBytes,
 		HeapByKind: map[string]CallCount{}, Frees: p.frees, FreeNullCalls: p.nullFrees, UnmatchedFrees: p.unmatched,
 		OutstandingCount: p.outCount, OutstandingBytes: p.outBytes,
-		MmapCalls: p.mmapCalls, MmapBytes: p.mmapBytes, MremapCalls: p.mremap, MremapBytes: p.mremapB,
+		MmapCalls: p.mmapCalls, MmapBytes: p.mmapBytes,
+		MappedFileCalls: p.fileCalls, MappedFileBytes: p.fileBytes, MappedFileOutstandingBytes: p.fileOut, MremapCalls: p.mremap, MremapBytes: p.mremapB,
 		MunmapCalls: p.munmap, BrkCalls: p.brkCalls, BrkBytes: p.brkBytes,
 		InsideAllocator:      map[string]KernelReqs{},
 		SocketSyscalls:       p.sock.Total(),

@@ -57,7 +57,7 @@ func (b *Builder) fold(p *proc) {
 	g.addTotals(p)
 	moved := make(map[*site]*site, len(p.sites))
 	for _, s := range p.sites {
-		gs := b.site(g, s.kind, s.stack)
+		gs := b.siteOf(g, s.kind, s.stack, s.file)
 		gs.count += s.count
 		gs.failed += s.failed
 		gs.bytes += s.bytes
@@ -146,6 +146,7 @@ func (g *proc) addTotals(p *proc) {
 	g.unmatched += p.unmatched
 	g.outCount += p.outCount
 	g.outBytes += p.outBytes
+	g.foldFiles(p)
 	g.mmapCalls += p.mmapCalls
 	g.mmapBytes += p.mmapBytes
 	g.mremap += p.mremap

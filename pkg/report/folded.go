@@ -47,10 +47,11 @@ func (r *Report) WriteFolded(w io.Writer, o FoldedOptions) error {
 	if o.Weight.Outstanding() && r.Mode == "count" {
 		return fmt.Errorf("writing folded stacks: %w", ErrNotTraced)
 	}
-	lines := make([]string, 0, len(r.Sites))
+	sites := r.ShownSites()
+	lines := make([]string, 0, len(sites))
 	var sb strings.Builder
-	for i := range r.Sites {
-		s := &r.Sites[i]
+	for i := range sites {
+		s := &sites[i]
 		v := s.weight(o.Weight)
 		if v == 0 {
 			continue

@@ -50,6 +50,10 @@ func decodeEvents(data []byte) (evs []any, counted uint64) {
 		if fl&0x20 != 0 {
 			a.Inside = event.Malloc
 		}
+		a.FD, a.Flags = -1, 0x22 // anonymous
+		if k == event.Mmap && fl&0x40 != 0 {
+			a.FD, a.Flags = 3, 0x02 // a file: a mapping, counted apart from allocations
+		}
 		if k == event.Brk || k == event.Munmap {
 			a.Addr = addr // brk has no block address; harmless
 		}
@@ -90,6 +94,7 @@ func FuzzBuilder(f *testing.F) {
 
 		var sum uint64
 		perPid := map[uint32][2]uint64{}
+		fileOut := map[uint32]uint64{}
 		for _, s := range r.Sites {
 			sum += s.Count
 			if s.OutstandingCount > s.Count-s.Failed || s.OutstandingBytes > s.Bytes {
@@ -97,6 +102,10 @@ func FuzzBuilder(f *testing.F) {
 			}
 			if s.OutstandingOlderThanMinAge != (BlockCount{s.OutstandingCount, s.OutstandingBytes}) {
 				t.Fatalf("site %d: with min age 0, older %+v != outstanding %d/%d", s.ID, s.OutstandingOlderThanMinAge, s.OutstandingCount, s.OutstandingBytes)
+			}
+			if s.FileBacked { // a mapping: the process counts it apart
+				fileOut[s.PID] += s.OutstandingBytes
+				continue
 			}
 			x := perPid[s.PID]
 			perPid[s.PID] = [2]uint64{x[0] + s.OutstandingCount, x[1] + s.OutstandingBytes}
@@ -107,7 +116,19 @@ func FuzzBuilder(f *testing.F) {
 		var allocs uint64
 		outs := map[uint32][2]uint64{}
 		for _, p := range r.Processes {
-			allocs += p.Allocations
+			allocs += p.Allocations + p.MappedFileCalls
+			if p.MappedFileOutstandingBytes != fileOut[p.PID] && p.PID != 0 {
+				t.Fatalf("pid %d: file mappings outstanding %d, its file sites %d", p.PID, p.MappedFileOutstandingBytes, fileOut[p.PID])
+			}
+			var byFile uint64
+			for _, fm := range r.FileMappings {
+				if fm.PID == p.PID {
+					byFile += fm.OutstandingBytes
+				}
+			}
+			if byFile != p.MappedFileOutstandingBytes && p.PID != 0 {
+				t.Fatalf("pid %d: file_mappings outstanding %d, process %d", p.PID, byFile, p.MappedFileOutstandingBytes)
+			}
 			if p.OutstandingCount > p.Allocations || p.OutstandingBytes > p.AllocatedBytes {
 				t.Fatalf("pid %d: outstanding %d/%d exceeds %d/%d", p.PID, p.OutstandingCount, p.OutstandingBytes, p.Allocations, p.AllocatedBytes)
 			}

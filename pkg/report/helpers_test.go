@@ -116,8 +116,15 @@ var (
 
 // ev builders keep the tables short.
 func al(t uint64, pid uint32, k event.Kind, size, addr uint64, st []event.Frame) *event.Alloc {
-	return &event.Alloc{Time: t, PID: pid, TID: pid, Comm: "comm", Kind: k, Size: size, Addr: addr, StackID: sid(st)}
+	a := &event.Alloc{Time: t, PID: pid, TID: pid, Comm: "comm", Kind: k, Size: size, Addr: addr, StackID: sid(st)}
+	if k == event.Mmap {
+		a.FD, a.Flags = -1, 0x22 // MAP_PRIVATE|MAP_ANONYMOUS, as most mmaps are
+	}
+	return a
 }
+
+// fileMap makes an mmap event one of a file (fd 3, MAP_PRIVATE).
+func fileMap(a *event.Alloc) *event.Alloc { a.FD, a.Flags = 3, 0x02; return a }
 
 func re(t uint64, pid uint32, k event.Kind, old, size, addr uint64, failed bool) *event.Alloc {
 	a := al(t, pid, k, size, addr, stHelper)

@@ -103,9 +103,10 @@ func (iv *Intervals) Next(r *Report, now time.Time) Interval {
 	}
 	iv.procs = procs
 
-	sites := make(map[int][2]uint64, len(r.Sites))
-	for i := range r.Sites {
-		s := &r.Sites[i]
+	shown := r.ShownSites()
+	sites := make(map[int][2]uint64, len(shown))
+	for i := range shown {
+		s := &shown[i]
 		prev := iv.sites[s.ID]
 		sites[s.ID] = [2]uint64{s.Count, s.Bytes}
 		dc, db := delta(s.Count, prev[0]), delta(s.Bytes, prev[1])
@@ -121,8 +122,8 @@ func (iv *Intervals) Next(r *Report, now time.Time) Interval {
 	})
 	out.TopSites = out.TopSites[:min(len(out.TopSites), iv.topN)]
 	byID := make(map[int]*Site, len(out.TopSites))
-	for i := range r.Sites {
-		byID[r.Sites[i].ID] = &r.Sites[i]
+	for i := range shown {
+		byID[shown[i].ID] = &shown[i]
 	}
 	for i := range out.TopSites {
 		out.TopSites[i].Top, _, _ = source(r.SiteStack(byID[out.TopSites[i].ID])) // only the kept sites pay for naming

@@ -51,7 +51,7 @@ func FuzzSiteJSON(f *testing.F) {
 			OutstandingCount: n >> 1, OutstandingBytes: n >> 2, OldestOutstandingAgeSeconds: age,
 			OutstandingOlderThanMinAge: BlockCount{Count: n >> 3, Bytes: n >> 4}}
 		s.notTraced = frames&8 != 0 // count mode: the outstanding fields are left out
-		switch frames & 0x30 { // the thread fields, omitted when zero
+		switch frames & 0x30 {      // the thread fields, omitted when zero
 		case 0x10:
 			s.TID, s.Thread, s.Threads = uint32(n>>7), kind+comm, 1
 		case 0x20:

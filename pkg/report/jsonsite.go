@@ -154,6 +154,9 @@ func appendSite(dst []byte, s *Site, prefix, indent string) (out []byte, ok bool
 	if s.FoldedSites != 0 {
 		w.int("folded_sites", int64(s.FoldedSites))
 	}
+	if s.FileBacked {
+		w.bool("file_backed", true)
+	}
 	if s.TID != 0 {
 		w.uint("tid", uint64(s.TID))
 	}

@@ -154,7 +154,7 @@ func TestText(t *testing.T) {
 	}
 	out := buf.String()
 	for _, want := range []string{"command:     workload echo\n", "lost events: 0\n", "stack mode:  fp\n",
-		"\nPROCESSES\n", "\nTOP CALL SITES (6 of 6, by bytes)\n", "\nSOCKET PATH\n",
+		"\nPROCESSES\n", "\nTOP CALL SITES (6 of 6 allocation sites, by bytes)\n", "\nSOCKET PATH\n",
 		"    libc.so.6!malloc+0x10 (x.c:256)\n", "inlined_helper [inlined] (y.h:3)",
 		"_IO_file_doallocate called from fgetc in main", "verdict: holds\n"} {
 		if !strings.Contains(out, want) {
@@ -179,7 +179,7 @@ func TestText(t *testing.T) {
 			hdr, row = l, lines[i+1]
 		}
 	}
-	if m := regexp.MustCompile(`^PID\s+COMM\s+ROLE\s+EXIT\s+ALLOCS\s+BYTES\s+FREES\s+OUTSTANDING\s+MMAP\s+BRK\s+SOCKCALLS$`); !m.MatchString(hdr) {
+	if m := regexp.MustCompile(`^PID\s+COMM\s+ROLE\s+EXIT\s+ALLOCS\s+BYTES\s+FREES\s+OUTSTANDING\s+MMAP\s+BRK\s+FILES MAPPED\s+SOCKCALLS$`); !m.MatchString(hdr) {
 		t.Errorf("header %q", hdr)
 	}
 	if i := strings.Index(hdr, "ROLE"); !strings.HasPrefix(row[i:], "server") {

@@ -57,8 +57,9 @@ func (r *Report) Profile() *profile.Profile {
 	}
 	pb := &pprofBuilder{p: p, maps: map[[2]string]*profile.Mapping{}, locs: map[locKey]*profile.Location{},
 		funcs: map[[2]string]*profile.Function{}}
-	for i := range r.Sites {
-		s := &r.Sites[i]
+	sites := r.ShownSites()
+	for i := range sites {
+		s := &sites[i]
 		smp := &profile.Sample{
 			Value:    []int64{clampInt64(s.Count), clampInt64(s.Bytes)},
 			Label:    map[string][]string{"comm": {s.Comm}, "kind": {s.Kind}},

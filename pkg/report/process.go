@@ -118,10 +118,20 @@ func (p *proc) addBlocks(m *map[uint64]block, s *site, addr, size, t, n uint64) 
 		p.drop(old) // a release we missed: the address is being handed out again
 	}
 	(*m)[addr] = block{s, n * size, t, n}
+	s.addOut(n, n*size)
+}
+
+// addOut adds (or with two's-complement arguments, takes away) outstanding blocks to s and its
+// process: to its anonymous memory, or, for a file mapping, to the bytes it keeps mapped.
+func (s *site) addOut(n, bytes uint64) {
 	s.outCount += n
-	s.outBytes += n * size
-	p.outCount += n
-	p.outBytes += n * size
+	s.outBytes += bytes
+	if s.file {
+		s.p.fileOut += bytes
+		return
+	}
+	s.p.outCount += n
+	s.p.outBytes += bytes
 }
 
 // release forgets the block at addr and reports whether there was one; a miss counts as an unmatched free when asked.
@@ -144,31 +154,62 @@ func (p *proc) drop(blk block) {
 	if blk.s == nil {
 		return // inherited from the parent: never counted here
 	}
-	blk.s.outCount -= blk.count()
-	blk.s.outBytes -= blk.size
-	blk.s.p.outCount -= blk.count()
-	blk.s.p.outBytes -= blk.size
+	blk.s.addOut(-blk.count(), -blk.size)
 }
 
-// unmap releases the region starting at addr; a shorter unmap trims its front, other partial unmaps are ignored.
+// unmap releases [addr, addr+size): the region starting there when it is exactly that, else
+// whatever parts of regions the range covers (carve).
 func (p *proc) unmap(addr, size uint64) {
-	blk, ok := p.regions[addr]
-	if !ok {
-		return
-	}
-	delete(p.regions, addr)
-	if size == 0 || size >= blk.size {
+	if blk, ok := p.regions[addr]; ok && (size == 0 || size == blk.size) {
+		delete(p.regions, addr)
+		forgetRegionName(blk, addr)
 		p.drop(blk)
 		return
 	}
-	if blk.s != nil {
-		blk.s.outBytes -= size
-		blk.s.p.outBytes -= size
+	if size != 0 {
+		p.carve(addr, size)
 	}
-	if old, ok := p.regions[addr+size]; ok {
-		p.drop(old) // overlapping regions: a release we missed
+}
+
+// carve takes [addr, addr+size) out of every region it overlaps: an munmap of part of a region
+// or of several, or a MAP_FIXED mapping over what was there (ld.so maps a library whole, then
+// its segments and its .bss over it). A region cut in its middle keeps its start and loses the
+// bytes (its two ends stay one block, as the one call that made them).
+func (p *proc) carve(addr, size uint64) {
+	end := addr + size
+	for start, blk := range p.regions {
+		rend := start + blk.size
+		if start >= end || rend <= addr {
+			continue
+		}
+		lo, hi := max(start, addr), min(rend, end)
+		if lo == start && hi == rend { // covered whole
+			delete(p.regions, start)
+			forgetRegionName(blk, start)
+			p.drop(blk)
+			continue
+		}
+		cut := hi - lo
+		if blk.s != nil {
+			blk.s.addOut(0, -cut)
+		}
+		blk.size -= cut
+		if lo > start {
+			p.regions[start] = blk
+			continue
+		}
+		// Cut in front: the region now starts where the range ends.
+		name := regionName(blk, start)
+		forgetRegionName(blk, start)
+		delete(p.regions, start)
+		if old, ok := p.regions[hi]; ok {
+			p.drop(old) // overlapping regions: a release we missed
+		}
+		p.regions[hi] = blk
+		if name != "" {
+			blk.s.p.nameRegion(hi, name)
+		}
 	}
-	p.regions[addr+size] = block{blk.s, blk.size - size, blk.t, blk.n}
 }
 
 // settleAfter turns the timeline into per-site figures once the first socket time is known.

@@ -148,8 +148,11 @@ type Report struct {
 	AgeReference       uint64     `json:"age_reference_time"` // monotonic ns the outstanding ages are measured at
 	MinAgeSeconds      float64    `json:"min_age_seconds"`    // Options.MinAge: the threshold of outstanding_older_than_min_age
 
-	topSites int         // text only
-	lazy     *lazyStacks // a Snapshot's stacks, symbolized on demand (SiteStack)
+	// FileMappings are the files the processes mapped, by process and file, most bytes first.
+	FileMappings []FileMapping `json:"file_mappings"`
+	topSites     int           // text only
+	withFileMaps bool          // views show file mappings' sites too (IncludeFileMaps)
+	lazy         *lazyStacks   // a Snapshot's stacks, symbolized on demand (SiteStack)
 }
 
 // TracerStats is what the trace cost udstrace itself.
@@ -198,37 +201,42 @@ type LostDetail struct {
 
 // Process holds one process's totals.
 type Process struct {
-	PID                  uint32                `json:"pid"`
-	PPID                 uint32                `json:"ppid"`
-	Comm                 string                `json:"comm"`
-	Exe                  string                `json:"exe"`
-	Role                 Role                  `json:"role"`
-	Exited               bool                  `json:"exited"`
-	ExitCode             *int                  `json:"exit_code"`
-	ExitSignal           int                   `json:"exit_signal,omitempty"`
-	FoldedProcesses      int                   `json:"folded_processes,omitempty"` // > 0: pid 0 stands for this many exited processes
-	Allocations          uint64                `json:"allocations"`
-	AllocatedBytes       uint64                `json:"allocated_bytes"`
-	HeapCalls            uint64                `json:"heap_calls"`
-	HeapBytes            uint64                `json:"heap_bytes"`
-	HeapByKind           map[string]CallCount  `json:"heap_calls_by_kind"`
-	Frees                uint64                `json:"frees"`
-	FreeNullCalls        uint64                `json:"free_null_calls"` // free(NULL), part of heap_calls_by_kind.free.calls
-	UnmatchedFrees       uint64                `json:"unmatched_frees"`
-	OutstandingCount     uint64                `json:"outstanding_count"`
-	OutstandingBytes     uint64                `json:"outstanding_bytes"`
-	MmapCalls            uint64                `json:"mmap_calls"`
-	MmapBytes            uint64                `json:"mmap_bytes"`
-	MremapCalls          uint64                `json:"mremap_calls"`
-	MremapBytes          uint64                `json:"mremap_bytes"`
-	MunmapCalls          uint64                `json:"munmap_calls"`
-	BrkCalls             uint64                `json:"brk_calls"`
-	BrkBytes             uint64                `json:"brk_bytes"`
-	InsideAllocator      map[string]KernelReqs `json:"inside_allocator"`
-	SocketSyscalls       uint64                `json:"socket_syscalls"`
-	SocketSyscallsByName map[string]uint64     `json:"socket_syscalls_by_name"`
-	FirstSocketTime      *uint64               `json:"first_socket_time"`
-	notTraced            bool                  // count mode: frees, outstanding and memory syscalls not traced (nottraced.go)
+	PID              uint32               `json:"pid"`
+	PPID             uint32               `json:"ppid"`
+	Comm             string               `json:"comm"`
+	Exe              string               `json:"exe"`
+	Role             Role                 `json:"role"`
+	Exited           bool                 `json:"exited"`
+	ExitCode         *int                 `json:"exit_code"`
+	ExitSignal       int                  `json:"exit_signal,omitempty"`
+	FoldedProcesses  int                  `json:"folded_processes,omitempty"` // > 0: pid 0 stands for this many exited processes
+	Allocations      uint64               `json:"allocations"`
+	AllocatedBytes   uint64               `json:"allocated_bytes"`
+	HeapCalls        uint64               `json:"heap_calls"`
+	HeapBytes        uint64               `json:"heap_bytes"`
+	HeapByKind       map[string]CallCount `json:"heap_calls_by_kind"`
+	Frees            uint64               `json:"frees"`
+	FreeNullCalls    uint64               `json:"free_null_calls"` // free(NULL), part of heap_calls_by_kind.free.calls
+	UnmatchedFrees   uint64               `json:"unmatched_frees"`
+	OutstandingCount uint64               `json:"outstanding_count"`
+	OutstandingBytes uint64               `json:"outstanding_bytes"`
+	MmapCalls        uint64               `json:"mmap_calls"`
+	MmapBytes        uint64               `json:"mmap_bytes"`
+	// Of the mmaps, those of files: mappings, not allocations (allocations and outstanding
+	// count anonymous memory only); the bytes still mapped at the end.
+	MappedFileCalls            uint64                `json:"mapped_file_calls"`
+	MappedFileBytes            uint64                `json:"mapped_file_bytes"`
+	MappedFileOutstandingBytes uint64                `json:"mapped_file_outstanding_bytes"`
+	MremapCalls                uint64                `json:"mremap_calls"`
+	MremapBytes                uint64                `json:"mremap_bytes"`
+	MunmapCalls                uint64                `json:"munmap_calls"`
+	BrkCalls                   uint64                `json:"brk_calls"`
+	BrkBytes                   uint64                `json:"brk_bytes"`
+	InsideAllocator            map[string]KernelReqs `json:"inside_allocator"`
+	SocketSyscalls             uint64                `json:"socket_syscalls"`
+	SocketSyscallsByName       map[string]uint64     `json:"socket_syscalls_by_name"`
+	FirstSocketTime            *uint64               `json:"first_socket_time"`
+	notTraced                  bool                  // count mode: frees, outstanding and memory syscalls not traced (nottraced.go)
 }
 
 // CallCount counts calls of one allocator function.
@@ -272,6 +280,9 @@ type Site struct {
 	// FoldedSites > 0: this entry stands for that many cold sites past --max-sites, of one process,
 	// kind and calling module; its stack is one frame naming the module.
 	FoldedSites int `json:"folded_sites,omitempty"`
+	// FileBacked: an mmap (or mremap) of a file, a mapping rather than an allocation; left out
+	// of the views unless asked (--include-file-maps).
+	FileBacked bool `json:"file_backed,omitempty"`
 	// The thread that made every call of the site (its tid and latest name), or only how many
 	// threads did (0 and omitted: not known, as in count mode).
 	TID       uint32 `json:"tid,omitempty"`
@@ -346,3 +357,13 @@ type Source struct {
 
 // kindSlots sizes per-kind arrays: event.Kind values run up to Brk.
 const kindSlots = int(event.Brk) + 1
+
+// FileMapping is one process's mappings of one file.
+type FileMapping struct {
+	PID              uint32 `json:"pid"`
+	Comm             string `json:"comm"`
+	File             string `json:"file"`
+	Maps             uint64 `json:"maps"`              // mmap calls
+	Bytes            uint64 `json:"bytes"`             // bytes mapped, all calls together
+	OutstandingBytes uint64 `json:"outstanding_bytes"` // still mapped at the end
+}

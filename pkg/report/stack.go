@@ -15,15 +15,20 @@ func stackHash(p *proc, kind event.Kind, id uint64) uint64 {
 
 // site finds or creates the site of (p, kind, stack).
 func (b *Builder) site(p *proc, kind event.Kind, stack uint64) *site {
+	return b.siteOf(p, kind, stack, false)
+}
+
+// siteOf is the site of a call; file tells a file mapping's site from an anonymous one's.
+func (b *Builder) siteOf(p *proc, kind event.Kind, stack uint64, file bool) *site {
 	h := stackHash(p, kind, stack)
 	head := b.sites[h]
 	for s := head; s != nil; s = s.next {
-		if s.p == p && s.kind == kind && s.stack == stack {
+		if s.p == p && s.kind == kind && s.stack == stack && s.file == file {
 			return s
 		}
 	}
 	b.lastID++
-	s := &site{id: b.lastID, p: p, kind: kind, hash: h, next: head, stack: stack, pos: len(b.order)}
+	s := &site{id: b.lastID, p: p, kind: kind, hash: h, next: head, stack: stack, pos: len(b.order), file: file}
 	b.sites[h] = s
 	b.order = append(b.order, s)
 	p.sites = append(p.sites, s)
@@ -60,8 +65,7 @@ func (r *Report) SiteStack(s *Site) []StackFrame {
 		return s.Stack
 	}
 	if id, ok := r.lazy.ids[s.ID]; ok {
-		s.Stack = r.lazy.sc.expand(r.lazy.frames(id))
-		delete(r.lazy.ids, s.ID)
+		s.Stack = r.lazy.sc.expand(r.lazy.frames(id)) // s may be a copy (ShownSites): the symbols stay cached
 	}
 	return s.Stack
 }

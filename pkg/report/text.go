@@ -26,6 +26,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	r.sites(&buf)
 	r.longLived(&buf)
 	r.unmatchedFrees(&buf)
+	r.fileMaps(&buf)
 	if r.SocketPath.Applies {
 		r.socketPath(&buf)
 		buf.WriteString("\n" + esc(r.SocketPath.Conclusion) + "\n")
@@ -75,7 +76,7 @@ func (r *Report) header(b *bytes.Buffer) {
 func (r *Report) processes(b *bytes.Buffer) {
 	fmt.Fprintf(b, "\nPROCESSES\n")
 	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PID\tCOMM\tROLE\tEXIT\tALLOCS\tBYTES\tFREES\tOUTSTANDING\tMMAP\tBRK\tSOCKCALLS")
+	fmt.Fprintln(tw, "PID\tCOMM\tROLE\tEXIT\tALLOCS\tBYTES\tFREES\tOUTSTANDING\tMMAP\tBRK\tFILES MAPPED\tSOCKCALLS")
 	for _, p := range r.Processes {
 		pid := strconv.FormatUint(uint64(p.PID), 10)
 		if p.FoldedProcesses > 0 {
@@ -83,12 +84,13 @@ func (r *Report) processes(b *bytes.Buffer) {
 
 		}
 		frees, out, mmaps, brks := commas(p.Frees), commas(p.OutstandingCount)+" ("+bytesText(p.OutstandingBytes)+")", commas(p.MmapCalls), commas(p.BrkCalls)
+		files := bytesText(p.MappedFileBytes)
 		if r.NotTraced() {
-			frees, out, mmaps, brks = "-", "-", "-", "-" // count mode traces no frees and no memory syscalls
+			frees, out, mmaps, brks, files = "-", "-", "-", "-", "-" // count mode traces no frees and no memory syscalls
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 			pid, cmpOr(esc(p.Comm), "?"), cmpOr(esc(string(p.Role)), "-"), exitText(p),
-			commas(p.Allocations), bytesText(p.AllocatedBytes), frees, out, mmaps, brks, commas(p.SocketSyscalls))
+			commas(p.Allocations), bytesText(p.AllocatedBytes), frees, out, mmaps, brks, files, commas(p.SocketSyscalls))
 	}
 	tw.Flush()
 }
@@ -112,15 +114,24 @@ func exitText(p Process) string {
 }
 
 func (r *Report) sites(b *bytes.Buffer) {
-	n := min(len(r.Sites), max(r.topSites, 1))
+	sites := r.ShownSites()
+	n := min(len(sites), max(r.topSites, 1))
 	if r.topSites == 0 {
-		n = min(len(r.Sites), 20) // a Report decoded from JSON has no options
+		n = min(len(sites), 20) // a Report decoded from JSON has no options
 	}
-	fmt.Fprintf(b, "\nTOP CALL SITES (%d of %d, by bytes)\n", n, len(r.Sites))
+	what := "allocation sites"
+	if r.withFileMaps {
+		what = "call sites, file mappings included"
+	}
+	fmt.Fprintf(b, "\nTOP CALL SITES (%d of %d %s, by bytes)\n", n, len(sites), what)
 	// Each site leads with its rank; "site #ID" is the stable id JSON and the other sections use.
-	for rank, s := range r.Sites[:n] {
+	for rank, s := range sites[:n] {
+		kind := s.Kind
+		if s.FileBacked {
+			kind += " (file)"
+		}
 		fmt.Fprintf(b, "%d. site #%d  %s  pid %s %s  count %s  bytes %s",
-			rank+1, s.ID, s.Kind, pidText(s.PID), cmpOr(esc(s.Comm), "?"), commas(s.Count), bytesText(s.Bytes))
+			rank+1, s.ID, kind, pidText(s.PID), cmpOr(esc(s.Comm), "?"), commas(s.Count), bytesText(s.Bytes))
 		if !r.NotTraced() {
 			fmt.Fprintf(b, "  outstanding %s (%s)", commas(s.OutstandingCount), bytesText(s.OutstandingBytes))
 		}
@@ -258,4 +269,37 @@ func esc(s string) string {
 	}
 	q := strconv.Quote(s)
 	return q[1 : len(q)-1]
+}
+
+// maxTextFiles bounds the FILE MAPPINGS section; JSON has every file.
+const maxTextFiles = 10
+
+// fileMaps lists the files the processes mapped: not allocations, kept apart from them.
+func (r *Report) fileMaps(b *bytes.Buffer) {
+	if len(r.FileMappings) == 0 {
+		return
+	}
+	var total uint64
+	procs := map[uint32]bool{}
+	for _, fm := range r.FileMappings {
+		total += fm.Bytes
+		procs[fm.PID] = true
+	}
+	hint := "--include-file-maps shows their call sites"
+	if r.withFileMaps {
+		hint = "their call sites are in TOP CALL SITES"
+	}
+	fmt.Fprintf(b, "\nFILE MAPPINGS (not allocations: %s of %s mapped by %s; %s)\n",
+		bytesText(total), plural(uint64(len(r.FileMappings)), "file"), plural(uint64(len(procs)), "process"), hint)
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PID\tCOMM\tMAPS\tBYTES\tSTILL MAPPED\tFILE")
+	for i, fm := range r.FileMappings {
+		if i == maxTextFiles {
+			fmt.Fprintf(tw, "...\t%d more files\t\t\t\t\n", len(r.FileMappings)-i)
+			break
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", pidText(fm.PID), cmpOr(esc(fm.Comm), "?"), commas(fm.Maps),
+			bytesText(fm.Bytes), bytesText(fm.OutstandingBytes), esc(fm.File))
+	}
+	tw.Flush()
 }

@@ -185,6 +185,12 @@ func (h *handler) FirstSocket(pid uint32, t uint64) {
 }
 
 func (h *handler) Map(m *loader.Mapping) {
+	h.s.bmu.Lock()
+	h.s.builder.MapFile(m.PID, m.Addr, m.Name) // named in the report's file mappings
+	h.s.bmu.Unlock()
+	if !m.Exec {
+		return // a data file: only named
+	}
 	h.s.maps.Map(m.PID, m.Addr, m.Len, m.Pgoff, m.Dev, m.Ino, m.Name)
 	if loader.IsLibcName(m.Name) {
 		h.checkLibc(m.PID)
