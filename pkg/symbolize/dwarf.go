@@ -39,6 +39,7 @@ type unit struct {
 	lineFiles []string    // file names referenced by lines
 	callFiles []string    // line-table file names, indexed like DW_AT_call_file
 	root      inlNode
+	sites     []callSite // by return address (callsite.go)
 }
 
 // lineRange is one line-table row covering [low, high).
@@ -119,18 +120,9 @@ func (w *dwarfInfo) lookup(pc uint64) (loc *dwarfLoc) {
 			loc = nil
 		}
 	}()
-	if !w.indexed {
-		w.indexed = true
-		w.buildIndex()
-	}
-	off, ok := w.findCU(pc)
-	if !ok {
-		return nil
-	}
-	u := w.units[off]
+	u := w.unitAt(pc)
 	if u == nil {
-		u = w.loadUnit(off)
-		w.units[off] = u
+		return nil
 	}
 	file, line := u.lineAt(pc)
 	chain := u.chain(pc)
@@ -208,6 +200,7 @@ func (w *dwarfInfo) loadUnit(off dwarf.Offset) (u *unit) {
 	}
 	u.loadLines(w.d, cu)
 	u.loadInlines(w.d, r, cu)
+	u.sortSites()
 	return u
 }
 

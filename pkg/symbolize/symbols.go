@@ -25,6 +25,9 @@ type symtab struct {
 	ends  []uint64 // exclusive; == addr when the extent is unknown
 	names []string
 	funcs bool // entries are typed functions, not the untyped fallback
+	// byName maps every name (aliases included) to its address, a global or weak symbol
+	// over a local one, for call sites that name their target (tailcall.go).
+	byName map[string]uint64
 }
 
 // lookup returns the symbol containing pc.
@@ -173,7 +176,14 @@ func buildSymtab(raw []rawSym) *symtab {
 		}
 	}
 	sort.Slice(syms, func(i, j int) bool { return syms[i].addr < syms[j].addr })
-	t := &symtab{funcs: funcs && len(syms) > 0}
+	t := &symtab{funcs: funcs && len(syms) > 0, byName: make(map[string]uint64, len(syms))}
+	global := make(map[string]bool, len(syms))
+	for _, s := range syms {
+		g := s.bind == elf.STB_GLOBAL || s.bind == elf.STB_WEAK
+		if _, seen := t.byName[s.name]; !seen || (g && !global[s.name]) {
+			t.byName[s.name], global[s.name] = s.addr, g
+		}
+	}
 	for i := 0; i < len(syms); {
 		j, best, size := i, syms[i], syms[i].size
 		for ; j < len(syms) && syms[j].addr == syms[i].addr; j++ {
