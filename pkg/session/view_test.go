@@ -32,6 +32,7 @@ type view struct {
 			Module   string `json:"module"`
 			Function string `json:"function"`
 			Inlined  bool   `json:"inlined"`
+			TailCall bool   `json:"tail_call"`
 		} `json:"stack"`
 	} `json:"sites"`
 	SocketPath struct {

@@ -12,6 +12,9 @@ import (
 // maxDWARFTotal bounds the DWARF bytes kept in memory per file.
 const maxDWARFTotal = 1 << 30
 
+// maxTopNulls bounds the null entries in a row between units (see buildIndex).
+const maxTopNulls = 1 << 16
+
 // dwarfSections are the sections debug/dwarf needs for lines, ranges and
 // names; location lists and CFI are never read.
 var dwarfSections = []string{"abbrev", "info", "str", "line", "ranges", "addr", "line_str", "str_offsets", "rnglists"}
@@ -155,11 +158,22 @@ func (w *dwarfInfo) lookup(pc uint64) (loc *dwarfLoc) {
 // buildIndex collects each compilation unit's address ranges.
 func (w *dwarfInfo) buildIndex() {
 	r := w.d.Reader()
+	nulls := 0
 	for {
 		e, err := r.Next()
 		if err != nil || e == nil {
 			break
 		}
+		// debug/dwarf reads an abbreviation code cut off by its unit's end (a last byte with
+		// its continuation bit set) as 0 without moving on: that null entry would come back
+		// for ever. Padding after a unit's entries is a few nulls.
+		if e.Tag == 0 {
+			if nulls++; nulls > maxTopNulls {
+				break
+			}
+			continue
+		}
+		nulls = 0
 		if e.Tag == dwarf.TagCompileUnit || e.Tag == dwarf.TagPartialUnit {
 			rs, _ := w.d.Ranges(e)
 			for _, rg := range rs {
