@@ -12,7 +12,9 @@ type TailFrame struct {
 // TailCalls puts back, innermost first, the frames of functions that left by a tail call
 // between a frame at file offset calleeOff in callee (a pc inside the function) and its
 // caller, whose call returns to file offset retOff in caller (see symbolize.TailCalls).
-func TailCalls(caller *Module, retOff uint64, callee *Module, calleeOff uint64) []TailFrame {
+// A name a call site gives is looked up in the other modules t knows, too, as gdb looks it
+// up in every file of the process.
+func (t *Table) TailCalls(caller *Module, retOff uint64, callee *Module, calleeOff uint64) []TailFrame {
 	if caller == nil || callee == nil || caller.sym == nil || callee.sym == nil {
 		return nil
 	}
@@ -24,8 +26,24 @@ func TailCalls(caller *Module, retOff uint64, callee *Module, calleeOff uint64) 
 	if !ok {
 		return nil
 	}
+	var others []*Module
+	elsewhere := func(name string) bool {
+		if others == nil {
+			for _, m := range t.Modules() {
+				if m != caller && m != callee && m.sym != nil {
+					others = append(others, m)
+				}
+			}
+		}
+		for _, m := range others {
+			if m.sym.DefinesGlobal(name) {
+				return true
+			}
+		}
+		return false
+	}
 	var out []TailFrame
-	for _, f := range symbolize.TailCalls(caller.sym, ret, callee.sym, pc) {
+	for _, f := range symbolize.TailCalls(caller.sym, ret, callee.sym, pc, elsewhere) {
 		m := caller
 		if f.InCallee {
 			m = callee

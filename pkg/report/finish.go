@@ -267,11 +267,16 @@ func (c *symCache) appendFrame(out []StackFrame, f *event.Frame, i int, tail boo
 		base.Symbol = symbolText(f, nil)
 		return append(out, base)
 	}
+	if tail {
+		// Like gdb, a frame put back is one frame, named by the innermost function at its
+		// address: a function inlined where the jump is stands for the function around it.
+		sfs = sfs[:1]
+	}
 	for j := range sfs {
 		sf := &sfs[j]
 		x := base
 		x.Symbol = symbolText(f, sf)
-		x.Function, x.Offset, x.File, x.Line, x.Inlined = sf.Function, sf.Offset, sf.File, sf.Line, sf.Inlined
+		x.Function, x.Offset, x.File, x.Line, x.Inlined = sf.Function, sf.Offset, sf.File, sf.Line, sf.Inlined && !tail
 		out = append(out, x)
 	}
 	return out

@@ -282,7 +282,7 @@ func (y *symbolizer) TailCalls(callee, caller event.Frame) []event.Frame {
 		off-- // inside the call, in the function that made it
 	}
 	var out []event.Frame
-	for _, tf := range procmaps.TailCalls(mc, caller.FileOffset, me, off) {
+	for _, tf := range y.maps.TailCalls(mc, caller.FileOffset, me, off) {
 		f := caller
 		if tf.Mod != mc {
 			f = callee

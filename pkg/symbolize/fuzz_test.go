@@ -43,7 +43,7 @@ func FuzzOpen(f *testing.F) {
 		// other as the callee, through both ends of the chain search.
 		for i, a := range addrs {
 			callee := addrs[(i+1)%len(addrs)]
-			if fs := TailCalls(b, a, b, callee); len(fs) > maxTailDepth {
+			if fs := TailCalls(b, a, b, callee, func(string) bool { return false }); len(fs) > maxTailDepth {
 				t.Errorf("%d tail-call frames, more than the %d bound", len(fs), maxTailDepth)
 			}
 		}
@@ -58,7 +58,7 @@ func FuzzOpen(f *testing.F) {
 			b.dw.mu.Unlock()
 			for i, pc := range pcs {
 				if i < 64 {
-					TailCalls(b, pc, b, pcs[len(pcs)-1-i])
+					TailCalls(b, pc, b, pcs[len(pcs)-1-i], nil)
 				}
 			}
 		}

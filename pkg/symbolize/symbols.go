@@ -27,7 +27,12 @@ type symtab struct {
 	funcs bool // entries are typed functions, not the untyped fallback
 	// byName maps every name (aliases included) to its address, a global or weak symbol
 	// over a local one, for call sites that name their target (tailcall.go).
-	byName map[string]uint64
+	byName map[string]namedSym
+}
+
+type namedSym struct {
+	addr   uint64
+	global bool
 }
 
 // lookup returns the symbol containing pc.
@@ -176,12 +181,11 @@ func buildSymtab(raw []rawSym) *symtab {
 		}
 	}
 	sort.Slice(syms, func(i, j int) bool { return syms[i].addr < syms[j].addr })
-	t := &symtab{funcs: funcs && len(syms) > 0, byName: make(map[string]uint64, len(syms))}
-	global := make(map[string]bool, len(syms))
+	t := &symtab{funcs: funcs && len(syms) > 0, byName: make(map[string]namedSym, len(syms))}
 	for _, s := range syms {
 		g := s.bind == elf.STB_GLOBAL || s.bind == elf.STB_WEAK
-		if _, seen := t.byName[s.name]; !seen || (g && !global[s.name]) {
-			t.byName[s.name], global[s.name] = s.addr, g
+		if old, seen := t.byName[s.name]; !seen || (g && !old.global) {
+			t.byName[s.name] = namedSym{s.addr, g}
 		}
 	}
 	for i := 0; i < len(syms); {

@@ -46,6 +46,7 @@ type siteKey struct {
 // sites every path starts with (callers) and ends with (callees).
 type tailSearch struct {
 	caller, callee *Binary
+	elsewhere      func(name string) bool
 	goal           fnRef
 	path           []siteRef
 	onPath         map[siteKey]bool
@@ -61,8 +62,9 @@ type tailSearch struct {
 // minus one) and its caller, whose call returns to retPC in caller. Nothing when DWARF
 // cannot say: no call site at retPC, a target it cannot resolve, or paths sharing no call
 // site. When paths differ in the middle, the frames they agree on at both ends are given,
-// as gdb gives them. Names in call sites resolve in caller first, then callee.
-func TailCalls(caller *Binary, retPC uint64, callee *Binary, calleePC uint64) (out []TailFrame) {
+// as gdb gives them. elsewhere (may be nil) says whether another file of the process
+// defines a name as a global symbol (see targets).
+func TailCalls(caller *Binary, retPC uint64, callee *Binary, calleePC uint64, elsewhere func(name string) bool) (out []TailFrame) {
 	defer func() {
 		if recovered(recover()) != nil {
 			out = nil
@@ -84,7 +86,7 @@ func TailCalls(caller *Binary, retPC uint64, callee *Binary, calleePC uint64) (o
 	if !ok {
 		return nil
 	}
-	s := &tailSearch{caller: caller, callee: callee, goal: fnRef{callee, start}, onPath: map[siteKey]bool{}}
+	s := &tailSearch{caller: caller, callee: callee, elsewhere: elsewhere, goal: fnRef{callee, start}, onPath: map[siteKey]bool{}}
 	if s.visit(siteRef{caller, cs}) != nil || !s.found {
 		return nil
 	}
@@ -179,8 +181,10 @@ func (s *tailSearch) candidate() bool {
 	return s.callers != 0 || s.callees != 0
 }
 
-// targets resolves a call site's callee to function entries; a name is looked up in the
-// caller's file, then the callee's, as gdb looks a minimal symbol up in every file.
+// targets resolves a call site's callee to function entries. gdb looks a name up in every
+// file of the process, a global symbol anywhere before a local one: here a global symbol of
+// the call site's file, the caller's or the callee's, then, unless another file defines it
+// globally (glibc's ld.so calls its hidden __strdup, gdb finds libc's), a local one.
 func (s *tailSearch) targets(site siteRef) ([]fnRef, error) {
 	t, ok := site.b.dw.target(site.cs.die)
 	if !ok {
@@ -193,9 +197,18 @@ func (s *tailSearch) targets(site siteRef) ([]fnRef, error) {
 		}
 		return out, nil
 	}
-	for _, b := range []*Binary{site.b, s.caller, s.callee} {
-		if a, ok := b.symbolAddr(t.name); ok {
-			return []fnRef{{b, a}}, nil
+	files := []*Binary{site.b, s.caller, s.callee}
+	for _, b := range files {
+		if sym, ok := b.symbolAddr(t.name); ok && sym.global {
+			return []fnRef{{b, sym.addr}}, nil
+		}
+	}
+	if s.elsewhere != nil && s.elsewhere(t.name) {
+		return nil, errNoChain // in a file the search does not have
+	}
+	for _, b := range files {
+		if sym, ok := b.symbolAddr(t.name); ok {
+			return []fnRef{{b, sym.addr}}, nil
 		}
 	}
 	return nil, errNoChain
@@ -217,13 +230,20 @@ func (b *Binary) funcStart(pc uint64) (uint64, bool) {
 	return 0, false
 }
 
-// symbolAddr returns the address of the function symbol name defined in this file.
-func (b *Binary) symbolAddr(name string) (uint64, bool) {
+// symbolAddr returns the function symbol name defined in this file.
+func (b *Binary) symbolAddr(name string) (namedSym, bool) {
 	if b.syms == nil {
-		return 0, false
+		return namedSym{}, false
 	}
-	a, ok := b.syms.byName[name]
-	return a, ok
+	sym, ok := b.syms.byName[name]
+	return sym, ok
+}
+
+// DefinesGlobal reports whether name is a global or weak function symbol of this file.
+func (b *Binary) DefinesGlobal(name string) bool {
+	b.load()
+	sym, ok := b.symbolAddr(name)
+	return ok && sym.global
 }
 
 // VAddrToFileOffset maps a virtual address to its file offset via the PT_LOAD segments.

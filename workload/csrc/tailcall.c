@@ -7,13 +7,15 @@
 //   main -> fork2 -> left|right (jmp) -> both (jmp) -> zeta (jmp) -> leaf: two paths that
 //     agree at their end, gdb shows both and zeta only;
 //   main -> fork1 -> lone_left|lone_right (jmp) -> leaf: two paths with nothing in common,
-//     gdb shows nothing between leaf and main.
-// Each leaf call mallocs a distinct size: 208, 214 and 312 bytes.
+//     gdb shows nothing between leaf and main;
+//   main -> outer (jmp, from the body of inner, inlined into it) -> leaf: gdb shows one frame,
+//     named inner.
+// Each leaf call mallocs a distinct size: 208, 214, 312 and 418 bytes.
 #include <stdlib.h>
 
 #define NOINL __attribute__((noinline))
 
-void *volatile sink[3];
+void *volatile sink[4];
 static volatile unsigned long work;
 
 NOINL void leaf(unsigned long n, int slot)
@@ -52,12 +54,20 @@ NOINL void fork1(unsigned long n, int slot)
 		lone_right(n, slot);
 }
 
+static inline __attribute__((always_inline)) void inner(unsigned long n, int slot)
+{
+	if (n > 1)
+		leaf(n + 17, slot);
+}
+NOINL void outer(unsigned long n, int slot) { inner(n, slot); }
+
 int main(void)
 {
 	first(100, 0);
 	fork2(201, 1);
 	fork1(301, 2);
-	for (int i = 0; i < 3; i++)
+	outer(401, 3);
+	for (int i = 0; i < 4; i++)
 		free(sink[i]);
 	return 0;
 }
