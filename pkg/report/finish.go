@@ -190,10 +190,13 @@ func socketNames(s event.SocketStats) map[string]uint64 {
 	return m
 }
 
-// frameID is a frame's identity for the symbol cache.
+// frameID is a frame's identity for the symbol cache: a return address is looked up one
+// byte back, so it is not the same frame as a pc at the same offset (a function's first
+// instruction is also the address after the jump ending the function before it).
 type frameID struct {
 	mod string
 	off uint64
+	ret bool
 }
 
 // symCache calls the Symbolizer once per distinct frame, and once per distinct pair of
@@ -206,9 +209,9 @@ type symCache struct {
 
 func idOf(f *event.Frame) frameID {
 	if f.Module != "" {
-		return frameID{frameModKey(f), f.FileOffset}
+		return frameID{frameModKey(f), f.FileOffset, f.Return}
 	}
-	return frameID{"", f.Addr}
+	return frameID{"", f.Addr, f.Return}
 }
 
 func (c *symCache) lookup(f *event.Frame) []SymFrame {

@@ -81,7 +81,7 @@ func tailEntry(name string, tail bool) string {
 // mallocs under frames that left by tail calls. gdb puts them back from DWARF call sites
 // (one path: second and third; two paths agreeing at their end: both and zeta only; two paths
 // with nothing in common: nothing; a jump in an inlined body: one frame named by the inlined
-// function); udstrace's sites must show the same frames, marked
+// function; libc's qsort, a jump to qsort_r in another module than its caller); udstrace's sites must show the same frames, marked
 // tail_call where gdb's are TAILCALL_FRAMEs, in full and count mode, in the JSON, the text
 // ("[tail call]") and the folded stacks.
 func TestTailCallStacksMatchGDB(t *testing.T) {
@@ -102,6 +102,13 @@ func TestTailCallStacksMatchGDB(t *testing.T) {
 	}
 	if tails == 0 {
 		t.Fatalf("gdb shows no tail-call frame: the workload was not built with its jumps and call sites: %v", gdb)
+	}
+	qsort := false
+	for _, st := range gdb {
+		qsort = qsort || strings.Contains(strings.Join(st, " "), "qsort_r")
+	}
+	if !qsort {
+		t.Fatalf("gdb saw no malloc under libc's qsort_r: %v", gdb)
 	}
 	for _, mode := range stackModes {
 		t.Run(mode, func(t *testing.T) {

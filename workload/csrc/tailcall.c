@@ -9,9 +9,12 @@
 //   main -> fork1 -> lone_left|lone_right (jmp) -> leaf: two paths with nothing in common,
 //     gdb shows nothing between leaf and main;
 //   main -> outer (jmp, from the body of inner, inlined into it) -> leaf: gdb shows one frame,
-//     named inner.
+//     named inner;
+//   main -> qsort in libc (jmp) -> qsort_r -> malloc: across modules, with libc's DWARF
+//     (libc6-dbg) gdb shows qsort.
 // Each leaf call mallocs a distinct size: 208, 214, 312 and 418 bytes.
 #include <stdlib.h>
+#include <string.h>
 
 #define NOINL __attribute__((noinline))
 
@@ -61,12 +64,19 @@ static inline __attribute__((always_inline)) void inner(unsigned long n, int slo
 }
 NOINL void outer(unsigned long n, int slot) { inner(n, slot); }
 
+// qsort's merge sort takes its buffer from malloc when the array is over 1 KiB.
+static char records[64][40];
+static int by_key(const void *a, const void *b) { return memcmp(a, b, sizeof records[0]); }
+
 int main(void)
 {
 	first(100, 0);
 	fork2(201, 1);
 	fork1(301, 2);
 	outer(401, 3);
+	for (int i = 0; i < 64; i++)
+		records[i][0] = (char)(i * 37);
+	qsort(records, 64, sizeof records[0], by_key);
 	for (int i = 0; i < 4; i++)
 		free(sink[i]);
 	return 0;
