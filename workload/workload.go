@@ -2,7 +2,7 @@
 
 // Package workload embeds the small C test programs built by
 // `make -C workload` (echo server/client, allocpattern, chain, threadalloc,
-// burst, dlctor with libdlctor.so, norandom, twins, and the allocount.so LD_PRELOAD counter)
+// burst, dlctor with libdlctor.so, norandom, twins, tailcall, and the allocount.so LD_PRELOAD counter)
 // and extracts them for use.
 package workload
 
@@ -32,6 +32,7 @@ type Paths struct {
 	DlCtorLib    string // libdlctor.so: its constructor mallocs through three levels of its own functions
 	NoRandom     string // norandom PROGRAM [ARG...]: exec PROGRAM with address-space randomization off
 	Twins        string // twins [ROUNDS]: twin callers whose malloc entries share pc, sp and fp
+	TailCall     string // tailcall: mallocs under functions that left by tail calls (-O2 -g)
 }
 
 // ErrMissing is returned by Extract when udstrace was built without the
@@ -94,6 +95,7 @@ func (p *Paths) files() []file {
 		{"libdlctor.so", &p.DlCtorLib},
 		{"norandom", &p.NoRandom},
 		{"twins", &p.Twins},
+		{"tailcall", &p.TailCall},
 	}
 }
 

@@ -17,7 +17,7 @@ func TestFileMapsApart(t *testing.T) {
 	b := NewBuilder(testOpts(Options{}))
 	feed(t, b,
 		al(1, 1, event.Malloc, 100, 0x10, stMain),
-		al(2, 1, event.Mmap, 1<<20, 0x7000000, stMmap),        // anonymous
+		al(2, 1, event.Mmap, 1<<20, 0x7000000, stMmap),         // anonymous
 		fileMap(al(3, 1, event.Mmap, 8192, 0x8000000, stMmap)), // libc, named below
 		fileMap(al(4, 1, event.Mmap, 4096, 0x9000000, stMmap)), // named below, then moved
 		fileMap(al(5, 1, event.Mmap, 4096, 0xa000000, stMmap)), // never named
@@ -25,7 +25,7 @@ func TestFileMapsApart(t *testing.T) {
 	// Each mapping event follows its mmap.
 	b.MapFile(1, 0x8000000, "/lib/libc.so.6")
 	b.MapFile(1, 0x9000000, "/etc/data")
-	b.MapFile(1, 0x7000000, "/not/a/file") // an anonymous region is not renamed
+	b.MapFile(1, 0x7000000, "/not/a/file")                   // an anonymous region is not renamed
 	feed(t, b, al(6, 1, event.Munmap, 4096, 0x8000000, nil)) // half of libc's mapping goes
 	feed(t, b, &event.Alloc{Time: 7, PID: 1, Kind: event.Mremap, Size: 8192, Addr: 0xb000000, OldAddr: 0x9000000, OldSize: 4096, StackID: sid(stMmap)})
 	r := b.Finish(&fakeSym{}, Meta{})

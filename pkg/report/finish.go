@@ -214,26 +214,35 @@ func socketNames(s event.SocketStats) map[string]uint64 {
 	return m
 }
 
-// frameID is a frame's identity for the symbol cache.
+// frameID is a frame's identity for the symbol cache: a return address is looked up one
+// byte back, so it is not the same frame as a pc at the same offset (a function's first
+// instruction is also the address after the jump ending the function before it).
 type frameID struct {
 	mod string
 	off uint64
+	ret bool
 }
 
-// symCache calls the Symbolizer once per distinct frame.
+// symCache calls the Symbolizer once per distinct frame, and once per distinct pair of
+// adjacent frames for the frames tail calls left out.
 type symCache struct {
-	sym Symbolizer
-	m   map[frameID][]SymFrame
+	sym   Symbolizer
+	m     map[frameID][]SymFrame
+	tails map[[2]frameID][]event.Frame
+}
+
+func idOf(f *event.Frame) frameID {
+	if f.Module != "" {
+		return frameID{frameModKey(f), f.FileOffset, f.Return}
+	}
+	return frameID{"", f.Addr, f.Return}
 }
 
 func (c *symCache) lookup(f *event.Frame) []SymFrame {
 	if c.sym == nil {
 		return nil
 	}
-	id := frameID{"", f.Addr}
-	if f.Module != "" {
-		id = frameID{frameModKey(f), f.FileOffset}
-	}
+	id := idOf(f)
 	sf, ok := c.m[id]
 	if !ok {
 		sf = c.sym.Symbolize(*f)
@@ -242,25 +251,60 @@ func (c *symCache) lookup(f *event.Frame) []SymFrame {
 	return sf
 }
 
-// expand turns raw frames into source frames, inlined ones first.
+// tailCalls returns the frames tail calls left out between callee and its caller.
+func (c *symCache) tailCalls(callee, caller *event.Frame) []event.Frame {
+	tc, ok := c.sym.(TailCaller)
+	if !ok || callee.Module == "" || caller.Module == "" {
+		return nil
+	}
+	if c.tails == nil {
+		c.tails = map[[2]frameID][]event.Frame{}
+	}
+	k := [2]frameID{idOf(callee), idOf(caller)}
+	fs, ok := c.tails[k]
+	if !ok {
+		fs = tc.TailCalls(*callee, *caller)
+		c.tails[k] = fs
+	}
+	return fs
+}
+
+// expand turns raw frames into source frames, inlined ones first. This is the one place a
+// stack gets its names: the frames of functions that left by a tail call are put back here,
+// under the raw frame above them (whose index they take).
 func (c *symCache) expand(stack []event.Frame) []StackFrame {
 	out := make([]StackFrame, 0, len(stack))
 	for i := range stack {
-		f := &stack[i]
-		base := StackFrame{Frame: i, Addr: Hex(f.Addr), Module: f.Module, BuildID: f.BuildID, FileOffset: Hex(f.FileOffset)}
-		sfs := c.lookup(f)
-		if len(sfs) == 0 {
-			base.Symbol = symbolText(f, nil)
-			out = append(out, base)
-			continue
+		if i > 0 {
+			tails := c.tailCalls(&stack[i-1], &stack[i])
+			for j := range tails {
+				out = c.appendFrame(out, &tails[j], i, true)
+			}
 		}
-		for j := range sfs {
-			sf := &sfs[j]
-			x := base
-			x.Symbol = symbolText(f, sf)
-			x.Function, x.Offset, x.File, x.Line, x.Inlined = sf.Function, sf.Offset, sf.File, sf.Line, sf.Inlined
-			out = append(out, x)
-		}
+		out = c.appendFrame(out, &stack[i], i, false)
+	}
+	return out
+}
+
+// appendFrame appends the source frames of f as raw frame i.
+func (c *symCache) appendFrame(out []StackFrame, f *event.Frame, i int, tail bool) []StackFrame {
+	base := StackFrame{Frame: i, Addr: Hex(f.Addr), Module: f.Module, BuildID: f.BuildID, FileOffset: Hex(f.FileOffset), TailCall: tail}
+	sfs := c.lookup(f)
+	if len(sfs) == 0 {
+		base.Symbol = symbolText(f, nil)
+		return append(out, base)
+	}
+	if tail {
+		// Like gdb, a frame put back is one frame, named by the innermost function at its
+		// address: a function inlined where the jump is stands for the function around it.
+		sfs = sfs[:1]
+	}
+	for j := range sfs {
+		sf := &sfs[j]
+		x := base
+		x.Symbol = symbolText(f, sf)
+		x.Function, x.Offset, x.File, x.Line, x.Inlined = sf.Function, sf.Offset, sf.File, sf.Line, sf.Inlined && !tail
+		out = append(out, x)
 	}
 	return out
 }

@@ -139,6 +139,7 @@ func appendSite(dst []byte, s *Site, prefix, indent string) (out []byte, ok bool
 			w.str("file", f.File)
 			w.int("line", int64(f.Line))
 			w.bool("inlined", f.Inlined)
+			w.bool("tail_call", f.TailCall)
 			w.close('}')
 		}
 		w.close(']')

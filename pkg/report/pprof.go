@@ -69,8 +69,8 @@ func (r *Report) Profile() *profile.Profile {
 			smp.Value = append(smp.Value, clampInt64(s.OutstandingCount), clampInt64(s.OutstandingBytes))
 		}
 		for st := s.Stack; len(st) > 0; {
-			n := 1 // one raw frame: its inlined entries and the function they were inlined into
-			for n < len(st) && st[n].Frame == st[0].Frame {
+			n := 1 // one raw frame (or one put back after a tail call): its inlined entries and the function they were inlined into
+			for n < len(st) && st[n].Frame == st[0].Frame && st[n-1].Inlined {
 				n++
 			}
 			smp.Location = append(smp.Location, pb.location(st[:n]))
@@ -90,10 +90,12 @@ func (r *Report) Profile() *profile.Profile {
 	return p
 }
 
-// locKey identifies a raw frame as the report does: module file and offset, or the address outside files.
+// locKey identifies a raw frame as the report does: module file and offset, or the address outside
+// files; a frame put back after a tail call is its own location even where its address is another's.
 type locKey struct {
 	mod, buildID string
 	off          uint64
+	tail         bool
 }
 
 type pprofBuilder struct {
@@ -106,7 +108,7 @@ type pprofBuilder struct {
 // location returns the Location of one raw frame; fs lists its inlined frames first, as pprof's Line does.
 func (b *pprofBuilder) location(fs []StackFrame) *profile.Location {
 	f0 := &fs[0]
-	k := locKey{f0.Module, f0.BuildID, uint64(f0.FileOffset)}
+	k := locKey{f0.Module, f0.BuildID, uint64(f0.FileOffset), f0.TailCall}
 	if f0.Module == "" {
 		k.off = uint64(f0.Addr)
 	}

@@ -112,6 +112,13 @@ type Symbolizer interface {
 	Symbolize(f event.Frame) []SymFrame
 }
 
+// TailCaller is a Symbolizer that also puts back the frames of functions that left by a tail
+// call (a jump, leaving no return address): between a frame and its caller, innermost first,
+// as frames in files (Return set) to symbolize like the others; nil when there are none.
+type TailCaller interface {
+	TailCalls(callee, caller event.Frame) []event.Frame
+}
+
 // SymFrame is one source-level frame.
 type SymFrame struct {
 	Function string
@@ -310,6 +317,7 @@ type StackFrame struct {
 	File       string `json:"file"`
 	Line       int    `json:"line"`
 	Inlined    bool   `json:"inlined"`
+	TailCall   bool   `json:"tail_call"` // put back from DWARF call sites: a function that left by a tail call
 }
 
 // SocketPath is the verdict on "the AF_UNIX socket path allocates nothing in user space".

@@ -192,6 +192,9 @@ func frameText(f *StackFrame) string {
 	if f.Inlined {
 		s += " [inlined]"
 	}
+	if f.TailCall {
+		s += " [tail call]"
+	}
 	if f.File != "" && f.Line > 0 {
 		s += fmt.Sprintf(" (%s:%d)", esc(f.File), f.Line)
 	}

@@ -321,6 +321,28 @@ type symbolizer struct {
 	final bool
 }
 
+// TailCalls puts back the frames of functions that left by a tail call between callee and its
+// caller (report.TailCaller), from the DWARF call sites of the two modules.
+func (y *symbolizer) TailCalls(callee, caller event.Frame) []event.Frame {
+	if !caller.Return || caller.FileOffset == 0 {
+		return nil
+	}
+	mc, me := y.maps.Module(caller.ModuleKey), y.maps.Module(callee.ModuleKey)
+	off := callee.FileOffset
+	if callee.Return && off > 0 {
+		off-- // inside the call, in the function that made it
+	}
+	var out []event.Frame
+	for _, tf := range y.maps.TailCalls(mc, caller.FileOffset, me, off) {
+		f := caller
+		if tf.Mod != mc {
+			f = callee
+		}
+		out = append(out, event.Frame{Module: f.Module, BuildID: f.BuildID, ModuleKey: f.ModuleKey, FileOffset: tf.Off, Return: true})
+	}
+	return out
+}
+
 func (y *symbolizer) Symbolize(f event.Frame) []report.SymFrame {
 	m := y.maps.Module(f.ModuleKey)
 	if m == nil {

@@ -49,6 +49,7 @@ type viewFrame struct {
 	Module   string `json:"module"`
 	Function string `json:"function"`
 	Inlined  bool   `json:"inlined"`
+	TailCall bool   `json:"tail_call"`
 }
 
 func decodeView(t *testing.T, r *report.Report) (*view, string) {

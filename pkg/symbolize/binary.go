@@ -345,3 +345,19 @@ func recovered(p any) any {
 	}
 	return p
 }
+
+// dwarf is the DWARF lookups read now (nil before the load, or without usable DWARF).
+func (b *Binary) dwarf() *dwarfInfo {
+	if t := b.tab.Load(); t != nil {
+		return t.dw
+	}
+	return nil
+}
+
+// symbols is the symbol table lookups read now (nil before the load).
+func (b *Binary) symbols() *symtab {
+	if t := b.tab.Load(); t != nil {
+		return t.syms
+	}
+	return nil
+}

@@ -12,6 +12,9 @@ import (
 // maxDWARFTotal bounds the DWARF bytes kept in memory per file.
 const maxDWARFTotal = 1 << 30
 
+// maxTopNulls bounds the null entries in a row between units (see buildIndex).
+const maxTopNulls = 1 << 16
+
 // dwarfSections are the sections debug/dwarf needs for lines, ranges and
 // names; location lists and CFI are never read.
 var dwarfSections = []string{"abbrev", "info", "str", "line", "ranges", "addr", "line_str", "str_offsets", "rnglists"}
@@ -39,6 +42,7 @@ type unit struct {
 	lineFiles []string    // file names referenced by lines
 	callFiles []string    // line-table file names, indexed like DW_AT_call_file
 	root      inlNode
+	sites     []callSite // by return address (callsite.go)
 }
 
 // lineRange is one line-table row covering [low, high).
@@ -119,18 +123,9 @@ func (w *dwarfInfo) lookup(pc uint64) (loc *dwarfLoc) {
 			loc = nil
 		}
 	}()
-	if !w.indexed {
-		w.indexed = true
-		w.buildIndex()
-	}
-	off, ok := w.findCU(pc)
-	if !ok {
-		return nil
-	}
-	u := w.units[off]
+	u := w.unitAt(pc)
 	if u == nil {
-		u = w.loadUnit(off)
-		w.units[off] = u
+		return nil
 	}
 	file, line := u.lineAt(pc)
 	chain := u.chain(pc)
@@ -163,11 +158,22 @@ func (w *dwarfInfo) lookup(pc uint64) (loc *dwarfLoc) {
 // buildIndex collects each compilation unit's address ranges.
 func (w *dwarfInfo) buildIndex() {
 	r := w.d.Reader()
+	nulls := 0
 	for {
 		e, err := r.Next()
 		if err != nil || e == nil {
 			break
 		}
+		// debug/dwarf reads an abbreviation code cut off by its unit's end (a last byte with
+		// its continuation bit set) as 0 without moving on: that null entry would come back
+		// for ever. Padding after a unit's entries is a few nulls.
+		if e.Tag == 0 {
+			if nulls++; nulls > maxTopNulls {
+				break
+			}
+			continue
+		}
+		nulls = 0
 		if e.Tag == dwarf.TagCompileUnit || e.Tag == dwarf.TagPartialUnit {
 			rs, _ := w.d.Ranges(e)
 			for _, rg := range rs {
@@ -208,6 +214,7 @@ func (w *dwarfInfo) loadUnit(off dwarf.Offset) (u *unit) {
 	}
 	u.loadLines(w.d, cu)
 	u.loadInlines(w.d, r, cu)
+	u.sortSites()
 	return u
 }
 

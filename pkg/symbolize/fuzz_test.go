@@ -39,5 +39,28 @@ func FuzzOpen(f *testing.F) {
 				}
 			}
 		}
+		// Call sites are target-controlled too: every address as a return address, every
+		// other as the callee, through both ends of the chain search.
+		for i, a := range addrs {
+			callee := addrs[(i+1)%len(addrs)]
+			if fs := TailCalls(b, a, b, callee, func(string) bool { return false }); len(fs) > maxTailDepth {
+				t.Errorf("%d tail-call frames, more than the %d bound", len(fs), maxTailDepth)
+			}
+		}
+		if dw := b.dwarf(); dw != nil {
+			dw.mu.Lock()
+			var pcs []uint64
+			for _, u := range dw.units {
+				for _, cs := range u.sites {
+					pcs = append(pcs, cs.pc)
+				}
+			}
+			dw.mu.Unlock()
+			for i, pc := range pcs {
+				if i < 64 {
+					TailCalls(b, pc, b, pcs[len(pcs)-1-i], nil)
+				}
+			}
+		}
 	})
 }

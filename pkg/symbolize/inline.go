@@ -23,6 +23,7 @@ type inlNode struct {
 	callFile int
 	callLine int
 	kids     []kidRange // sorted by low
+	tails    []callSite // a subprogram's tail calls, when DWARF says it lists them all
 }
 
 // kidRange is one address range of a child node.
@@ -37,8 +38,14 @@ func (u *unit) loadInlines(d *dwarf.Data, r *dwarf.Reader, cu *dwarf.Entry) {
 	if !cu.Children {
 		return
 	}
+	// Each level knows its node and the subprogram it is in (inlined subroutines and
+	// blocks are not one): a call site belongs to that subprogram's tail-call list.
+	type level struct {
+		n  *inlNode
+		fn *fnCtx
+	}
 	var all []*inlNode
-	stack := []*inlNode{&u.root}
+	stack := []level{{n: &u.root}}
 	for len(stack) > 0 && len(stack) <= maxInlineDepth {
 		e, err := r.Next()
 		if err != nil || e == nil {
@@ -55,14 +62,21 @@ func (u *unit) loadInlines(d *dwarf.Data, r *dwarf.Reader, cu *dwarf.Entry) {
 		}
 		parent := stack[len(stack)-1]
 		cur := parent
-		if e.Tag == dwarf.TagSubprogram || e.Tag == dwarf.TagInlinedSubroutine {
-			if n := newInlNode(d, e); n != nil {
+		switch e.Tag {
+		case dwarf.TagSubprogram, dwarf.TagInlinedSubroutine:
+			n := newInlNode(d, e)
+			if n != nil {
 				for _, rg := range n.ranges {
-					parent.kids = append(parent.kids, kidRange{low: rg[0], high: rg[1], n: n})
+					parent.n.kids = append(parent.n.kids, kidRange{low: rg[0], high: rg[1], n: n})
 				}
 				all = append(all, n)
-				cur = n
+				cur.n = n
 			}
+			if e.Tag == dwarf.TagSubprogram {
+				cur.fn = &fnCtx{n: n, e: e}
+			}
+		case dwarf.TagCallSite, tagGNUCallSite:
+			u.addCallSite(d, e, parent.fn)
 		}
 		if e.Children {
 			stack = append(stack, cur)

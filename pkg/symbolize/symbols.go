@@ -25,6 +25,14 @@ type symtab struct {
 	ends  []uint64 // exclusive; == addr when the extent is unknown
 	names []string
 	funcs bool // entries are typed functions, not the untyped fallback
+	// byName maps every name (aliases included) to its address, a global or weak symbol
+	// over a local one, for call sites that name their target (tailcall.go).
+	byName map[string]namedSym
+}
+
+type namedSym struct {
+	addr   uint64
+	global bool
 }
 
 // lookup returns the symbol containing pc.
@@ -173,7 +181,13 @@ func buildSymtab(raw []rawSym) *symtab {
 		}
 	}
 	sort.Slice(syms, func(i, j int) bool { return syms[i].addr < syms[j].addr })
-	t := &symtab{funcs: funcs && len(syms) > 0}
+	t := &symtab{funcs: funcs && len(syms) > 0, byName: make(map[string]namedSym, len(syms))}
+	for _, s := range syms {
+		g := s.bind == elf.STB_GLOBAL || s.bind == elf.STB_WEAK
+		if old, seen := t.byName[s.name]; !seen || (g && !old.global) {
+			t.byName[s.name] = namedSym{s.addr, g}
+		}
+	}
 	for i := 0; i < len(syms); {
 		j, best, size := i, syms[i], syms[i].size
 		for ; j < len(syms) && syms[j].addr == syms[i].addr; j++ {
