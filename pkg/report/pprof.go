@@ -68,6 +68,13 @@ func (r *Report) Profile() *profile.Profile {
 		if full {
 			smp.Value = append(smp.Value, clampInt64(s.OutstandingCount), clampInt64(s.OutstandingBytes))
 		}
+		if s.Thread != "" { // one thread made every call
+			smp.Label["thread"] = []string{s.Thread}
+			smp.NumLabel["tid"] = []int64{int64(s.TID)}
+		}
+		if s.FileBacked {
+			smp.Label["file_backed"] = []string{"true"}
+		}
 		for st := s.Stack; len(st) > 0; {
 			n := 1 // one raw frame (or one put back after a tail call): its inlined entries and the function they were inlined into
 			for n < len(st) && st[n].Frame == st[0].Frame && st[n-1].Inlined {

@@ -82,10 +82,17 @@ func TestPprofParsesBack(t *testing.T) {
 		}
 		return out
 	}
+	threads := 0
 	for _, site := range r.Sites {
 		s := bySite[int64(site.ID)]
 		if s == nil || s.NumLabel["pid"][0] != int64(site.PID) || s.Label["comm"][0] != site.Comm || s.Label["kind"][0] != site.Kind {
 			t.Fatalf("site %d: sample %+v", site.ID, s)
+		}
+		if site.Thread != "" {
+			threads++
+			if th := s.Label["thread"]; len(th) != 1 || th[0] != site.Thread || s.NumLabel["tid"][0] != int64(site.TID) {
+				t.Errorf("site %d of thread %d %q: labels %v %v", site.ID, site.TID, site.Thread, s.Label, s.NumLabel)
+			}
 		}
 		leaf := names(s.Location[0])
 		switch {
@@ -116,6 +123,9 @@ func TestPprofParsesBack(t *testing.T) {
 		if len(site.Stack) > 0 && leaf[0] != site.Stack[0].Function {
 			t.Errorf("site %d: leaf %v, want %s", site.ID, leaf, site.Stack[0].Function)
 		}
+	}
+	if threads == 0 {
+		t.Error("no site names its thread: the thread labels are untested")
 	}
 	if p.Mapping[0].File != exePath {
 		t.Errorf("first mapping %s, want the executable", p.Mapping[0].File)
