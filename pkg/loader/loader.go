@@ -32,7 +32,7 @@ type Config struct {
 	RingBytes  uint32    // ring buffer size; a power of two, multiple of the page size
 	TableSize  uint32    // entries of the per-thread, per-process and per-site tables (0: the object's 65536)
 	UnwindRows uint32    // rows of the kernel's unwind table, shared by every module (0: 1<<22)
-	Debug      bool      // keep the verifier's log in errors
+	Debug      bool      // put the verifier's whole log in errors
 	Count      bool      // count mode: entry probes only, calls aggregated in the kernel by stack
 	Comm       string    // only processes with this name ("" any)
 	CgroupID   uint64    // only processes in this cgroup v2 (0 any)
@@ -79,10 +79,10 @@ func Load(cfg Config) (*Tracer, error) {
 			spec.Programs[name].AttachType = ebpf.AttachTraceUprobeMulti
 		}
 	}
+	// The verifier log is left off: a load that fails is retried with it (cilium/ebpf does that
+	// when LogLevel is 0), so --debug still shows it, and a successful load does not pay the
+	// seconds a full log of udstrace's programs takes.
 	opts := &ebpf.CollectionOptions{}
-	if cfg.Debug {
-		opts.Programs.LogLevel = ebpf.LogLevelBranch
-	}
 	if err := loadMode(spec, cfg.Count, opts, &t.objs); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {

@@ -126,6 +126,7 @@ func start(opts Options, filter bool) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	began := time.Now()
 	tr, err := loader.Load(loader.Config{
 		Filter: filter, Follow: opts.Follow, StackMode: mode, StackBytes: opts.StackBytes,
 		RingBytes: opts.RingBytes, TableSize: opts.TableSize, UnwindRows: opts.UnwindRows, Debug: opts.Debug, Count: opts.Mode == "count",
@@ -134,6 +135,7 @@ func start(opts Options, filter bool) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	opts.Log.Debug("BPF loaded", "took", time.Since(began))
 	s := &Session{
 		opts: opts, tracer: tr, maps: newTable(opts.Mode == "count"),
 		done: make(chan error, 1),
@@ -241,12 +243,14 @@ func (s *Session) attachLibc(path string) error {
 // attachModule probes a libc the session holds open. Its table loads first (every heap stack
 // starts in it); the probes go into the held file itself, not whatever its path names by now.
 func (s *Session) attachModule(m *procmaps.Module) error {
+	began := time.Now()
 	wait([]chan struct{}{s.tables.wantWhole(m, true)}, tableWait)
+	loaded := time.Since(began)
 	probes, err := s.tracer.AttachLibc(m.FdPath(), m.Path)
 	if err != nil {
 		return err
 	}
-	s.opts.Log.Debug("attached", "libc", m.Path, "functions", len(probes))
+	s.opts.Log.Debug("attached", "libc", m.Path, "functions", len(probes), "table took", loaded, "took", time.Since(began))
 	return nil
 }
 

@@ -33,6 +33,7 @@ type view struct {
 		TID              uint32      `json:"tid"`
 		Thread           string      `json:"thread"`
 		Threads          int         `json:"threads"`
+		FileBacked       bool        `json:"file_backed"`
 		Stack            []viewFrame `json:"stack"`
 	} `json:"sites"`
 	SocketPath struct {
