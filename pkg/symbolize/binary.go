@@ -67,8 +67,14 @@ type Binary struct {
 	once    sync.Once
 	closeMu sync.Mutex
 	closer  io.Closer // closed once the lazy load no longer needs the reader
+	closed  bool      // Close ran: the reader is gone
 	tab     atomic.Pointer[tables]
 	loadErr error
+
+	// The file's own global function names (its .symtab and .dynsym, not a debug file's): what a
+	// tail-call search asks of other modules, without loading their DWARF (globals.go).
+	globalsOnce sync.Once
+	globals     map[string]bool
 
 	// A debug file to fetch from a debuginfod server: lookups use what is here until it came.
 	remote     bool
@@ -143,6 +149,7 @@ func (b *Binary) HasSymbols() bool {
 func (b *Binary) Close() error {
 	b.closeMu.Lock()
 	defer b.closeMu.Unlock()
+	b.closed = true
 	if b.closer == nil {
 		return nil
 	}
@@ -247,6 +254,7 @@ func (b *Binary) load() {
 
 func (b *Binary) doLoad() error {
 	raw, symErr := readSymbols(b.f, b.size)
+	b.globalsOnce.Do(func() { b.globals = globalNames(raw) })
 	dw, dwErr := loadDWARF(b.f, b.size)
 	t := &tables{}
 	if dw == nil {

@@ -1,6 +1,9 @@
 package symbolize
 
-import "errors"
+import (
+	"debug/elf"
+	"errors"
+)
 
 // A function that ends in a jump to another leaves no frame: the stack shows its caller's
 // call and the function jumped to. gdb puts the missing frames back from DWARF call sites
@@ -239,11 +242,31 @@ func (b *Binary) symbolAddr(name string) (namedSym, bool) {
 	return sym, ok
 }
 
-// DefinesGlobal reports whether name is a global or weak function symbol of this file.
+// DefinesGlobal reports whether name is a global or weak function symbol of this file's own
+// symbol tables. It loads neither DWARF nor a debug file: a search asks it of every module in
+// the trace, and decompressing a large binary's DWARF for it cost 110 ms of a 0.45 s run.
 func (b *Binary) DefinesGlobal(name string) bool {
-	b.load()
-	sym, ok := b.symbolAddr(name)
-	return ok && sym.global
+	b.globalsOnce.Do(func() {
+		b.closeMu.Lock()
+		defer b.closeMu.Unlock()
+		if b.closed {
+			return // closed before any load: nothing can be read
+		}
+		raw, _ := readSymbols(b.f, b.size)
+		b.globals = globalNames(raw)
+	})
+	return b.globals[name]
+}
+
+// globalNames are the defined global or weak functions among raw.
+func globalNames(raw []rawSym) map[string]bool {
+	out := map[string]bool{}
+	for _, s := range raw {
+		if isFunc(s.typ) && s.shndx != elf.SHN_UNDEF && (s.bind == elf.STB_GLOBAL || s.bind == elf.STB_WEAK) {
+			out[s.name] = true
+		}
+	}
+	return out
 }
 
 // VAddrToFileOffset maps a virtual address to its file offset via the PT_LOAD segments.
