@@ -51,9 +51,11 @@ func (t *Tracer) AttachLibc(path, name string) ([]Probe, error) {
 	if probes, ok := t.attached[key]; ok {
 		return probes, nil
 	}
-	probes, err := FindAllocator(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading the allocator of %s: %w", name, err)
+	probes := t.aheadFor(key)
+	if probes == nil {
+		if probes, err = FindAllocator(path); err != nil {
+			return nil, fmt.Errorf("reading the allocator of %s: %w", name, err)
+		}
 	}
 	ex, err := link.OpenExecutable(path)
 	if err != nil {

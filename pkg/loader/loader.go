@@ -49,6 +49,7 @@ type Tracer struct {
 	count     bool
 	attached  map[string][]Probe // libc identity (dev:ino) -> probes placed in it
 	libcPaths map[string]string
+	ahead     *Ahead // probes found while the programs loaded (UseAhead)
 	tables    tables
 	// Event ring traffic so far (Read counts it).
 	ringRecords, ringBytes atomic.Uint64

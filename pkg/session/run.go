@@ -133,10 +133,12 @@ func startFor(program string, opts Options) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	ahead := loader.FindAllocatorAhead(libc) // on the other core, while the programs load
 	s, err := start(opts, true)
 	if err != nil {
 		return nil, err
 	}
+	s.tracer.UseAhead(ahead)
 	if err := s.attachLibc(libc); err != nil {
 		s.abort()
 		return nil, err
