@@ -290,16 +290,21 @@ func (p *proc) countHeap(ev *event.Alloc) {
 // call counts one user allocation call at its site and returns the site.
 func (b *Builder) call(p *proc, ev *event.Alloc) *site {
 	s := b.site(p, ev.Kind, ev.StackID)
+	s.add(ev)
+	p.allocs++
+	p.allocBytes += ev.Size
+	p.note(s, ev.Time, ev.Size, b.opts.MaxTimeline, b.opts.LiveSockets)
+	return s
+}
+
+// add counts one call at s: its thread, bytes and failure.
+func (s *site) add(ev *event.Alloc) {
 	s.thread(ev.TID)
 	s.count++
 	s.bytes += ev.Size
 	if ev.Failed {
 		s.failed++
 	}
-	p.allocs++
-	p.allocBytes += ev.Size
-	p.note(s, ev.Time, ev.Size, b.opts.MaxTimeline, b.opts.LiveSockets)
-	return s
 }
 
 // note remembers an allocation's time for verdict (b) until the first socket time is known.

@@ -28,11 +28,7 @@ func (b *Builder) mapCall(p *proc, ev *event.Alloc, file bool) *site {
 		return b.call(p, ev)
 	}
 	s := b.siteOf(p, ev.Kind, ev.StackID, true)
-	s.count++
-	s.bytes += ev.Size
-	if ev.Failed {
-		s.failed++
-	}
+	s.add(ev)
 	p.fileCalls++
 	p.fileBytes += ev.Size
 	return s
