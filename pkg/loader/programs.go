@@ -1,7 +1,7 @@
 package loader
 
 import (
-	"errors"
+	"cmp"
 	"reflect"
 
 	"github.com/cilium/ebpf"
@@ -94,11 +94,12 @@ func loadFull(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions, o *udstra
 	var ret allocReturnProgram
 	var exit sysExitProgram
 	var other fullOtherPrograms
-	errs := make(chan error, 2)
-	go func() { errs <- spec.Copy().LoadAndAssign(&ret, &withMaps) }()
-	go func() { errs <- spec.Copy().LoadAndAssign(&exit, &withMaps) }()
+	errRet, errExit := make(chan error, 1), make(chan error, 1)
+	go func() { errRet <- spec.Copy().LoadAndAssign(&ret, &withMaps) }()
+	go func() { errExit <- spec.Copy().LoadAndAssign(&exit, &withMaps) }()
 	errOther := spec.Copy().LoadAndAssign(&other, &withMaps)
-	if err := errors.Join(<-errs, <-errs, errOther); err != nil {
+	// One cause, as a load of all at once would give it (a damaged BTF fails all three alike).
+	if err := cmp.Or(errOther, <-errRet, <-errExit); err != nil {
 		mv.udstraceMaps.Close()
 		closeAll(ret.AllocReturn, exit.SysExit, other.AllocEnter, other.FreeEnter,
 			other.SysEnter, other.OnExec, other.OnFork, other.OnExit, other.OnRename)
