@@ -128,9 +128,14 @@ func (p *proc) fileMappings() []FileMapping {
 		byName[name] = &FileMapping{PID: p.pid, Comm: p.comm, File: name, Maps: a.maps, Bytes: a.bytes, OutstandingBytes: a.out}
 		named.add(a.maps, a.bytes, 0)
 	}
-	if p.fileCalls > named.maps {
-		byName[unnamedFile] = &FileMapping{PID: p.pid, Comm: p.comm, File: unnamedFile, Maps: p.fileCalls - named.maps,
-			Bytes: p.fileBytes - min(named.bytes, p.fileBytes)}
+	if p.fileCalls > named.maps { // calls whose mapping event was not seen
+		fm := byName[unnamedFile] // may hold what such mappings kept mapped when their image went
+		if fm == nil {
+			fm = &FileMapping{PID: p.pid, Comm: p.comm, File: unnamedFile}
+			byName[unnamedFile] = fm
+		}
+		fm.Maps += p.fileCalls - named.maps
+		fm.Bytes += p.fileBytes - min(named.bytes, p.fileBytes)
 	}
 	for addr, blk := range p.regions {
 		if blk.s == nil || !blk.s.file || blk.s.p != p {
