@@ -31,23 +31,23 @@ var htmlPageTmpl = template.Must(template.New("page").Parse(htmlTemplate))
 // htmlData is what the page's script reads: the sites with their stacks as indexes into one
 // table of distinct frames (a large report's stacks repeat the same frames thousands of times).
 type htmlData struct {
-	Title     string       `json:"title"`
-	Command   string       `json:"command"`
-	Mode      string       `json:"mode"`
-	Start     string       `json:"start"`
-	Duration  float64      `json:"duration_seconds"`
-	Lost      uint64       `json:"lost_events"`
-	Warnings  []string     `json:"warnings"`
-	FileMaps  bool         `json:"file_maps"` // file mappings' sites shown at first (--include-file-maps)
-	MinAge    float64      `json:"min_age_seconds"`
-	Procs     []htmlProc   `json:"procs"`
-	Mods      []string     `json:"mods"`
-	Frames    []htmlFrame  `json:"frames"`
-	Sites     []htmlSite   `json:"sites"`
-	Timeline  []Timeline   `json:"timeline"`
-	Peak      []Peak       `json:"peak"`
-	Verdict   SocketPath   `json:"verdict"`
-	Highlight []int        `json:"highlight"` // the stdio client's sources (the echo experiment's story)
+	Title     string      `json:"title"`
+	Command   string      `json:"command"`
+	Mode      string      `json:"mode"`
+	Start     string      `json:"start"`
+	Duration  float64     `json:"duration_seconds"`
+	Lost      uint64      `json:"lost_events"`
+	Warnings  []string    `json:"warnings"`
+	FileMaps  bool        `json:"file_maps"` // file mappings' sites shown at first (--include-file-maps)
+	MinAge    float64     `json:"min_age_seconds"`
+	Procs     []htmlProc  `json:"procs"`
+	Mods      []string    `json:"mods"`
+	Frames    []htmlFrame `json:"frames"`
+	Sites     []htmlSite  `json:"sites"`
+	Timeline  []Timeline  `json:"timeline"`
+	Peak      []Peak      `json:"peak"`
+	Verdict   SocketPath  `json:"verdict"`
+	Highlight []int       `json:"highlight"` // the stdio client's sources (the echo experiment's story)
 }
 
 type htmlProc struct {
