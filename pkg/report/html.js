@@ -211,7 +211,8 @@
     out.push('<polyline class="heap" points="' + line((j) => t.heap_bytes[j]) + '"/>');
     out.push('<polyline class="mmap" points="' + line((j) => t.mmap_bytes[j]) + '"/>');
     out.push('<circle id="tl-peak" class="peak" cx="' + X(at).toFixed(1) + '" cy="' + Y(max).toFixed(1) + '" r="5" data-bytes="' + max + '" data-step="' + at + '"/>');
-    out.push('<text x="' + Math.min(X(at) + 8, W - 200).toFixed(1) + '" y="' + (Y(max) + 14).toFixed(1) + '">peak ' + esc(bytes(max)) + ' at ' + secs(at).toFixed(3) + ' s</text>');
+    const right = X(at) > W / 2; // the label on the side with room
+    out.push('<text x="' + (X(at) + (right ? -10 : 10)).toFixed(1) + '" y="' + (Y(max) + 4).toFixed(1) + '" text-anchor="' + (right ? 'end' : 'start') + '">peak ' + esc(bytes(max)) + ' at ' + secs(at).toFixed(3) + ' s</text>');
     if (chartAt !== null && chartAt < n) out.push('<line class="cursor" x1="' + X(chartAt) + '" y1="' + T + '" x2="' + X(chartAt) + '" y2="' + (H - B) + '"/>');
     out.push('<text x="' + (L + 10) + '" y="14"><tspan fill="#222">■ total</tspan> <tspan fill="#2a6fdb">■ heap</tspan> <tspan fill="#e08a00">■ anonymous mmap</tspan></text>');
     svgc.innerHTML = out.join('');

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/udstrace/udstrace/internal/browsertest"
+	"github.com/udstrace/udstrace/internal/testenv"
+)
+
+// leakCacheChurnSrc leaks 1 KiB every millisecond or so, fills a cache of 64 × 4 KiB at the
+// start and keeps it, and allocates and frees 32 KiB in between.
+const leakCacheChurnSrc = `#include <stdlib.h>
+#include <unistd.h>
+static void *cache[64];
+static void *volatile sink;
+__attribute__((noinline)) void fill_cache(void) { for (int i = 0; i < 64; i++) cache[i] = malloc(4096); }
+__attribute__((noinline)) void leak_one(void) { sink = malloc(1024); }
+__attribute__((noinline)) void churn(void) { char *volatile p = malloc(32768); p[0] = 1; free(p); }
+int main(void) {
+	fill_cache();
+	for (int i = 0; i < 300; i++) { leak_one(); churn(); usleep(1000); }
+	return cache[0] == 0;
+}
+`
+
+// htmlReport is what the test reads of the JSON report: its own oracle for the page's figures.
+type htmlReport struct {
+	Sites []struct {
+		ID               int    `json:"id"`
+		Count            uint64 `json:"count"`
+		Bytes            uint64 `json:"bytes"`
+		OutstandingBytes uint64 `json:"outstanding_bytes"`
+		FileBacked       bool   `json:"file_backed"`
+		Stack            []struct {
+			Function string `json:"function"`
+		} `json:"stack"`
+	} `json:"sites"`
+	Peak []struct {
+		PID   uint32 `json:"pid"`
+		Bytes uint64 `json:"bytes"`
+		Sites []struct {
+			Site  int    `json:"site"`
+			Bytes uint64 `json:"bytes"`
+		} `json:"sites"`
+	} `json:"peak"`
+}
+
+// siteVia is the id of the (non-file) site whose stack passes through fn, -1 if none.
+func (r htmlReport) siteVia(fn string) int {
+	for _, s := range r.Sites {
+		if !s.FileBacked && slices.ContainsFunc(s.Stack, func(f struct {
+			Function string `json:"function"`
+		}) bool {
+			return f.Function == fn
+		}) {
+			return s.ID
+		}
+	}
+	return -1
+}
+
+// buildDir is the repository's .build, where the screenshots go (a CI artefact).
+func buildDir(t *testing.T) string {
+	t.Helper()
+	dir, err := filepath.Abs("../../.build")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestHTMLInBrowser: the page of a traced program with a leak, a cache and churn, made by
+// udstrace view from its JSON report, opened in headless Chromium: no console error, no request
+// of any kind; the flame graph's total is the JSON's for each weight; a clicked frame spans the
+// full width; the search finds leak_one with its share of the bytes; the chart's peak is the
+// JSON peak; the leak view ranks leak_one's site first and lists the cache as flat. --format
+// html writes the same page. Screenshots of each view go to .build/.
+func TestHTMLInBrowser(t *testing.T) {
+	testenv.NeedRoot(t)
+	bin := buildCLI(t)
+	prog := testenv.CompileC(t, "leakcache", leakCacheChurnSrc, "-fno-omit-frame-pointer")
+	dir := t.TempDir()
+	js, page := filepath.Join(dir, "r.json"), filepath.Join(dir, "r.html")
+	if _, stderr, code := runCLI(t, bin, "run", "-f", "json", "-o", js, "--", prog); code != exitOK {
+		t.Fatalf("run: exit %d: %s", code, stderr)
+	}
+	if _, stderr, code := runCLI(t, bin, "view", js, "-o", page); code != exitOK {
+		t.Fatalf("view: exit %d: %s", code, stderr)
+	}
+	raw, err := os.ReadFile(js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep htmlReport
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]uint64{}
+	var leakBytes uint64
+	leak, cache := rep.siteVia("leak_one"), rep.siteVia("fill_cache")
+	for _, s := range rep.Sites {
+		if s.FileBacked {
+			continue // off by default, as in the text report
+		}
+		want["bytes"] += s.Bytes
+		want["count"] += s.Count
+		want["held"] += s.OutstandingBytes
+		if s.ID == leak {
+			leakBytes += s.Bytes
+		}
+	}
+	for _, pk := range rep.Peak {
+		want["peak"] += pk.Bytes
+	}
+	if leak < 0 || cache < 0 || len(rep.Peak) != 1 || want["peak"] == 0 {
+		t.Fatalf("report: leak site %d, cache site %d, %d peaks: want both sites and one peak", leak, cache, len(rep.Peak))
+	}
+	shots := buildDir(t)
+
+	p, load := browsertest.Open(t, page, 1400, 900)
+	t.Logf("page of %d sites, %d bytes: loaded and drawn in %v", len(rep.Sites), len(raw), load)
+	p.Click(t, "#tab-flame")
+	for _, w := range []string{"bytes", "count", "held", "peak"} {
+		got := browsertest.Eval[string](t, p, fmt.Sprintf(`(() => { const s = document.querySelector('#weight'); s.value = %q;
+			s.dispatchEvent(new Event('change')); return document.querySelector('#flame-total').dataset.total; })()`, w))
+		if got != strconv.FormatUint(want[w], 10) {
+			t.Errorf("weight %s: flame graph total %s, JSON %d", w, got, want[w])
+		}
+	}
+	browsertest.Eval[bool](t, p, `(() => { const s = document.querySelector('#weight'); s.value = 'bytes'; s.dispatchEvent(new Event('change')); return true; })()`)
+
+	// Search: typed key by key, the share of leak_one is its site's share of the bytes.
+	p.Type(t, "#search", "leak_one")
+	share := browsertest.Eval[string](t, p, `document.querySelector('#search-result').dataset.percent`)
+	got, _ := strconv.ParseFloat(share, 64)
+	if wantShare := 100 * float64(leakBytes) / float64(want["bytes"]); math.Abs(got-wantShare) > 0.001 {
+		t.Errorf("search leak_one: %s%%, want %.4f%%", share, wantShare)
+	}
+	if n := browsertest.Eval[int](t, p, `document.querySelectorAll('#flame g.match').length`); n == 0 {
+		t.Errorf("search leak_one: no frame highlighted")
+	}
+	p.Screenshot(t, filepath.Join(shots, "html-search.png"))
+	browsertest.Eval[bool](t, p, `(() => { const s = document.querySelector('#search'); s.value = ''; s.dispatchEvent(new Event('input')); return true; })()`)
+
+	// Zoom: a real click on leak_one's frame makes it span the graph.
+	before := browsertest.Eval[[]float64](t, p, `(() => { const g = document.querySelector('#flame g[data-name="leak_one"]');
+		return [+g.dataset.id, +g.querySelector('rect').getAttribute('width'), document.querySelector('#flame').clientWidth]; })()`)
+	if before[1] >= before[2] {
+		t.Fatalf("leak_one's frame is %v wide of %v before the click: nothing to zoom", before[1], before[2])
+	}
+	p.Click(t, `#flame g[data-name="leak_one"] rect`)
+	after := browsertest.Eval[float64](t, p, fmt.Sprintf(`+document.querySelector('#flame g[data-id="%d"] rect').getAttribute('width')`, int(before[0])))
+	if math.Abs(after-before[2]) > 0.5 {
+		t.Errorf("clicked leak_one (%v px of %v): now %v px wide, want the full width", before[1], before[2], after)
+	}
+	p.Screenshot(t, filepath.Join(shots, "html-zoom.png"))
+	p.Click(t, "#reset")
+	p.Screenshot(t, filepath.Join(shots, "html-flame.png"))
+
+	// Memory over time: the chart's highest point is the JSON peak.
+	p.Click(t, "#tab-time")
+	if got := browsertest.Eval[string](t, p, `document.querySelector('#tl-peak').dataset.bytes`); got != strconv.FormatUint(rep.Peak[0].Bytes, 10) {
+		t.Errorf("chart peak %s, JSON peak %d", got, rep.Peak[0].Bytes)
+	}
+	if got := browsertest.Eval[string](t, p, `document.querySelector('#tl-sites tr[data-site]').dataset.site`); got != strconv.Itoa(rep.Peak[0].Sites[0].Site) {
+		t.Errorf("sites at the peak start with #%s, JSON peak with #%d", got, rep.Peak[0].Sites[0].Site)
+	}
+	p.Screenshot(t, filepath.Join(shots, "html-time.png"))
+
+	// Leaks: leak_one first among the growing, the cache among the flat.
+	p.Click(t, "#tab-leaks")
+	if got := browsertest.Eval[string](t, p, `(document.querySelector('#leaks-growing tr[data-site]') || {dataset: {}}).dataset.site || ''`); got != strconv.Itoa(leak) {
+		t.Errorf("leak view ranks site %q first, want leak_one's #%d", got, leak)
+	}
+	flat := browsertest.Eval[[]string](t, p, `[...document.querySelectorAll('#leaks-flat tr[data-site]')].map((r) => r.dataset.site)`)
+	if !slices.Contains(flat, strconv.Itoa(cache)) {
+		t.Errorf("old but flat sites %v lack the cache's #%d", flat, cache)
+	}
+	p.Screenshot(t, filepath.Join(shots, "html-leaks.png"))
+
+	errs, reqs := p.Problems()
+	if len(errs) > 0 || len(reqs) > 0 {
+		t.Errorf("console errors %q, requests %q: want none", errs, reqs)
+	}
+
+	// --format html: the same page straight from a trace.
+	direct := filepath.Join(dir, "direct.html")
+	if _, stderr, code := runCLI(t, bin, "run", "-f", "html", "-o", direct, "--", prog); code != exitOK {
+		t.Fatalf("run -f html: exit %d: %s", code, stderr)
+	}
+	q, _ := browsertest.Open(t, direct, 1400, 900)
+	if title := browsertest.Eval[string](t, q, `document.title`); !strings.HasSuffix(title, prog) {
+		t.Errorf("--format html page titled %q", title)
+	}
+	if errs, reqs := q.Problems(); len(errs) > 0 || len(reqs) > 0 {
+		t.Errorf("--format html: console errors %q, requests %q: want none", errs, reqs)
+	}
+}
