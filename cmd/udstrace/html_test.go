@@ -207,3 +207,38 @@ func TestHTMLInBrowser(t *testing.T) {
 		t.Errorf("--format html: console errors %q, requests %q: want none", errs, reqs)
 	}
 }
+
+// TestHTMLEchoVerdict: the echo experiment's page opens on the socket-path verdict, and the
+// flame graph outlines the stdio client's allocations (fdopen and the stdio buffer), only those.
+func TestHTMLEchoVerdict(t *testing.T) {
+	testenv.NeedRoot(t)
+	bin := buildCLI(t)
+	dir := t.TempDir()
+	page := filepath.Join(dir, "echo.html")
+	if _, stderr, code := runCLI(t, bin, "run", "--workload", "echo", "-f", "html", "-o", page); code != exitOK {
+		t.Fatalf("run --workload echo -f html: exit %d: %s", code, stderr)
+	}
+	p, _ := browsertest.Open(t, page, 1400, 900)
+	open := browsertest.Eval[[]bool](t, p, `[!document.querySelector('#view-verdict').hidden, document.querySelector('#view-flame').hidden,
+		document.querySelector('#verdict-line').textContent.startsWith('Conclusion: the AF_UNIX socket path allocated nothing')]`)
+	if !slices.Equal(open, []bool{true, true, true}) {
+		t.Errorf("verdict shown, flame graph hidden, verdict holds: %v, want all true", open)
+	}
+	p.Screenshot(t, filepath.Join(buildDir(t), "html-echo.png"))
+	p.Click(t, "#to-flame")
+	// The outlined frames: every one lies on the stdio client's stacks, and its leaf frames are
+	// the allocations behind the verdict's sources.
+	hl := browsertest.Eval[[]string](t, p, `[...document.querySelectorAll('#flame g.hl')].map((g) => g.dataset.name)`)
+	if !slices.Contains(hl, "_IO_new_fdopen") && !slices.Contains(hl, "fdopen") || !slices.Contains(hl, "_IO_file_doallocate") {
+		t.Errorf("outlined frames %q: want fdopen's and _IO_file_doallocate's", hl)
+	}
+	for _, name := range hl {
+		if strings.Contains(name, "echo-server") || strings.Contains(name, "read_line_raw") {
+			t.Errorf("outlined frame %q is not the stdio client's", name)
+		}
+	}
+	p.Screenshot(t, filepath.Join(buildDir(t), "html-echo-flame.png"))
+	if errs, reqs := p.Problems(); len(errs) > 0 || len(reqs) > 0 {
+		t.Errorf("console errors %q, requests %q: want none", errs, reqs)
+	}
+}

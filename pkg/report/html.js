@@ -287,7 +287,14 @@
     if (D.highlight.length) h += '<p>The stdio client\'s allocations (its stdio buffers) are outlined in red in the <a href="#" id="to-flame">flame graph</a>.</p>';
     $('#view-verdict').innerHTML = h;
     const a = $('#to-flame');
-    if (a) a.addEventListener('click', (e) => { e.preventDefault(); show('flame'); });
+    if (a) {
+      a.addEventListener('click', (e) => {
+        e.preventDefault();
+        const i = D.procs.findIndex((p) => p.role === 'client-stdio'); // its frames, wide enough to see
+        if (i >= 0) { $('#proc').value = i; state.proc = i; build(); renderTimeSelect(); }
+        show('flame');
+      });
+    }
   }
 
   function show(tab) {
