@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/chromedp/chromedp"
+
 	"github.com/udstrace/udstrace/internal/browsertest"
 	"github.com/udstrace/udstrace/internal/testenv"
 )
@@ -177,6 +179,14 @@ func TestHTMLInBrowser(t *testing.T) {
 		t.Errorf("sites at the peak start with #%s, JSON peak with #%d", got, rep.Peak[0].Sites[0].Site)
 	}
 	p.Screenshot(t, filepath.Join(shots, "html-time.png"))
+	// A click halfway lists the sites held then: the cache (256 KiB) before the leak (about 150 KiB by then).
+	p.Do(t, chromedp.MouseClickXY(700, 330))
+	if at := browsertest.Eval[string](t, p, `document.querySelector('#tl-at').textContent`); !strings.HasPrefix(at, "At ") {
+		t.Errorf("after a click halfway the chart lists %q, want the sites at that moment", at)
+	}
+	if got := browsertest.Eval[[]string](t, p, `[...document.querySelectorAll('#tl-sites tr[data-site]')].slice(0, 2).map((r) => r.dataset.site)`); !slices.Equal(got, []string{strconv.Itoa(cache), strconv.Itoa(leak)}) {
+		t.Errorf("sites held halfway %v, want the cache #%d, then the leak #%d", got, cache, leak)
+	}
 
 	// Leaks: leak_one first among the growing, the cache among the flat.
 	p.Click(t, "#tab-leaks")

@@ -205,18 +205,18 @@
       const v = max * k / 4;
       out.push('<text x="4" y="' + (Y(v) + 4).toFixed(1) + '">' + esc(bytes(Math.round(v))) + '</text>');
       const j = (n - 1) * k / 4;
-      out.push('<text x="' + (X(j) - 10).toFixed(1) + '" y="' + (H - 10) + '">' + secs(j).toFixed(3) + ' s</text>');
+      out.push('<text x="' + X(j).toFixed(1) + '" y="' + (H - 10) + '" text-anchor="' + (k === 0 ? 'start' : k === 4 ? 'end' : 'middle') + '">' + secs(j).toFixed(3) + ' s</text>');
     }
     out.push('<polygon class="total" points="' + X(0) + ',' + Y(0) + ' ' + line((j) => t.heap_bytes[j] + t.mmap_bytes[j]) + X(n - 1) + ',' + Y(0) + '"/>');
     out.push('<polyline class="heap" points="' + line((j) => t.heap_bytes[j]) + '"/>');
     out.push('<polyline class="mmap" points="' + line((j) => t.mmap_bytes[j]) + '"/>');
     out.push('<circle id="tl-peak" class="peak" cx="' + X(at).toFixed(1) + '" cy="' + Y(max).toFixed(1) + '" r="5" data-bytes="' + max + '" data-step="' + at + '"/>');
     const right = X(at) > W / 2; // the label on the side with room
-    out.push('<text x="' + (X(at) + (right ? -10 : 10)).toFixed(1) + '" y="' + (Y(max) + 4).toFixed(1) + '" text-anchor="' + (right ? 'end' : 'start') + '">peak ' + esc(bytes(max)) + ' at ' + secs(at).toFixed(3) + ' s</text>');
+    out.push('<text x="' + (X(at) + (right ? -10 : 10)).toFixed(1) + '" y="' + (Y(max) + 20).toFixed(1) + '" class="label" text-anchor="' + (right ? 'end' : 'start') + '">peak ' + esc(bytes(max)) + ' at ' + secs(at).toFixed(3) + ' s</text>');
     if (chartAt !== null && chartAt < n) out.push('<line class="cursor" x1="' + X(chartAt) + '" y1="' + T + '" x2="' + X(chartAt) + '" y2="' + (H - B) + '"/>');
     out.push('<text x="' + (L + 10) + '" y="14"><tspan fill="#222">■ total</tspan> <tspan fill="#2a6fdb">■ heap</tspan> <tspan fill="#e08a00">■ anonymous mmap</tspan></text>');
     svgc.innerHTML = out.join('');
-    $('#tl-info').textContent = n + ' points of ' + (t.step_ns / 1e6).toFixed(3) + ' ms; peak ' + bytes(max) + ' (' + num(max) + ' B); click the chart for the sites held then';
+    $('#tl-info').textContent = n + ' points, ' + (t.step_ns / 1e6).toFixed(3) + ' ms each; peak ' + bytes(max) + ' (' + num(max) + ' B); click the chart for the sites held then';
     $('#tl-info').dataset.peak = max;
     renderAt(t, chartAt === null ? at : chartAt, at);
   }
