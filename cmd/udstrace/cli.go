@@ -184,7 +184,7 @@ func usageLine(err error) string {
 	msg := err.Error()
 	if name, ok := strings.CutPrefix(msg, "unknown command "); ok {
 		name, _, _ = strings.Cut(name, " for ")
-		return "unknown command " + name + ": use run, attach, trace, top or version (see udstrace --help)"
+		return "unknown command " + name + ": use run, attach, trace, top, view or version (see udstrace --help)"
 	}
 	return msg
 }

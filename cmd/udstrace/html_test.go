@@ -204,14 +204,21 @@ func TestHTMLInBrowser(t *testing.T) {
 		t.Errorf("console errors %q, requests %q: want none", errs, reqs)
 	}
 
-	// --format html: the same page straight from a trace.
+	// --format html: the same page straight from a trace, here in count mode (no blocks: no
+	// timeline), every view drawn without an error.
 	direct := filepath.Join(dir, "direct.html")
-	if _, stderr, code := runCLI(t, bin, "run", "-f", "html", "-o", direct, "--", prog); code != exitOK {
-		t.Fatalf("run -f html: exit %d: %s", code, stderr)
+	if _, stderr, code := runCLI(t, bin, "run", "--mode", "count", "-f", "html", "-o", direct, "--", prog); code != exitOK {
+		t.Fatalf("run --mode count -f html: exit %d: %s", code, stderr)
 	}
 	q, _ := browsertest.Open(t, direct, 1400, 900)
 	if title := browsertest.Eval[string](t, q, `document.title`); !strings.HasSuffix(title, prog) {
 		t.Errorf("--format html page titled %q", title)
+	}
+	for _, tab := range []string{"#tab-time", "#tab-leaks", "#tab-flame"} {
+		q.Click(t, tab)
+	}
+	if got := browsertest.Eval[string](t, q, `document.querySelector('#flame-total').dataset.total`); got == "" || got == "0" {
+		t.Errorf("count mode: flame graph total %q", got)
 	}
 	if errs, reqs := q.Problems(); len(errs) > 0 || len(reqs) > 0 {
 		t.Errorf("--format html: console errors %q, requests %q: want none", errs, reqs)
@@ -250,5 +257,36 @@ func TestHTMLEchoVerdict(t *testing.T) {
 	p.Screenshot(t, filepath.Join(buildDir(t), "html-echo-flame.png"))
 	if errs, reqs := p.Problems(); len(errs) > 0 || len(reqs) > 0 {
 		t.Errorf("console errors %q, requests %q: want none", errs, reqs)
+	}
+}
+
+// TestViewBadInput: view refuses what is not a saved JSON report in one line: a missing file
+// or a document of another schema is udstrace's failure (125), no file or two a usage error (2);
+// nothing is written.
+func TestViewBadInput(t *testing.T) {
+	bin := buildCLI(t)
+	dir := t.TempDir()
+	other := filepath.Join(dir, "other.json")
+	if err := os.WriteFile(other, []byte(`{"schema": "udstrace.interval/v1"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out.html")
+	for _, c := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"view", filepath.Join(dir, "missing.json"), "-o", out}, exitFailure, "reading report: open "},
+		{[]string{"view", other, "-o", out}, exitFailure, `schema "udstrace.interval/v1", not "udstrace.report/v1"`},
+		{[]string{"view", "-o", out}, exitUsage, "accepts 1 arg(s)"},
+		{[]string{"view", other, other, "-o", out}, exitUsage, "accepts 1 arg(s)"},
+	} {
+		_, stderr, code := runCLI(t, bin, c.args...)
+		if code != c.code || !strings.Contains(stderr, c.msg) || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("udstrace %q: exit %d, %q; want exit %d and one line with %q", c.args, code, stderr, c.code, c.msg)
+		}
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("a failed view left %s: %v", out, err)
 	}
 }
