@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
 
 	"github.com/udstrace/udstrace/internal/browsertest"
@@ -155,6 +156,17 @@ func TestHTMLInBrowser(t *testing.T) {
 	p.Screenshot(t, filepath.Join(shots, "html-search.png"))
 	browsertest.Eval[bool](t, p, `(() => { const s = document.querySelector('#search'); s.value = ''; s.dispatchEvent(new Event('input')); return true; })()`)
 
+	// Tooltip: the mouse over leak_one's frame tells its module, source line and figures.
+	box := browsertest.Eval[[]float64](t, p, `(() => { const r = document.querySelector('#flame g[data-name="leak_one"] rect').getBoundingClientRect();
+		return [r.x + r.width / 2, r.y + r.height / 2]; })()`)
+	p.Do(t, chromedp.MouseEvent(input.DispatchMouseEventTypeMouseMoved, box[0], box[1]))
+	tip := browsertest.Eval[string](t, p, `document.querySelector('#tip').hidden ? '' : document.querySelector('#tip').textContent`)
+	for _, want := range []string{"leak_one\n", "module: " + prog + "\n", "source: leakcache.c:", fmt.Sprintf("bytes allocated: %s", bytesShown(leakBytes))} {
+		if !strings.Contains(tip, want) {
+			t.Errorf("tooltip over leak_one %q lacks %q", tip, want)
+		}
+	}
+
 	// Zoom: a real click on leak_one's frame makes it span the graph.
 	before := browsertest.Eval[[]float64](t, p, `(() => { const g = document.querySelector('#flame g[data-name="leak_one"]');
 		return [+g.dataset.id, +g.querySelector('rect').getAttribute('width'), document.querySelector('#flame').clientWidth]; })()`)
@@ -289,4 +301,23 @@ func TestViewBadInput(t *testing.T) {
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		t.Errorf("a failed view left %s: %v", out, err)
 	}
+}
+
+// bytesShown is how the page writes a byte figure of 1 KiB or more: "300.0 KiB (307,200 B)".
+func bytesShown(n uint64) string {
+	v, u := float64(n), 0
+	units := []string{"B", "KiB", "MiB", "GiB"}
+	for v >= 1024 && u < len(units)-1 {
+		v /= 1024
+		u++
+	}
+	digits := 1
+	if v < 10 {
+		digits = 2
+	}
+	s := strconv.FormatUint(n, 10)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return strconv.FormatFloat(v, 'f', digits, 64) + " " + units[u] + " (" + s + " B)"
 }
