@@ -278,3 +278,62 @@ func TestPeakFoldedSites(t *testing.T) {
 		t.Errorf("peak %+v, want 1060 bytes at 2 sites (one folded)", pk)
 	}
 }
+
+// TestTimelineRandomEvents: over random event sequences (FuzzBuilder's: forks, execs, exits,
+// realloc, mmap, munmap, mremap, file mappings), every process's peak is its series' highest
+// point, its sites' holdings then add up to it, it is at least what the process holds at the
+// end, and the series stay within their bounds.
+func TestTimelineRandomEvents(t *testing.T) {
+	rng := rand.New(rand.NewPCG(15, 3))
+	checked, coarse := 0, 0
+	for round := range 3000 {
+		data := make([]byte, 6*(1+rng.IntN(200)))
+		for i := range data {
+			data[i] = byte(rng.UintN(256))
+		}
+		evs, _ := decodeEvents(data)
+		scale := []uint64{1, 1e5, 1e8}[round%3] // up to 3 ns, 0.3 ms or 0.3 s between events: coarsened series too
+		for _, e := range evs {
+			switch e := e.(type) {
+			case *event.Alloc:
+				e.Time *= scale
+			case *event.Proc:
+				e.Time *= scale
+			}
+		}
+		b := NewBuilder(testOpts(Options{}))
+		feed(t, b, evs...)
+		r := b.Finish(&fakeSym{}, Meta{})
+		peaks := map[int]Peak{}
+		for _, pk := range r.Peak {
+			var sum uint64
+			for _, ps := range pk.Sites {
+				sum += ps.Bytes
+			}
+			if sum != pk.Bytes || pk.HeapBytes+pk.MmapBytes != pk.Bytes {
+				t.Fatalf("round %d (%x): peak %+v: sites add up to %d", round, data, pk, sum)
+			}
+			peaks[pk.Process] = pk
+			checked++
+		}
+		for _, tl := range r.Timeline {
+			if tl.StepNs > firstStep {
+				coarse++
+			}
+			_, high := highest(tl)
+			pk := peaks[tl.Process]
+			out := r.Processes[tl.Process].OutstandingBytes
+			if high != pk.Bytes || out > pk.Bytes || len(tl.HeapBytes) > maxPoints || len(tl.HeapBytes) != len(tl.MmapBytes) {
+				t.Fatalf("round %d (%x): pid %d: highest point %d, peak %d, outstanding at the end %d, %d points", round, data, tl.PID, high, pk.Bytes, out, len(tl.HeapBytes))
+			}
+			for _, ss := range tl.Sites {
+				if len(ss.Bytes) > sitePoints {
+					t.Fatalf("round %d: site %d: %d values", round, ss.Site, len(ss.Bytes))
+				}
+			}
+		}
+	}
+	if checked < 3000 || coarse < 500 {
+		t.Errorf("only %d peaks, %d coarsened timelines in 3000 rounds", checked, coarse)
+	}
+}
