@@ -51,6 +51,7 @@ type htmlReport struct {
 		Bytes uint64 `json:"bytes"`
 		Sites []struct {
 			Site  int    `json:"site"`
+			Count uint64 `json:"count"`
 			Bytes uint64 `json:"bytes"`
 		} `json:"sites"`
 	} `json:"peak"`
@@ -128,6 +129,15 @@ func TestHTMLInBrowser(t *testing.T) {
 	}
 	if leak < 0 || cache < 0 || len(rep.Peak) != 1 || want["peak"] == 0 {
 		t.Fatalf("report: leak site %d, cache site %d, %d peaks: want both sites and one peak", leak, cache, len(rep.Peak))
+	}
+	// The program's own arithmetic: its peak is during the last churn, after the 300th leak.
+	held := map[int][2]uint64{}
+	for _, ps := range rep.Peak[0].Sites {
+		held[ps.Site] = [2]uint64{ps.Count, ps.Bytes}
+	}
+	churn := rep.siteVia("churn")
+	if held[leak] != [2]uint64{300, 300 * 1024} || held[cache] != [2]uint64{64, 64 * 4096} || held[churn] != [2]uint64{1, 32768} {
+		t.Errorf("held at the peak: leak %v, cache %v, churn %v; want 300 blocks of 1 KiB, 64 of 4 KiB, 1 of 32 KiB", held[leak], held[cache], held[churn])
 	}
 	shots := buildDir(t)
 
