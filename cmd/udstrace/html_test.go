@@ -111,9 +111,10 @@ func TestHTMLInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]uint64{}
-	var leakBytes uint64
+	var leakBytes, withFiles uint64
 	leak, cache := rep.siteVia("leak_one"), rep.siteVia("fill_cache")
 	for _, s := range rep.Sites {
+		withFiles += s.Bytes
 		if s.FileBacked {
 			continue // off by default, as in the text report
 		}
@@ -152,6 +153,12 @@ func TestHTMLInBrowser(t *testing.T) {
 		}
 	}
 	browsertest.Eval[bool](t, p, `(() => { const s = document.querySelector('#weight'); s.value = 'bytes'; s.dispatchEvent(new Event('change')); return true; })()`)
+	// The kind filter: file mappings (ld.so maps the libraries) join the bytes when asked.
+	p.Click(t, "#k-file")
+	if got := browsertest.Eval[string](t, p, `document.querySelector('#flame-total').dataset.total`); got != strconv.FormatUint(withFiles, 10) || withFiles == want["bytes"] {
+		t.Errorf("with file mappings: flame graph total %s, JSON %d (%d without)", got, withFiles, want["bytes"])
+	}
+	p.Click(t, "#k-file")
 
 	// Search: typed key by key, the share of leak_one is its site's share of the bytes.
 	p.Type(t, "#search", "leak_one")
@@ -253,9 +260,44 @@ func TestHTMLEchoVerdict(t *testing.T) {
 	testenv.NeedRoot(t)
 	bin := buildCLI(t)
 	dir := t.TempDir()
-	page := filepath.Join(dir, "echo.html")
-	if _, stderr, code := runCLI(t, bin, "run", "--workload", "echo", "-f", "html", "-o", page); code != exitOK {
-		t.Fatalf("run --workload echo -f html: exit %d: %s", code, stderr)
+	js, page := filepath.Join(dir, "echo.json"), filepath.Join(dir, "echo.html")
+	if _, stderr, code := runCLI(t, bin, "run", "--workload", "echo", "-f", "json", "-o", js); code != exitOK {
+		t.Fatalf("run --workload echo: exit %d: %s", code, stderr)
+	}
+	if _, stderr, code := runCLI(t, bin, "view", js, "-o", page); code != exitOK {
+		t.Fatalf("view: exit %d: %s", code, stderr)
+	}
+	raw, err := os.ReadFile(js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Sites []struct {
+			PID        uint32 `json:"pid"`
+			Bytes      uint64 `json:"bytes"`
+			FileBacked bool   `json:"file_backed"`
+		} `json:"sites"`
+		SocketPath struct {
+			Processes []struct {
+				PID  uint32 `json:"pid"`
+				Role string `json:"role"`
+			} `json:"processes"`
+		} `json:"socket_path"`
+	}
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatal(err)
+	}
+	var stdio uint32
+	for _, sp := range rep.SocketPath.Processes {
+		if sp.Role == "client-stdio" {
+			stdio = sp.PID
+		}
+	}
+	var stdioBytes uint64
+	for _, s := range rep.Sites {
+		if s.PID == stdio && !s.FileBacked {
+			stdioBytes += s.Bytes
+		}
 	}
 	p, _ := browsertest.Open(t, page, 1400, 900)
 	open := browsertest.Eval[[]bool](t, p, `[!document.querySelector('#view-verdict').hidden, document.querySelector('#view-flame').hidden,
@@ -265,6 +307,10 @@ func TestHTMLEchoVerdict(t *testing.T) {
 	}
 	p.Screenshot(t, filepath.Join(buildDir(t), "html-echo.png"))
 	p.Click(t, "#to-flame")
+	// The link filters the flame graph to the stdio client.
+	if got := browsertest.Eval[string](t, p, `document.querySelector('#flame-total').dataset.total`); stdio == 0 || got != strconv.FormatUint(stdioBytes, 10) {
+		t.Errorf("the stdio client's (pid %d) flame graph totals %s, JSON %d", stdio, got, stdioBytes)
+	}
 	// The outlined frames: every one lies on the stdio client's stacks, and its leaf frames are
 	// the allocations behind the verdict's sources.
 	hl := browsertest.Eval[[]string](t, p, `[...document.querySelectorAll('#flame g.hl')].map((g) => g.dataset.name)`)
