@@ -46,11 +46,12 @@
       if (!shown(s)) continue;
       let n = root;
       add(n, s);
-      const keys = byProc ? ['p' + s.p].concat(s.s) : s.s;
+      const keys = (byProc ? ['p' + s.p] : []).concat(s.s.length ? s.s : ['none']);
       for (const k of keys) {
         let c = n.kids.get(k);
         if (!c) {
-          if (typeof k === 'string') c = node(procName(s.p), -1, '', n);
+          if (k === 'none') c = node('(no stack)', -1, '', n);
+          else if (typeof k === 'string') c = node(procName(s.p), -1, '', n);
           else { const f = D.frames[k]; c = node(f[0] || '?', f[1], f[2], n); }
           n.kids.set(k, c);
         }
@@ -185,10 +186,11 @@
     }
   }
   let chartAt = null;
+  // The timeline chosen, none when the selection has none (+'' would be 0: another process's).
+  const chosenTimeline = () => { const v = $('#tl-proc').value; return v === '' ? null : D.timeline[+v]; };
   function renderChart() {
     const svgc = $('#chart');
-    const i = +$('#tl-proc').value;
-    const t = D.timeline[i];
+    const t = chosenTimeline();
     if (!t) { svgc.innerHTML = '<text x="20" y="40">no memory held in this selection (count mode tracks no blocks)</text>'; $('#tl-info').textContent = ''; return; }
     const W = svgc.clientWidth || 1200, H = svgc.clientHeight || 320, L = 70, R = 20, T = 20, B = 30;
     const n = t.heap_bytes.length;
@@ -237,7 +239,7 @@
   }
   $('#tl-proc').addEventListener('change', () => { chartAt = null; renderChart(); });
   $('#chart').addEventListener('click', (e) => {
-    const t = D.timeline[+$('#tl-proc').value];
+    const t = chosenTimeline();
     if (!t) return;
     const r = $('#chart').getBoundingClientRect();
     const n = t.heap_bytes.length;

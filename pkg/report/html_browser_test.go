@@ -84,3 +84,41 @@ func TestHTMLTenThousandSites(t *testing.T) {
 		t.Errorf("console errors %q, requests %q: want none", errs, reqs)
 	}
 }
+
+// TestHTMLEdgeCases: a site without a stack is drawn as "(no stack)" (its bytes in the graph),
+// and a process that held no block shows no chart, not another process's.
+func TestHTMLEdgeCases(t *testing.T) {
+	if testing.Short() {
+		t.Skip("opens a browser")
+	}
+	r := build(t, Meta{Command: []string{"edge"}},
+		al(1*ms, 1, event.Malloc, 100, 0x10, nil),
+		al(2*ms, 1, event.Malloc, 200, 0x20, stMain),
+		al(3*ms, 2, event.Brk, 4096, 0, stBrk),
+	)
+	page := filepath.Join(t.TempDir(), "edge.html")
+	f, err := os.Create(page)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteHTML(f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	p, _ := browsertest.Open(t, page, 1200, 800)
+	if got := browsertest.Eval[[]string](t, p, `[document.querySelector('#flame-total').dataset.total,
+		document.querySelector('#flame g[data-name="(no stack)"] rect').getAttribute('width')]`); got[0] != "4396" || got[1] == "" {
+		t.Errorf("flame total %s, (no stack) frame %s px wide: want 4396 and a frame", got[0], got[1])
+	}
+	p.Click(t, "#tab-time")
+	one := browsertest.Eval[string](t, p, `document.querySelector('#tl-info').dataset.peak`)
+	browsertest.Eval[bool](t, p, `(() => { const s = document.querySelector('#proc');
+		s.value = [...s.options].find((o) => o.text.includes('(2')).value; s.dispatchEvent(new Event('change')); return true; })()`)
+	two := browsertest.Eval[string](t, p, `document.querySelector('#chart').textContent`)
+	if one != "300" || two != "no memory held in this selection (count mode tracks no blocks)" {
+		t.Errorf("pid 1's chart peaks at %s (want 300); pid 2's chart reads %q (want no chart)", one, two)
+	}
+	if errs, reqs := p.Problems(); len(errs) > 0 || len(reqs) > 0 {
+		t.Errorf("console errors %q, requests %q: want none", errs, reqs)
+	}
+}
