@@ -34,6 +34,7 @@ type config struct {
 	pairs, pairsTraced, threads, repeat int
 	markdown                            bool
 	compileLines                        int
+	htmlSites                           int
 }
 
 func main() {
@@ -47,6 +48,7 @@ func main() {
 	flag.IntVar(&c.repeat, "repeat", 3, "runs per row; the table shows the median run")
 	flag.BoolVar(&c.markdown, "markdown", false, "print the tables as Markdown")
 	flag.IntVar(&c.compileLines, "compile-lines", 2000, "lines of the generated C file the compile rows build with gcc -O2 -c (0: no compile rows)")
+	flag.IntVar(&c.htmlSites, "html-sites", 10000, "sites of the report whose HTML page the html row draws in headless Chromium (0: no html row)")
 	udstrace := flag.String("udstrace", "./udstrace", "udstrace binary (make build)")
 	udsFlags := flag.String("udstrace-flags", "", "extra flags for every udstrace run, space-separated (e.g. --no-cache)")
 	allocount := flag.String("allocount", "workload/bin/allocount.so", "LD_PRELOAD counting interposer (make build)")
@@ -80,6 +82,9 @@ func main() {
 	}
 	if err == nil && c.compileLines > 0 {
 		err = benchCompile(ctx, e, c)
+	}
+	if err == nil && c.htmlSites > 0 {
+		err = benchHTML(ctx, e, c)
 	}
 	if e.tmp != "" {
 		os.RemoveAll(e.tmp)

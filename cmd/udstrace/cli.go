@@ -33,7 +33,7 @@ func run(ctx context.Context, args []string) int {
 	root.SetArgs(args)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintf(os.Stderr, "udstrace: %s\n", usageLine(err))
-		if errors.Is(err, errDocs) {
+		if errors.Is(err, errDocs) || errors.As(err, new(viewFailure)) {
 			return exitFailure
 		}
 		return exitUsage
@@ -157,6 +157,8 @@ func write(w io.Writer, rep *report.Report, o options) error {
 		return rep.WriteJSON(w)
 	case "pprof":
 		return rep.WritePprof(w)
+	case "html":
+		return rep.WriteHTML(w)
 	case "folded":
 		return rep.WriteFolded(w, report.FoldedOptions{Weight: report.Weight(o.weight), ProcessRoot: o.foldedRoot == "process"})
 	}
@@ -182,7 +184,7 @@ func usageLine(err error) string {
 	msg := err.Error()
 	if name, ok := strings.CutPrefix(msg, "unknown command "); ok {
 		name, _, _ = strings.Cut(name, " for ")
-		return "unknown command " + name + ": use run, attach, trace, top or version (see udstrace --help)"
+		return "unknown command " + name + ": use run, attach, trace, top, view or version (see udstrace --help)"
 	}
 	return msg
 }

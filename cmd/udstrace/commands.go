@@ -102,7 +102,7 @@ func newRoot(o *options, inv *invocation) *cobra.Command {
 		Short: "print udstrace's version, commit, Go and cilium/ebpf versions and the kernel features it finds",
 		Args:  cobra.NoArgs,
 		Run:   func(c *cobra.Command, _ []string) { printVersion(c.OutOrStdout()) },
-	}, &cobra.Command{
+	}, newView(), &cobra.Command{
 		Use:    "docs DIR",
 		Short:  "write man pages (DIR/man1) and shell completions (DIR/completions) for make install",
 		Hidden: true,

@@ -53,7 +53,7 @@ type options struct {
 	fileMaps   bool
 }
 
-var formats = []string{"text", "json", "ndjson", "pprof", "folded"}
+var formats = []string{"text", "json", "ndjson", "pprof", "folded", "html"}
 
 // addFlags defines every option on fs, GNU-style (--name, and -x where the field has one: -o as
 // strace, -p and -f as bpftrace). Every subcommand parses all of them, so that one given where it

@@ -72,6 +72,8 @@ type proc struct {
 	group       int     // processes folded into this one (0: a single process)
 	ordinal     int     // how many processes were seen before this one
 	gone        bool    // folded into a group: no longer reported
+
+	mem *memTrack // memory over time and the peak (timeline.go); nil for a folded group
 }
 
 // block is a live heap block or mmap region; s is nil for blocks inherited across fork.
@@ -117,6 +119,7 @@ type site struct {
 	// one), and every such thread once there are two (threads.go).
 	tid     uint32
 	threads map[uint32]struct{}
+	mem     siteMem // held bytes over time, and at the peak (timeline.go)
 }
 
 // NewBuilder returns an empty Builder.
@@ -136,7 +139,7 @@ func NewBuilder(opts Options) *Builder {
 
 // newProc starts a new incarnation of pid.
 func (b *Builder) newProc(pid uint32) *proc {
-	p := &proc{idx: b.nextIdx, pid: pid, ordinal: b.seen}
+	p := &proc{idx: b.nextIdx, pid: pid, ordinal: b.seen, mem: &memTrack{clock: &b.latest}}
 	b.nextIdx++
 	b.seen++
 	b.procs = append(b.procs, p)

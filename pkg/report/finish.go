@@ -108,6 +108,10 @@ func (b *Builder) finish(sym Symbolizer, meta Meta, lazy bool) *Report {
 		}
 		r.Sites = append(r.Sites, out)
 	}
+	r.Timeline, r.Peak = []Timeline{}, []Peak{}
+	if !lazy { // live views draw no timeline
+		r.Timeline, r.Peak = b.timelines(procs, plan, b.lastID)
+	}
 	if plan != nil {
 		r.Sites = append(r.Sites, plan.folded(b.lastID, ages, now)...)
 		r.Warnings = append(r.Warnings, plan.warning(b.opts.MaxSites))

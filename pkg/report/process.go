@@ -126,6 +126,7 @@ func (p *proc) addBlocks(m *map[uint64]block, s *site, addr, size, t, n uint64) 
 func (s *site) addOut(n, bytes uint64) {
 	s.outCount += n
 	s.outBytes += bytes
+	s.p.mem.record(s, n, bytes)
 	if s.file {
 		s.p.fileOut += bytes
 		return

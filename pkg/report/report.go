@@ -160,6 +160,10 @@ type Report struct {
 	topSites     int           // text only
 	withFileMaps bool          // views show file mappings' sites too (IncludeFileMaps)
 	lazy         *lazyStacks   // a Snapshot's stacks, symbolized on demand (SiteStack)
+
+	// Each process's memory over time, and its peak (timeline.go; empty in live snapshots).
+	Timeline []Timeline `json:"timeline"`
+	Peak     []Peak     `json:"peak"`
 }
 
 // TracerStats is what the trace cost udstrace itself.
