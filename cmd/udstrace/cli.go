@@ -122,6 +122,12 @@ func (o *options) sessionOptions(command []string) session.Options {
 		Stdout: os.Stderr, Stderr: os.Stderr, KillAfter: killAfter(o.killAfter), KillNow: killNow,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	}
+	if o.kernelSet != nil && o.kernelSet() {
+		sopts.Kernel = session.KernelOff
+		if o.kernel {
+			sopts.Kernel = session.KernelOn
+		}
+	}
 	sopts.Debuginfod, _ = o.debuginfod()                    // validated
 	sopts.OnTracing = func() { sopts.Log.Debug("tracing") } // tests time --duration from here
 	if o.verify {
