@@ -34,12 +34,17 @@ enum kmem_kind { KM_KMALLOC = 1, KM_CACHE, KM_PAGE };
 enum kmem_stat {
 	KS_IRQ,       /* allocations in interrupt context while a traced task was current: left out */
 	KS_LIVE_FULL, /* kmem_live full: an allocation whose free cannot be paired (sent, flagged) */
-	KS_NOSTACK,   /* the kernel stack could not be taken (stack map bucket taken): sent without one */
+	KS_NOSTACK,   /* the kernel stack could not be taken: sent without one */
+	KS_DEEP,      /* kernel stacks cut at KMEM_FRAMES frames (the event is kept) */
 	KS_RINGBUF,   /* a kernel allocation or free the ring had no room for */
 	KS_STATS
 };
 
-/* One kernel allocation (EV_KMEM) or the free of one (EV_KFREE): 96 bytes. */
+#define KMEM_FRAMES 32 /* kernel frames kept: the allocator's callers, innermost first */
+
+/* One kernel allocation (EV_KMEM: 352 bytes) or the free of one (EV_KFREE: the first 96). Its
+ * kernel stack travels inline: a stack map would cost megabytes preallocated and lose stacks to
+ * bucket collisions; the few distinct kernel stacks are told apart in user space. */
 struct kmem_event {
 	u8 type;
 	u8 kind;  /* enum kmem_kind */
@@ -53,9 +58,13 @@ struct kmem_event {
 	u64 bytes_req;
 	u64 bytes_alloc;
 	u64 call_site;
-	s64 stack; /* kernel stack id in kstacks; < 0: none */
+	u32 nframes; /* EV_KMEM: kernel frames in frames[] */
+	u32 _pad2;
 	char name[32]; /* EV_KMEM: the cache's name (truncated at 31); EV_KFREE: the freeing task's comm */
+	u64 frames[KMEM_FRAMES]; /* EV_KMEM only */
 };
+
+#define KFREE_SIZE (sizeof(struct kmem_event) - KMEM_FRAMES * 8)
 
 struct kmem_live_val {
 	u32 tgid;
@@ -68,13 +77,6 @@ struct {
 	__type(key, u64);
 	__type(value, struct kmem_live_val);
 } kmem_live SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(max_entries, 1 << 14);
-	__uint(key_size, sizeof(u32));
-	__uint(value_size, 127 * sizeof(u64));
-} kstacks SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -200,7 +202,7 @@ static __always_inline void kmem_alloc(void *ctx, u8 kind, u64 site, u64 ptr, u6
 		count_kmem(KS_RINGBUF);
 		return;
 	}
-	__builtin_memset(ev, 0, sizeof(*ev));
+	__builtin_memset(ev, 0, KFREE_SIZE); /* the frames are written below */
 	ev->type = EV_KMEM;
 	ev->kind = kind;
 	ev->pid = tgid;
@@ -218,9 +220,13 @@ static __always_inline void kmem_alloc(void *ctx, u8 kind, u64 site, u64 ptr, u6
 		ev->sock = k->call;
 	if (cache)
 		bpf_probe_read_kernel_str(ev->name, sizeof(ev->name), cache);
-	ev->stack = bpf_get_stackid(ctx, &kstacks, 0);
-	if (ev->stack < 0)
+	long got = bpf_get_stack(ctx, ev->frames, sizeof(ev->frames), 0);
+	if (got <= 0)
 		count_kmem(KS_NOSTACK);
+	else
+		ev->nframes = (u64)got / 8;
+	if (ev->nframes == KMEM_FRAMES)
+		count_kmem(KS_DEEP);
 	struct kmem_live_val v = { .tgid = tgid };
 	if (bpf_map_update_elem(&kmem_live, &ptr, &v, BPF_ANY)) {
 		ev->flags |= KF_UNTRACKED;
@@ -239,12 +245,12 @@ static __always_inline void kmem_free(void *ctx, u64 ptr)
 	if (bpf_map_delete_elem(&kmem_live, &ptr))
 		return; /* another CPU's free of it took it first */
 	u64 queued;
-	struct kmem_event *ev = reserve(sizeof(*ev), &queued);
+	struct kmem_event *ev = reserve(KFREE_SIZE, &queued);
 	if (!ev) {
 		count_kmem(KS_RINGBUF);
 		return;
 	}
-	__builtin_memset(ev, 0, sizeof(*ev));
+	__builtin_memset(ev, 0, KFREE_SIZE);
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	ev->type = EV_KFREE;
 	ev->pid = pid_tgid >> 32;
@@ -252,10 +258,9 @@ static __always_inline void kmem_free(void *ctx, u64 ptr)
 	ev->sys = owner;
 	ev->ts = bpf_ktime_get_ns();
 	ev->addr = ptr;
-	ev->stack = -1;
 	ev->flags = irq_context(ctx) | (is_kthread() ? KF_KTHREAD : 0);
 	bpf_get_current_comm(ev->name, sizeof(ev->name));
-	submit(ev, sizeof(*ev), queued);
+	submit(ev, KFREE_SIZE, queued);
 }
 
 /* Pages are keyed by their struct page | 1: never a slab object's address (those are aligned).

@@ -36,11 +36,11 @@ type Kernel struct {
 	// Socket is the AF_UNIX socket call the thread was in (InSocket false: none).
 	Socket   SocketCall
 	InSocket bool
-	Req      uint64 // bytes requested (a cache's object size)
-	Bytes    uint64 // bytes allocated (the cache's slot size, the pages' size)
-	CallSite uint64 // the kernel's caller of the allocator (kmalloc, kmem_cache_alloc)
-	StackID  int64  // kernel stack id; < 0: none
-	Name     string // allocations: the cache's name ("" for kmalloc and pages); frees: the freeing task's comm
+	Req      uint64   // bytes requested (a cache's object size)
+	Bytes    uint64   // bytes allocated (the cache's slot size, the pages' size)
+	CallSite uint64   // the kernel's caller of the allocator (kmalloc, kmem_cache_alloc)
+	Frames   []uint64 // kernel return addresses, innermost first (at most 32); valid during the call only
+	Name     string   // allocations: the cache's name ("" for kmalloc and pages); frees: the freeing task's comm
 	// Untracked: the kernel's table of live objects was full, so this allocation's free cannot be
 	// seen; IRQ, KThread: the free ran in interrupt context or in a kernel thread.
 	Untracked, IRQ, KThread bool

@@ -63,27 +63,12 @@ func (t *Tracer) attachKmem() error {
 	return nil
 }
 
-// KernelStack returns the kernel return addresses of stack id, innermost first.
-func (t *Tracer) KernelStack(id int64) ([]uint64, error) {
-	if id < 0 || t.objs.Kstacks == nil {
-		return nil, nil
-	}
-	var raw [127]uint64
-	if err := t.objs.Kstacks.Lookup(uint32(id), &raw); err != nil {
-		return nil, fmt.Errorf("reading kernel stack %d: %w", id, err)
-	}
-	n := 0
-	for n < len(raw) && raw[n] != 0 {
-		n++
-	}
-	return append([]uint64(nil), raw[:n]...), nil
-}
-
 // KernelStats are bpf/kmem.h's counters: what the kernel half left out or could not complete.
 type KernelStats struct {
 	IRQ      uint64 // allocations in interrupt context while a traced task was current: not attributed
 	LiveFull uint64 // allocations whose free cannot be paired (the live-object table was full)
 	NoStack  uint64 // allocations sent without a kernel stack
+	Deep     uint64 // kernel stacks cut at their 32 innermost frames (the event kept)
 	RingLost uint64 // kernel allocations and frees the ring had no room for (also in Lost.Ring)
 }
 
@@ -93,7 +78,7 @@ func (t *Tracer) KernelStats() (KernelStats, error) {
 	if t.objs.KmemStats == nil {
 		return out, nil
 	}
-	for i, p := range []*uint64{&out.IRQ, &out.LiveFull, &out.NoStack, &out.RingLost} {
+	for i, p := range []*uint64{&out.IRQ, &out.LiveFull, &out.NoStack, &out.Deep, &out.RingLost} {
 		var perCPU []uint64
 		if err := t.objs.KmemStats.Lookup(uint32(i), &perCPU); err != nil {
 			return out, fmt.Errorf("reading kmem counters: %w", err)
@@ -111,13 +96,14 @@ type KernelHandler interface {
 }
 
 func (r *record) decodeKmem(raw []byte) bool {
-	if len(raw) < int(unsafe.Sizeof(udstraceKmemEvent{})) {
+	const freeSize = int(unsafe.Offsetof(udstraceKmemEvent{}.Frames))
+	if len(raw) < freeSize || (raw[0] == evKmem && len(raw) < int(unsafe.Sizeof(udstraceKmemEvent{}))) {
 		return false
 	}
 	ev := (*udstraceKmemEvent)(unsafe.Pointer(&raw[0]))
 	k := event.Kernel{Free: ev.Type == evKfree, Kind: event.KernelKind(ev.Kind), Time: ev.Ts, PID: ev.Pid,
 		TID: ev.Tid, Addr: ev.Addr, Req: ev.BytesReq, Bytes: ev.BytesAlloc, CallSite: ev.CallSite,
-		StackID: ev.Stack, Name: cString(ev.Name[:]), Untracked: ev.Flags&kfUntracked != 0,
+		Name: cString(ev.Name[:]), Untracked: ev.Flags&kfUntracked != 0,
 		IRQ: ev.Flags&kfIRQ != 0, KThread: ev.Flags&kfKthread != 0}
 	if k.Free {
 		k.Owner = uint32(ev.Sys)
@@ -127,6 +113,10 @@ func (r *record) decodeKmem(raw []byte) bool {
 			k.Socket, k.InSocket = event.SocketCall(ev.Sock-1), true
 		}
 	}
+	frames := r.kmem.Frames[:0] // reused: the handler copies what it keeps
 	r.kmem = k
+	if !k.Free {
+		r.kmem.Frames = append(frames, ev.Frames[:min(int(ev.Nframes), len(ev.Frames))]...)
+	}
 	return true
 }

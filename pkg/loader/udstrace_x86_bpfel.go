@@ -84,8 +84,10 @@ type udstraceKmemEvent struct {
 	BytesReq   uint64
 	BytesAlloc uint64
 	CallSite   uint64
-	Stack      int64
+	Nframes    uint32
+	Pad2       uint32
 	Name       [32]int8
+	Frames     [32]uint64
 }
 
 type udstraceKmemLiveVal struct {
@@ -306,7 +308,6 @@ const (
 	udstraceMapKmemSp           = "kmem_sp"
 	udstraceMapKmemStats        = "kmem_stats"
 	udstraceMapKsockTasks       = "ksock_tasks"
-	udstraceMapKstacks          = "kstacks"
 	udstraceMapLost             = "lost"
 	udstraceMapMapGens          = "map_gens"
 	udstraceMapModInfo          = "mod_info"
@@ -447,7 +448,6 @@ type udstraceMapSpecs struct {
 	KmemSp        *ebpf.MapSpec `ebpf:"kmem_sp"`
 	KmemStats     *ebpf.MapSpec `ebpf:"kmem_stats"`
 	KsockTasks    *ebpf.MapSpec `ebpf:"ksock_tasks"`
-	Kstacks       *ebpf.MapSpec `ebpf:"kstacks"`
 	Lost          *ebpf.MapSpec `ebpf:"lost"`
 	MapGens       *ebpf.MapSpec `ebpf:"map_gens"`
 	ModInfo       *ebpf.MapSpec `ebpf:"mod_info"`
@@ -534,7 +534,6 @@ type udstraceMaps struct {
 	KmemSp        *ebpf.Map `ebpf:"kmem_sp"`
 	KmemStats     *ebpf.Map `ebpf:"kmem_stats"`
 	KsockTasks    *ebpf.Map `ebpf:"ksock_tasks"`
-	Kstacks       *ebpf.Map `ebpf:"kstacks"`
 	Lost          *ebpf.Map `ebpf:"lost"`
 	MapGens       *ebpf.Map `ebpf:"map_gens"`
 	ModInfo       *ebpf.Map `ebpf:"mod_info"`
@@ -566,7 +565,6 @@ func (m *udstraceMaps) Close() error {
 		m.KmemSp,
 		m.KmemStats,
 		m.KsockTasks,
-		m.Kstacks,
 		m.Lost,
 		m.MapGens,
 		m.ModInfo,

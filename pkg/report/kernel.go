@@ -27,6 +27,7 @@ type KernelMeta struct {
 	IRQ      uint64 // allocations in interrupt context while a traced task was current: left out
 	LiveFull uint64 // allocations whose free cannot be paired (the kernel's live table was full)
 	NoStack  uint64 // allocations without a kernel stack
+	Deep     uint64 // kernel stacks cut at their 32 innermost frames
 	RingLost uint64 // kernel events the ring had no room for
 	// Messages is what each client of the echo workload writes (0: not the echo workload).
 	Messages int
@@ -44,6 +45,7 @@ type KernelReport struct {
 	Untracked        uint64 `json:"untracked"`
 	InterruptLeftOut uint64 `json:"interrupt_left_out"`
 	NoStack          uint64 `json:"no_stack"`
+	DeepStacks       uint64 `json:"deep_stacks"`
 	Lost             uint64 `json:"lost"`
 }
 
@@ -58,7 +60,10 @@ type KernelSite struct {
 	Entry string `json:"entry"`
 	// Syscall is the syscall number when Entry is "syscall", else -1; SocketCall names the
 	// AF_UNIX socket call the task was in ("" none).
-	Syscall          int64  `json:"syscall"`
+	Syscall int64 `json:"syscall"`
+	// UserFault: the stack passes through the page-fault handler: a fault on user memory taken
+	// inside the kernel (copy_to_user into a buffer not yet touched), the process's own memory.
+	UserFault        bool   `json:"user_fault,omitempty"`
 	SocketCall       string `json:"socket_call"`
 	Count            uint64 `json:"count"`
 	BytesRequested   uint64 `json:"bytes_requested"`
@@ -149,8 +154,8 @@ func trimKernelFrames(frames []KernelFrame) []KernelFrame {
 }
 
 // KernelAlloc records a kernel allocation made in a traced task, its stack named (frames as
-// the kernel gave them, innermost first). The caller holds whatever guards the builder.
-func (b *Builder) KernelAlloc(k *event.Kernel, frames []KernelFrame) {
+// the kernel gave them, innermost first; stackID the same for the same frames, -1: none). The caller holds whatever guards the builder.
+func (b *Builder) KernelAlloc(k *event.Kernel, stackID int64, frames []KernelFrame) {
 	ks := b.kernel()
 	p := b.procFor(k.PID)
 	sock := 0
@@ -162,7 +167,7 @@ func (b *Builder) KernelAlloc(k *event.Kernel, frames []KernelFrame) {
 	if entry == "syscall" {
 		sys = k.Sys
 	}
-	key := ksiteKey{p: p, kind: k.Kind, cache: k.Name, stack: k.StackID, sock: sock, sys: sys}
+	key := ksiteKey{p: p, kind: k.Kind, cache: k.Name, stack: stackID, sock: sock, sys: sys}
 	s := ks.sites[key]
 	if s == nil {
 		s = &ksite{p: p, sock: sock, freed: map[KernelFreer]uint64{}}
@@ -172,6 +177,9 @@ func (b *Builder) KernelAlloc(k *event.Kernel, frames []KernelFrame) {
 			s.SocketCall = k.Socket.String()
 		}
 		s.Stack = trimKernelFrames(frames)
+		for _, f := range s.Stack {
+			s.UserFault = s.UserFault || f.Function == "handle_mm_fault"
+		}
 		ks.sites[key] = s
 		ks.order = append(ks.order, s)
 	}
@@ -234,7 +242,7 @@ func (b *Builder) kernelReport(r *Report, meta Meta) {
 	}
 	kr := &KernelReport{Frees: ks.frees, FreedByOther: ks.other, Untracked: ks.untr}
 	if m := meta.Kernel; m != nil {
-		kr.InterruptLeftOut, kr.NoStack, kr.Lost = m.IRQ, m.NoStack, m.RingLost
+		kr.InterruptLeftOut, kr.NoStack, kr.DeepStacks, kr.Lost = m.IRQ, m.NoStack, m.Deep, m.RingLost
 	}
 	r.KernelSites = []KernelSite{}
 	for _, s := range ks.order {

@@ -26,6 +26,7 @@ type SocketKernel struct {
 	PerMessage float64 `json:"per_message"`
 	// Outstanding: of Allocations, the blocks still held when the process exited (or at the end).
 	Outstanding uint64 `json:"outstanding"`
+	// Page faults on the process's own memory taken inside these calls are not counted (UserFault).
 	// SetupAllocations: kernel allocations of its other AF_UNIX socket calls (socket, connect,
 	// accept, bind, listen, close), reported apart: the peer may hold them past its exit.
 	SetupAllocations uint64 `json:"setup_allocations"`
@@ -73,7 +74,7 @@ func (b *Builder) kernelVerdict(r *Report, meta Meta) {
 	}
 	for _, s := range r.KernelSites {
 		k := byPID[s.PID]
-		if k == nil || s.SocketCall == "" {
+		if k == nil || s.SocketCall == "" || s.UserFault {
 			continue
 		}
 		call, _ := event.SocketCallByName(s.SocketCall)

@@ -1,6 +1,9 @@
 package session
 
 import (
+	"fmt"
+	"unsafe"
+
 	"github.com/udstrace/udstrace/pkg/event"
 	"github.com/udstrace/udstrace/pkg/report"
 	"github.com/udstrace/udstrace/pkg/symbolize"
@@ -25,12 +28,13 @@ func kernelWanted(opts Options) bool {
 	return opts.Workload == "echo" && opts.Mode != "count"
 }
 
-// kernelStacks names kernel stack ids once each, from the tracer's stack map and kallsyms.
+// kernelStacks names each distinct kernel stack once, from kallsyms, and numbers it.
 type kernelStacks struct {
-	byID map[int64][]report.KernelFrame
+	ids    map[string]int64
+	frames [][]report.KernelFrame // by id
 }
 
-// Kernel hands a kernel allocation or free to the builder, its stack named the first time its id is seen.
+// Kernel hands a kernel allocation or free to the builder, its stack named the first time it is seen.
 func (h *handler) Kernel(k *event.Kernel) {
 	s := h.s
 	if k.Free {
@@ -39,44 +43,40 @@ func (h *handler) Kernel(k *event.Kernel) {
 		s.bmu.Unlock()
 		return
 	}
-	frames := s.kernelFrames(k.StackID)
+	id, frames := s.kernelFrames(k.Frames)
 	s.bmu.Lock()
-	s.builder.KernelAlloc(k, frames)
+	s.builder.KernelAlloc(k, id, frames)
 	s.bmu.Unlock()
 }
 
-func (s *Session) kernelFrames(id int64) []report.KernelFrame {
-	if id < 0 {
-		return nil
+func (s *Session) kernelFrames(addrs []uint64) (int64, []report.KernelFrame) {
+	if len(addrs) == 0 {
+		return -1, nil
 	}
-	if s.kstacks.byID == nil {
-		s.kstacks.byID = map[int64][]report.KernelFrame{}
+	ks := &s.kstacks
+	if ks.ids == nil {
+		ks.ids = map[string]int64{}
 	}
-	if f, ok := s.kstacks.byID[id]; ok {
-		return f
-	}
-	addrs, err := s.tracer.KernelStack(id)
-	if err != nil {
-		s.warn("%v", err)
+	raw := unsafe.Slice((*byte)(unsafe.Pointer(&addrs[0])), 8*len(addrs))
+	if id, ok := ks.ids[string(raw)]; ok {
+		return id, ks.frames[id]
 	}
 	named, err := symbolize.KernelSymbols().Frames(addrs)
 	if err != nil {
-		s.warn("naming kernel frames: %v", err)
+		s.warnOnce(fmt.Sprintf("naming kernel frames: %v", err))
 	}
 	out := make([]report.KernelFrame, len(addrs))
 	for i, a := range addrs {
-		f := report.KernelFrame{Frame: i, Addr: a, Module: "vmlinux"}
+		n := symbolize.KernelFrame{Addr: a, Module: "vmlinux"}
 		if i < len(named) {
-			n := named[i]
-			f.Function, f.Offset, f.Module = n.Function, n.Offset, n.Module
-			f.Symbol = n.Symbol()
-		} else {
-			f.Symbol = symbolize.KernelFrame{Addr: a}.Symbol()
+			n = named[i]
 		}
-		out[i] = f
+		out[i] = report.KernelFrame{Frame: i, Addr: a, Module: n.Module, Function: n.Function, Offset: n.Offset, Symbol: n.Symbol()}
 	}
-	s.kstacks.byID[id] = out
-	return out
+	id := int64(len(ks.frames))
+	ks.ids[string(raw)] = id
+	ks.frames = append(ks.frames, out)
+	return id, out
 }
 
 // kernelMeta reads the kernel half's counters for the report; nil when it is off.
@@ -88,7 +88,7 @@ func (s *Session) kernelMeta() *report.KernelMeta {
 	if err != nil {
 		s.warn("%v", err)
 	}
-	m := &report.KernelMeta{IRQ: st.IRQ, LiveFull: st.LiveFull, NoStack: st.NoStack, RingLost: st.RingLost}
+	m := &report.KernelMeta{IRQ: st.IRQ, LiveFull: st.LiveFull, NoStack: st.NoStack, Deep: st.Deep, RingLost: st.RingLost}
 	if s.opts.Workload == "echo" {
 		m.Messages = s.opts.Messages
 	}
