@@ -69,6 +69,7 @@ func run(ctx context.Context, args []string) int {
 		}
 		return exitFailure
 	}
+	o.kernelSet = inv.set("kernel")
 	sopts := o.sessionOptions(rest)
 	stream := newStreamer(out, o, sub)
 	if stream != nil {
@@ -122,7 +123,7 @@ func (o *options) sessionOptions(command []string) session.Options {
 		Stdout: os.Stderr, Stderr: os.Stderr, KillAfter: killAfter(o.killAfter), KillNow: killNow,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	}
-	if o.kernelSet != nil && o.kernelSet() {
+	if o.kernelSet {
 		sopts.Kernel = session.KernelOff
 		if o.kernel {
 			sopts.Kernel = session.KernelOn

@@ -52,7 +52,7 @@ type options struct {
 	sort       string
 	fileMaps   bool
 	kernel     bool
-	kernelSet  func() bool // whether --kernel was given
+	kernelSet  bool // --kernel was given (else: on for the echo workload only)
 }
 
 var formats = []string{"text", "json", "ndjson", "pprof", "folded"}
@@ -67,7 +67,6 @@ func addFlags(fs *pflag.FlagSet, o *options) {
 	fs.IntVar(&o.size, "size", 0, "echo: bytes per message (0: the classic three strings)")
 	fs.StringVar(&o.user, "user", "nobody", "echo: run the workload as this unprivileged `USER`")
 	fs.BoolVar(&o.kernel, "kernel", false, "also trace the kernel's own allocations (slab, pages) in the traced tasks, with kernel stacks and frees paired across processes; on by default for the echo workload (--kernel=false turns it off); costs a tracepoint hit on every kernel allocation of the machine")
-	o.kernelSet = func() bool { f := fs.Lookup("kernel"); return f != nil && f.Changed }
 	fs.StringVarP(&o.format, "format", "f", "text", "report format: "+strings.Join(formats, ", "))
 	fs.StringVarP(&o.output, "output", "o", "", "write the report to `FILE` instead of stdout (- : stdout)")
 	fs.StringVar(&o.mode, "mode", "full", "full (every call paired with its free, stacks, outstanding) or count (calls and bytes per stack, aggregated in the kernel, frees not traced; cheapest)")
