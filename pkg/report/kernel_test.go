@@ -105,3 +105,53 @@ func TestKernelOffLeavesReportAlone(t *testing.T) {
 		t.Errorf("kernel half present with --kernel off: %+v %+v", r.Kernel, r.SocketPath.Kernel)
 	}
 }
+
+// TestKernelFramesInViews: folded and pprof carry the kernel sites, their frames marked (_[k];
+// a "[kernel] vmlinux" mapping) above a root naming the call, with the sites' weights.
+func TestKernelFramesInViews(t *testing.T) {
+	b := NewBuilder(testOpts(Options{}))
+	allocs, socks := echoRun()
+	feed(t, b, allocs...)
+	feed(t, b, socks...)
+	b.KernelAlloc(kalloc(200, 11, 0x1000, event.SockWrite, true), 1, kSend)
+	b.KernelAlloc(kalloc(201, 11, 0x1001, event.SockWrite, true), 1, kSend)
+	b.KernelFree(kfree(210, 10, 0x1000))
+	r := b.Finish(&fakeSym{}, Meta{Roles: echoRoles, Kernel: &KernelMeta{Messages: 2}})
+	var folded strings.Builder
+	if err := r.WriteFolded(&folded, FoldedOptions{ProcessRoot: true}); err != nil {
+		t.Fatal(err)
+	}
+	want := "comm-11;[kernel:_write_on_AF_UNIX];entry_SYSCALL_64_after_hwframe_[k];do_syscall_64_[k];ksys_write_[k];vfs_write_[k];sock_write_iter_[k];unix_stream_sendmsg_[k];sock_alloc_send_pskb_[k];__alloc_skb_[k];kmalloc_reserve_[k];__kmalloc_node_track_caller_noprof_[k] 1024"
+	if !strings.Contains(folded.String(), want+"\n") {
+		t.Errorf("folded lacks\n%s\n:\n%s", want, folded.String())
+	}
+	folded.Reset()
+	if err := r.WriteFolded(&folded, FoldedOptions{Weight: WeightOutstandingCount}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(folded.String(), "__kmalloc_node_track_caller_noprof_[k] 1\n") {
+		t.Errorf("outstanding-count folded:\n%s", folded.String())
+	}
+	p := r.Profile()
+	if err := p.CheckValid(); err != nil {
+		t.Fatal(err)
+	}
+	var kernelSamples int
+	for _, s := range p.Sample {
+		if len(s.Label["kernel"]) == 0 {
+			continue
+		}
+		kernelSamples++
+		top := s.Location[0]
+		if top.Mapping.File != "[kernel] vmlinux" || top.Line[0].Function.Name != "__kmalloc_node_track_caller_noprof" ||
+			s.Value[0] != 2 || s.Value[1] != 1024 || s.Value[2] != 1 || s.Label["socket_call"][0] != "write" {
+			t.Errorf("kernel sample: %+v at %s in %s", s.Value, top.Line[0].Function.Name, top.Mapping.File)
+		}
+		if last := s.Location[len(s.Location)-1]; last.Line[0].Function.Name != "[kernel: write on AF_UNIX]" {
+			t.Errorf("kernel sample's root: %s", last.Line[0].Function.Name)
+		}
+	}
+	if kernelSamples != 1 || p.Mapping[0].File == "[kernel] vmlinux" {
+		t.Errorf("%d kernel samples; first mapping %s", kernelSamples, p.Mapping[0].File)
+	}
+}
