@@ -129,6 +129,9 @@ func start(opts Options, filter bool) (*Session, error) {
 		return nil, err
 	}
 	began := time.Now()
+	if kernelWanted(opts) {
+		go symbolize.KernelSymbols().Warm() // read while the BPF programs load
+	}
 	tr, err := loader.Load(loader.Config{
 		Filter: filter, Follow: opts.Follow, StackMode: mode, StackBytes: opts.StackBytes,
 		RingBytes: opts.RingBytes, TableSize: opts.TableSize, UnwindRows: opts.UnwindRows, Debug: opts.Debug, Count: opts.Mode == "count",

@@ -103,6 +103,16 @@ func parseKallsyms(r io.Reader) ([]ksym, error) {
 	return out, nil
 }
 
+// Warm reads the table now (a trace starts it while its BPF programs load: the first kernel stack
+// then does not wait ~40 ms for it).
+func (k *Kallsyms) Warm() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if !k.loaded {
+		k.load()
+	}
+}
+
 // Frames names a kernel stack's return addresses (innermost first): each is looked up at
 // addr-1, inside the call it returns from.
 func (k *Kallsyms) Frames(addrs []uint64) ([]KernelFrame, error) {
