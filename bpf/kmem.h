@@ -24,6 +24,7 @@ enum kmem_kind { KM_KMALLOC = 1, KM_CACHE, KM_PAGE };
 /* Event types of their own, numbered apart from enum event_type. */
 #define EV_KMEM 32
 #define EV_KFREE 33
+#define EV_KSYS 34 /* the end of an AF_UNIX socket call that made kernel allocations: its user stack */
 
 /* kmem_event flags. */
 #define KF_UNTRACKED 1 /* kmem_live was full: its free cannot be paired */
@@ -59,7 +60,7 @@ struct kmem_event {
 	u64 bytes_alloc;
 	u64 call_site;
 	u32 nframes; /* EV_KMEM: kernel frames in frames[] */
-	u32 _pad2;
+	u32 seq;     /* EV_KMEM in a socket call: the thread's call number, as its EV_KSYS says */
 	char name[32]; /* EV_KMEM: the cache's name (truncated at 31); EV_KFREE: the freeing task's comm */
 	u64 frames[KMEM_FRAMES]; /* EV_KMEM only */
 };
@@ -87,7 +88,22 @@ struct {
 
 /* The AF_UNIX socket call a thread is in (set at sys_enter, cleared at sys_exit). */
 struct ksock_state {
-	u8 call; /* 1 + sock_call; 0: none */
+	u8 call;   /* 1 + sock_call; 0: none */
+	u8 allocs; /* the kernel allocated in it: its user stack goes out at sys_exit */
+	u16 _pad;
+	u32 seq;   /* the thread's socket calls so far */
+};
+
+/* EV_KSYS: a socket call that made kernel allocations is leaving; stack is its user stack id (the
+ * frames went out as EV_STACK), under which the allocations of call seq of thread tid belong. */
+struct ksys_event {
+	u8 type;
+	u8 flags; /* F_STACK_TRUNC, F_STACK_RAW as alloc_event's */
+	u16 _pad;
+	u32 pid;
+	u32 tid;
+	u32 seq;
+	u64 stack;
 };
 
 struct {
@@ -163,18 +179,55 @@ static __always_inline void ksock_enter(u32 call)
 		return;
 	struct ksock_state *k = bpf_task_storage_get(&ksock_tasks, bpf_get_current_task_btf(), 0,
 						     BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (k)
+	if (k) {
 		k->call = call + 1;
+		k->allocs = 0;
+		k->seq++;
+	}
+}
+
+/* ksock_user_stack sends the user stack of the socket call seq that is leaving (bpf/syscalls.h's
+ * sys_exit, which has the stack code anyway): the kernel allocations it made go below it. */
+static __always_inline void ksock_user_stack(void *ctx, u32 seq)
+{
+	struct thread_state *ts = thread_state(true);
+	if (!ts) {
+		count_lost(LOST_INFLIGHT);
+		return;
+	}
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	fill_header(&ts->hdr.a, EV_SYS, K_NONE, pid_tgid, false);
+	struct start *from = &ts->from;
+	__builtin_memset(from, 0, sizeof(*from));
+	user_regs(&from->pc, &from->sp, &from->fp);
+	stack_and_emit(ctx, ts, SO_SYS | SO_ID_ONLY);
+	u64 queued;
+	struct ksys_event *ev = reserve(sizeof(*ev), &queued);
+	if (!ev) {
+		count_kmem(KS_RINGBUF);
+		return;
+	}
+	ev->type = EV_KSYS;
+	ev->flags = ts->hdr.a.flags;
+	ev->_pad = 0;
+	ev->pid = pid_tgid >> 32;
+	ev->tid = (u32)pid_tgid;
+	ev->seq = seq;
+	ev->stack = ts->hdr.a.stack;
+	submit(ev, sizeof(*ev), queued);
 }
 
 /* ksock_exit ends it: a socket-numbered syscall is leaving (any process; most have no mark). */
-static __always_inline void ksock_exit(void)
+static __always_inline void ksock_exit(void *ctx)
 {
 	if (!cfg_kernel)
 		return;
 	struct ksock_state *k = bpf_task_storage_get(&ksock_tasks, bpf_get_current_task_btf(), 0, 0);
-	if (k)
-		k->call = 0;
+	if (!k || !k->call)
+		return;
+	k->call = 0;
+	if (k->allocs)
+		ksock_user_stack(ctx, k->seq);
 }
 
 /* kmem_traced says whether an allocation on this CPU now is a traced task's own doing; one in
@@ -218,8 +271,11 @@ static __always_inline void kmem_alloc(void *ctx, u8 kind, u64 site, u64 ptr, u6
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
 	ev->sys = (s32)BPF_CORE_READ(regs, orig_ax);
 	struct ksock_state *k = bpf_task_storage_get(&ksock_tasks, task, 0, 0);
-	if (k)
+	if (k && k->call) {
 		ev->sock = k->call;
+		ev->seq = k->seq;
+		k->allocs = 1;
+	}
 	if (cache)
 		bpf_probe_read_kernel_str(ev->name, sizeof(ev->name), cache);
 	long got = bpf_get_stack(ctx, ev->frames, sizeof(ev->frames), 0);

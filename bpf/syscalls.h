@@ -89,7 +89,7 @@ int sys_exit(u64 *ctx)
 {
 	struct pt_regs *regs = (struct pt_regs *)ctx[0];
 	if (cfg_kernel && sock_call(sys_nr(regs)) != S_COUNT)
-		ksock_exit();
+		ksock_exit(ctx);
 	if (mem_kind(sys_nr(regs)) == K_NONE || compat_syscall())
 		return 0;
 	return mem_sys_exit(ctx, (long)ctx[1]);

@@ -35,3 +35,4 @@ const struct module_key *unused_module_key __attribute__((unused));
 const struct module_info *unused_module_info __attribute__((unused));
 const struct unwind_rule *unused_unwind_rule __attribute__((unused));
 const struct kmem_event *unused_kmem_event __attribute__((unused));
+const struct ksys_event *unused_ksys_event __attribute__((unused));

@@ -41,6 +41,13 @@ type Kernel struct {
 	CallSite uint64   // the kernel's caller of the allocator (kmalloc, kmem_cache_alloc)
 	Frames   []uint64 // kernel return addresses, innermost first (at most 32); valid during the call only
 	Name     string   // allocations: the cache's name ("" for kmalloc and pages); frees: the freeing task's comm
+	// Seq numbers the thread's AF_UNIX socket calls (allocations made in one; 0 none).
+	Seq uint32
+	// End: not an allocation but the end of socket call Seq, which allocated; UserStack is its
+	// user stack id (UserRaw: with frames to name from the process's mappings).
+	End       bool
+	UserStack uint64
+	UserRaw   bool
 	// Untracked: the kernel's table of live objects was full, so this allocation's free cannot be
 	// seen; IRQ, KThread: the free ran in interrupt context or in a kernel thread.
 	Untracked, IRQ, KThread bool

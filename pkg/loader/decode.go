@@ -79,7 +79,7 @@ func (r *record) deliver(h Handler) {
 		h.Map(r.proc.m)
 	case evSock:
 		h.FirstSocket(r.proc.p.PID, r.proc.p.Time)
-	case evKmem, evKfree:
+	case evKmem, evKfree, evKsys:
 		if kh, ok := h.(KernelHandler); ok {
 			kh.Kernel(&r.kmem)
 		}
@@ -165,6 +165,8 @@ func (r *record) decode(raw []byte) bool {
 		r.decodeProc((*udstraceProcEvent)(unsafe.Pointer(&raw[0])))
 	case evKmem, evKfree:
 		return r.decodeKmem(raw)
+	case evKsys:
+		return r.decodeKsys(raw)
 	default:
 		return false
 	}

@@ -18,6 +18,7 @@ import (
 const (
 	evKmem  = 32
 	evKfree = 33
+	evKsys  = 34
 
 	kfUntracked = 1
 	kfIRQ       = 2
@@ -95,6 +96,16 @@ type KernelHandler interface {
 	Kernel(k *event.Kernel)
 }
 
+func (r *record) decodeKsys(raw []byte) bool {
+	if len(raw) < int(unsafe.Sizeof(udstraceKsysEvent{})) {
+		return false
+	}
+	ev := (*udstraceKsysEvent)(unsafe.Pointer(&raw[0]))
+	r.kmem = event.Kernel{End: true, PID: ev.Pid, TID: ev.Tid, Seq: ev.Seq, UserStack: ev.Stack,
+		UserRaw: ev.Flags&flagStackRaw != 0, Frames: r.kmem.Frames[:0]}
+	return true
+}
+
 func (r *record) decodeKmem(raw []byte) bool {
 	const freeSize = int(unsafe.Offsetof(udstraceKmemEvent{}.Frames))
 	if len(raw) < freeSize || (raw[0] == evKmem && len(raw) < int(unsafe.Sizeof(udstraceKmemEvent{}))) {
@@ -108,7 +119,7 @@ func (r *record) decodeKmem(raw []byte) bool {
 	if k.Free {
 		k.Owner = uint32(ev.Sys)
 	} else {
-		k.Sys = int64(ev.Sys)
+		k.Sys, k.Seq = int64(ev.Sys), ev.Seq
 		if ev.Sock != 0 {
 			k.Socket, k.InSocket = event.SocketCall(ev.Sock-1), true
 		}

@@ -85,7 +85,7 @@ type udstraceKmemEvent struct {
 	BytesAlloc uint64
 	CallSite   uint64
 	Nframes    uint32
-	Pad2       uint32
+	Seq        uint32
 	Name       [32]int8
 	Frames     [32]uint64
 }
@@ -97,8 +97,22 @@ type udstraceKmemLiveVal struct {
 }
 
 type udstraceKsockState struct {
-	_    structs.HostLayout
-	Call uint8
+	_      structs.HostLayout
+	Call   uint8
+	Allocs uint8
+	Pad    uint16
+	Seq    uint32
+}
+
+type udstraceKsysEvent struct {
+	_     structs.HostLayout
+	Type  uint8
+	Flags uint8
+	Pad   uint16
+	Pid   uint32
+	Tid   uint32
+	Seq   uint32
+	Stack uint64
 }
 
 type udstraceMapEntry struct {
@@ -370,6 +384,7 @@ const (
 	udstraceVarUnusedCountKey   = "unused_count_key"
 	udstraceVarUnusedFreeEvent  = "unused_free_event"
 	udstraceVarUnusedKmemEvent  = "unused_kmem_event"
+	udstraceVarUnusedKsysEvent  = "unused_ksys_event"
 	udstraceVarUnusedModuleInfo = "unused_module_info"
 	udstraceVarUnusedModuleKey  = "unused_module_key"
 	udstraceVarUnusedProcEvent  = "unused_proc_event"
@@ -500,6 +515,7 @@ type udstraceVariableSpecs struct {
 	UnusedCountKey   *ebpf.VariableSpec `ebpf:"unused_count_key"`
 	UnusedFreeEvent  *ebpf.VariableSpec `ebpf:"unused_free_event"`
 	UnusedKmemEvent  *ebpf.VariableSpec `ebpf:"unused_kmem_event"`
+	UnusedKsysEvent  *ebpf.VariableSpec `ebpf:"unused_ksys_event"`
 	UnusedModuleInfo *ebpf.VariableSpec `ebpf:"unused_module_info"`
 	UnusedModuleKey  *ebpf.VariableSpec `ebpf:"unused_module_key"`
 	UnusedProcEvent  *ebpf.VariableSpec `ebpf:"unused_proc_event"`
@@ -618,6 +634,7 @@ type udstraceVariables struct {
 	UnusedCountKey   *ebpf.Variable `ebpf:"unused_count_key"`
 	UnusedFreeEvent  *ebpf.Variable `ebpf:"unused_free_event"`
 	UnusedKmemEvent  *ebpf.Variable `ebpf:"unused_kmem_event"`
+	UnusedKsysEvent  *ebpf.Variable `ebpf:"unused_ksys_event"`
 	UnusedModuleInfo *ebpf.Variable `ebpf:"unused_module_info"`
 	UnusedModuleKey  *ebpf.Variable `ebpf:"unused_module_key"`
 	UnusedProcEvent  *ebpf.Variable `ebpf:"unused_proc_event"`

@@ -128,7 +128,7 @@ func (b *Builder) finish(sym Symbolizer, meta Meta, lazy bool) *Report {
 		return st
 	}
 	r.SocketPath = b.verdict(procs, meta.Roles, stackOf, r.LostEvents)
-	b.kernelReport(r, meta)
+	b.kernelReport(r, meta, func(id uint64) []StackFrame { return sc.expand(b.frames(id)) })
 	b.kernelVerdict(r, meta)
 	for _, sp := range r.SocketPath.Processes {
 		if sp.AfterIsUpperBound {

@@ -74,6 +74,17 @@ type KernelSite struct {
 	OutstandingAtExit uint64        `json:"outstanding_at_exit"`
 	FreedBy           []KernelFreer `json:"freed_by"`
 	Stack             []KernelFrame `json:"stack"`
+	// UserStacks: the user stacks of the socket calls that made the site's allocations, most
+	// calls first (only for AF_UNIX socket calls: their user stack is taken as they leave).
+	UserStacks []KernelUserStack `json:"user_stacks,omitempty"`
+}
+
+// KernelUserStack is one user stack under a kernel site: how many of its allocations (and bytes)
+// the socket calls made from there.
+type KernelUserStack struct {
+	Count uint64       `json:"count"`
+	Bytes uint64       `json:"bytes"`
+	Stack []StackFrame `json:"stack"`
 }
 
 // KernelFreer is who freed a site's blocks: a process (by pid), or a context.
@@ -98,6 +109,14 @@ type ksite struct {
 	p     *proc
 	sock  int
 	freed map[KernelFreer]uint64 // Count 0 in the key
+	users map[uint64]*[2]uint64  // user stack id -> calls, bytes
+}
+
+// kpending are the allocations of a thread's socket call in progress, until its user stack comes.
+type kpending struct {
+	seq   uint32
+	sites []*ksite
+	bytes []uint64
 }
 
 type kblock struct {
@@ -109,6 +128,7 @@ type kernelState struct {
 	sites map[ksiteKey]*ksite
 	order []*ksite
 	live  map[uint64]kblock
+	calls map[uint32]*kpending // by tid
 	frees uint64
 	other uint64
 	untr  uint64
@@ -116,7 +136,7 @@ type kernelState struct {
 
 func (b *Builder) kernel() *kernelState {
 	if b.kern == nil {
-		b.kern = &kernelState{sites: map[ksiteKey]*ksite{}, live: map[uint64]kblock{}}
+		b.kern = &kernelState{sites: map[ksiteKey]*ksite{}, live: map[uint64]kblock{}, calls: map[uint32]*kpending{}}
 	}
 	return b.kern
 }
@@ -134,19 +154,19 @@ func entryOf(frames []KernelFrame) string {
 	return "other"
 }
 
-// trimKernelFrames drops the tracing machinery's own frames above the allocator.
+// trimKernelFrames drops the tracing machinery's own frames above the allocator: everything up
+// to the last of them among the innermost few (the BPF program itself, when kallsyms named it,
+// bpf_trace_run*, the tracepoint's iterator).
 func trimKernelFrames(frames []KernelFrame) []KernelFrame {
-	i := 0
-	for i < len(frames) {
+	cut := 0
+	for i := 0; i < len(frames) && i < 6; i++ {
 		fn := frames[i].Function
-		if !strings.HasPrefix(fn, "bpf_trace_run") && !strings.HasPrefix(fn, "__bpf_trace_") &&
-			!strings.HasPrefix(fn, "__traceiter_") && !strings.HasPrefix(fn, "bpf_prog_") &&
-			!strings.HasPrefix(fn, "__bpf_prog_") {
-			break
+		if frames[i].Module == "bpf" || strings.HasPrefix(fn, "bpf_trace_run") || strings.HasPrefix(fn, "__bpf_trace_") ||
+			strings.HasPrefix(fn, "__traceiter_") || strings.HasPrefix(fn, "bpf_prog_") || strings.HasPrefix(fn, "__bpf_prog_") {
+			cut = i + 1
 		}
-		i++
 	}
-	out := slices.Clone(frames[i:])
+	out := slices.Clone(frames[cut:])
 	for j := range out {
 		out[j].Frame = j
 	}
@@ -186,6 +206,15 @@ func (b *Builder) KernelAlloc(k *event.Kernel, stackID int64, frames []KernelFra
 	s.Count++
 	s.BytesRequested += k.Req
 	s.Bytes += k.Bytes
+	if k.InSocket && k.Seq != 0 {
+		pc := ks.calls[k.TID]
+		if pc == nil || pc.seq != k.Seq {
+			pc = &kpending{seq: k.Seq} // an earlier call's end was lost: its allocations keep no user stack
+			ks.calls[k.TID] = pc
+		}
+		pc.sites = append(pc.sites, s)
+		pc.bytes = append(pc.bytes, k.Bytes)
+	}
 	if k.Untracked {
 		ks.untr++
 		return
@@ -198,6 +227,28 @@ func (b *Builder) KernelAlloc(k *event.Kernel, stackID int64, frames []KernelFra
 	ks.live[k.Addr] = kblock{s: s, bytes: k.Bytes}
 	s.OutstandingCount++
 	s.OutstandingBytes += k.Bytes
+}
+
+// KernelCallEnd gives the allocations of thread tid's socket call seq their user stack.
+func (b *Builder) KernelCallEnd(tid, seq uint32, userStack uint64) {
+	ks := b.kernel()
+	pc := ks.calls[tid]
+	if pc == nil || pc.seq != seq {
+		return
+	}
+	delete(ks.calls, tid)
+	for i, s := range pc.sites {
+		if s.users == nil {
+			s.users = map[uint64]*[2]uint64{}
+		}
+		u := s.users[userStack]
+		if u == nil {
+			u = &[2]uint64{}
+			s.users[userStack] = u
+		}
+		u[0]++
+		u[1] += pc.bytes[i]
+	}
 }
 
 // KernelFree records the free of a kernel block a traced task allocated.
@@ -232,7 +283,7 @@ func (b *Builder) KernelFree(k *event.Kernel) {
 func (b *Builder) procFor(pid uint32) *proc { return b.cur[pid] }
 
 // kernelReport fills the report's kernel half; nil when no kernel event came (--kernel off).
-func (b *Builder) kernelReport(r *Report, meta Meta) {
+func (b *Builder) kernelReport(r *Report, meta Meta, userStack func(id uint64) []StackFrame) {
 	ks := b.kern
 	if ks == nil && meta.Kernel == nil {
 		return
@@ -253,6 +304,16 @@ func (b *Builder) kernelReport(r *Report, meta Meta) {
 				site.OutstandingAtExit += s.OutstandingCount // still live when the report is made
 			}
 		}
+		for id, u := range s.users {
+			us := KernelUserStack{Count: u[0], Bytes: u[1]}
+			if id != 0 && userStack != nil {
+				us.Stack = userStack(id)
+			}
+			site.UserStacks = append(site.UserStacks, us)
+		}
+		slices.SortFunc(site.UserStacks, func(a, b KernelUserStack) int {
+			return cmp.Or(cmp.Compare(b.Count, a.Count), cmp.Compare(len(a.Stack), len(b.Stack)))
+		})
 		site.FreedBy = []KernelFreer{}
 		for who, n := range s.freed {
 			who.Count = n

@@ -113,17 +113,26 @@ func TestKernelFramesInViews(t *testing.T) {
 	allocs, socks := echoRun()
 	feed(t, b, allocs...)
 	feed(t, b, socks...)
-	b.KernelAlloc(kalloc(200, 11, 0x1000, event.SockWrite, true), 1, kSend)
-	b.KernelAlloc(kalloc(201, 11, 0x1001, event.SockWrite, true), 1, kSend)
+	w1, w2 := kalloc(200, 11, 0x1000, event.SockWrite, true), kalloc(201, 11, 0x1001, event.SockWrite, true)
+	w1.Seq, w2.Seq = 1, 2
+	b.KernelAlloc(w1, 1, kSend)
+	b.KernelCallEnd(11, 1, sid(stMain)) // the first write's user stack; the second's end was lost
+	b.KernelAlloc(w2, 1, kSend)
+	b.KernelCallEnd(11, 1, sid(stHelper)) // a stale end: ignored
 	b.KernelFree(kfree(210, 10, 0x1000))
 	r := b.Finish(&fakeSym{}, Meta{Roles: echoRoles, Kernel: &KernelMeta{Messages: 2}})
 	var folded strings.Builder
 	if err := r.WriteFolded(&folded, FoldedOptions{ProcessRoot: true}); err != nil {
 		t.Fatal(err)
 	}
-	want := "comm-11;[kernel:_write_on_AF_UNIX];entry_SYSCALL_64_after_hwframe_[k];do_syscall_64_[k];ksys_write_[k];vfs_write_[k];sock_write_iter_[k];unix_stream_sendmsg_[k];sock_alloc_send_pskb_[k];__alloc_skb_[k];kmalloc_reserve_[k];__kmalloc_node_track_caller_noprof_[k] 1024"
-	if !strings.Contains(folded.String(), want+"\n") {
-		t.Errorf("folded lacks\n%s\n:\n%s", want, folded.String())
+	kpart := ";[kernel:_write_on_AF_UNIX];entry_SYSCALL_64_after_hwframe_[k];do_syscall_64_[k];ksys_write_[k];vfs_write_[k];sock_write_iter_[k];unix_stream_sendmsg_[k];sock_alloc_send_pskb_[k];__alloc_skb_[k];kmalloc_reserve_[k];__kmalloc_node_track_caller_noprof_[k] 512"
+	for _, want := range []string{"comm-11;_start;main;malloc" + kpart, "comm-11" + kpart} {
+		if !strings.Contains(folded.String(), want+"\n") {
+			t.Errorf("folded lacks\n%s\n:\n%s", want, folded.String())
+		}
+	}
+	if us := r.KernelSites[0].UserStacks; len(us) != 1 || us[0].Count != 1 || us[0].Bytes != 512 || len(us[0].Stack) != 3 {
+		t.Errorf("user stacks: %+v", us)
 	}
 	folded.Reset()
 	if err := r.WriteFolded(&folded, FoldedOptions{Weight: WeightOutstandingCount}); err != nil {
@@ -137,21 +146,30 @@ func TestKernelFramesInViews(t *testing.T) {
 		t.Fatal(err)
 	}
 	var kernelSamples int
+	var sum [4]int64
 	for _, s := range p.Sample {
 		if len(s.Label["kernel"]) == 0 {
 			continue
 		}
 		kernelSamples++
+		for i := range sum {
+			sum[i] += s.Value[i]
+		}
 		top := s.Location[0]
 		if top.Mapping.File != "[kernel] vmlinux" || top.Line[0].Function.Name != "__kmalloc_node_track_caller_noprof" ||
-			s.Value[0] != 2 || s.Value[1] != 1024 || s.Value[2] != 1 || s.Label["socket_call"][0] != "write" {
+			s.Label["socket_call"][0] != "write" {
 			t.Errorf("kernel sample: %+v at %s in %s", s.Value, top.Line[0].Function.Name, top.Mapping.File)
 		}
-		if last := s.Location[len(s.Location)-1]; last.Line[0].Function.Name != "[kernel: write on AF_UNIX]" {
-			t.Errorf("kernel sample's root: %s", last.Line[0].Function.Name)
+		names := ""
+		for _, l := range s.Location {
+			names += l.Line[0].Function.Name + " "
+		}
+		if !strings.Contains(names, "unix_stream_sendmsg sock_write_iter vfs_write ksys_write do_syscall_64 entry_SYSCALL_64_after_hwframe [kernel: write on AF_UNIX]") ||
+			(s.Value[2] == 0 && !strings.HasSuffix(names, "[kernel: write on AF_UNIX] malloc main _start ")) {
+			t.Errorf("kernel sample's frames: %s (values %v)", names, s.Value)
 		}
 	}
-	if kernelSamples != 1 || p.Mapping[0].File == "[kernel] vmlinux" {
-		t.Errorf("%d kernel samples; first mapping %s", kernelSamples, p.Mapping[0].File)
+	if kernelSamples != 2 || sum != [4]int64{2, 1024, 1, 512} || p.Mapping[0].File == "[kernel] vmlinux" {
+		t.Errorf("%d kernel samples, sums %v; first mapping %s", kernelSamples, sum, p.Mapping[0].File)
 	}
 }

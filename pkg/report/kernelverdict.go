@@ -246,5 +246,18 @@ func (r *Report) kernelText(b *bytes.Buffer) {
 			}
 			fmt.Fprintf(b, "    [k] %s\n", esc(f.Symbol))
 		}
+		if len(s.UserStacks) > 0 && len(s.UserStacks[0].Stack) > 0 { // the user stack most of its calls came from
+			u := s.UserStacks[0]
+			if len(s.UserStacks) > 1 || u.Count != s.Count {
+				fmt.Fprintf(b, "    (user stack of %s of %s)\n", commas(u.Count), plural(s.Count, "call"))
+			}
+			for j := range u.Stack {
+				if j == maxTextFrames {
+					fmt.Fprintf(b, "    ... %d more\n", len(u.Stack)-j)
+					break
+				}
+				fmt.Fprintf(b, "    %s\n", esc(frameText(&u.Stack[j])))
+			}
+		}
 	}
 }

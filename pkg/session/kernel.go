@@ -37,6 +37,20 @@ type kernelStacks struct {
 // Kernel hands a kernel allocation or free to the builder, its stack named the first time it is seen.
 func (h *handler) Kernel(k *event.Kernel) {
 	s := h.s
+	if k.End {
+		id := k.UserStack
+		if k.UserRaw && id != 0 {
+			if frames, ok := s.stacks.get(id); ok {
+				if named, changed := s.maps.ResolveRaw(k.PID, frames); changed {
+					id = s.stacks.internFlags(named, false)
+				}
+			}
+		}
+		s.bmu.Lock()
+		s.builder.KernelCallEnd(k.TID, k.Seq, id)
+		s.bmu.Unlock()
+		return
+	}
 	if k.Free {
 		s.bmu.Lock()
 		s.builder.KernelFree(k)

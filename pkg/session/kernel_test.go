@@ -122,7 +122,8 @@ func hasFrame(stack string, names ...string) bool {
 // per writing process, exactly the allocations bpftrace sees on the kmem tracepoints with
 // unix_stream_sendmsg on the kernel stack (the skb head, its data, and a page of frags when the
 // message does not fit the head: derived from the kernel's own figures, not a constant); every
-// such site's stack has unix_stream_sendmsg; none is outstanding at exit (the peer read it);
+// such site's stack has unix_stream_sendmsg, above the user stack of the write (write_all, main);
+// none is outstanding at exit (the peer read it);
 // and the raw client's user-space figures stay 0.
 func TestKernelEchoWritePath(t *testing.T) {
 	testenv.NeedRoot(t)
@@ -199,6 +200,22 @@ func kernelEcho(t *testing.T, messages, size int) {
 		}
 		if !found {
 			t.Errorf("kernel site #%d (%s %s) has no unix_stream_sendmsg: %+v", s.ID, s.Kind, s.Cache, s.Stack)
+		}
+		// Below the kernel frames: the user stack of the write that made them, for every call.
+		var users uint64
+		for _, u := range s.UserStacks {
+			var names []string
+			for _, f := range u.Stack {
+				names = append(names, f.Function)
+			}
+			joined := " " + strings.Join(names, " ") + " "
+			if !strings.Contains(joined, " write_all ") || !strings.Contains(joined, " main ") {
+				t.Errorf("kernel site #%d: user stack %v lacks write_all or main", s.ID, names)
+			}
+			users += u.Count
+		}
+		if users != s.Count {
+			t.Errorf("kernel site #%d: user stacks for %d of its %d calls", s.ID, users, s.Count)
 		}
 		for _, who := range s.FreedBy {
 			if who.PID == s.PID && who.Context == "task" {

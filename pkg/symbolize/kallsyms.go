@@ -11,6 +11,9 @@ import (
 	"sync"
 )
 
+// moduleSpace is where x86-64 puts loadable modules and JIT-compiled BPF programs.
+const moduleSpace = 0xffffffffa0000000
+
 // KernelFrame is one kernel stack frame named from /proc/kallsyms.
 type KernelFrame struct {
 	Addr     uint64
@@ -128,7 +131,7 @@ func (k *Kallsyms) Frames(addrs []uint64) ([]KernelFrame, error) {
 	reloaded := false
 	for i, a := range addrs {
 		f, ok := k.lookup(a)
-		if !ok && !reloaded && a >= 0xffffffffa0000000 { // module space: a module loaded since
+		if !ok && !reloaded && a >= moduleSpace { // a module or BPF program loaded since
 			reloaded = true
 			k.load()
 			f, _ = k.lookup(a)
@@ -160,6 +163,9 @@ func (k *Kallsyms) lookup(addr uint64) (KernelFrame, bool) {
 		i++ // of aliases, the last listed
 	}
 	s := k.syms[i]
+	if addr >= moduleSpace && s.mod == "vmlinux" {
+		return f, false // past the kernel's own text: a module or BPF program loaded since the table was read
+	}
 	f.Function, f.Offset, f.Module = s.name, addr-s.addr, s.mod
 	return f, true
 }
