@@ -57,6 +57,7 @@ func (h *handler) Kernel(k *event.Kernel) {
 		s.bmu.Unlock()
 		return
 	}
+	h.name(&event.Alloc{PID: k.PID}) // a process first seen here (attach, system-wide) gets its name
 	id, frames := s.kernelFrames(k.Frames)
 	s.bmu.Lock()
 	s.builder.KernelAlloc(k, id, frames)
