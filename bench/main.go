@@ -35,6 +35,7 @@ type config struct {
 	markdown                            bool
 	compileLines                        int
 	htmlSites                           int
+	socketOnly                          bool
 }
 
 func main() {
@@ -49,6 +50,7 @@ func main() {
 	flag.BoolVar(&c.markdown, "markdown", false, "print the tables as Markdown")
 	flag.IntVar(&c.compileLines, "compile-lines", 2000, "lines of the generated C file the compile rows build with gcc -O2 -c (0: no compile rows)")
 	flag.IntVar(&c.htmlSites, "html-sites", 10000, "sites of the report whose HTML page the html row draws in headless Chromium (0: no html row)")
+	flag.BoolVar(&c.socketOnly, "socket-only", false, "only the socket echo loop table (what --kernel costs)")
 	udstrace := flag.String("udstrace", "./udstrace", "udstrace binary (make build)")
 	udsFlags := flag.String("udstrace-flags", "", "extra flags for every udstrace run, space-separated (e.g. --no-cache)")
 	allocount := flag.String("allocount", "workload/bin/allocount.so", "LD_PRELOAD counting interposer (make build)")
@@ -74,17 +76,20 @@ func main() {
 	defer stop()
 	e := &env{threads: c.threads, libc: *libc, gcc: *gcc, timeout: *timeout, quiet: *quiet, udsFlags: strings.Fields(*udsFlags), supported: map[string]string{}}
 	err := setup(ctx, e, *cc, *udstrace, *allocount)
-	if err == nil {
+	if err == nil && !c.socketOnly {
 		err = bench(ctx, e, c)
 	}
-	if err == nil {
+	if err == nil && !c.socketOnly {
 		err = benchStartStop(ctx, e, c)
 	}
-	if err == nil && c.compileLines > 0 {
+	if err == nil && c.compileLines > 0 && !c.socketOnly {
 		err = benchCompile(ctx, e, c)
 	}
-	if err == nil && c.htmlSites > 0 {
+	if err == nil && c.htmlSites > 0 && !c.socketOnly {
 		err = benchHTML(ctx, e, c)
+	}
+	if err == nil {
+		err = benchSocket(ctx, e, c)
 	}
 	if e.tmp != "" {
 		os.RemoveAll(e.tmp)

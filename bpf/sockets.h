@@ -53,10 +53,11 @@ static __always_inline void count_sock(u32 call)
 }
 
 /* sock_sys_enter counts a traced process's socket syscall (call, its first argument) when it is on
- * an AF_UNIX socket: socket and socketpair by family, the others by file descriptor. */
-static __always_inline void sock_sys_enter(u32 call, u64 arg0)
+ * an AF_UNIX socket: socket and socketpair by family, the others by file descriptor; true if it is. */
+static __always_inline bool sock_sys_enter(u32 call, u64 arg0)
 {
 	bool unix_sock = call == S_SOCKET || call == S_SOCKETPAIR ? arg0 == AF_UNIX : unix_fd(arg0);
 	if (unix_sock)
 		count_sock(call);
+	return unix_sock;
 }

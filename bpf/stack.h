@@ -330,6 +330,8 @@ enum stack_opts {
 	SO_SYS = 1,      /* a syscall event (sys_event), else an allocator call (alloc_event) */
 	SO_NO_EMIT = 2,  /* only the stack id (count mode aggregates it); a copy is still sent */
 	SO_NO_STACK = 4, /* the event has no stack (a syscall made inside the allocator) */
+	SO_ID_ONLY = 8,  /* only the stack id and its flags in ts->hdr, never an event (bpf/kmem.h): a
+			  * stack that would need a copy is cut where the copy would start */
 };
 
 /*
@@ -346,6 +348,10 @@ __noinline int stack_and_emit(void *ctx __arg_ctx, struct thread_state *ts __arg
 	if (!(opts & SO_NO_STACK))
 		capture(ctx, &w, ts, bpf_get_current_pid_tgid() >> 32, &ts->from, &c);
 	hdr->a.stack = c.id;
+	if (opts & SO_ID_ONLY) {
+		hdr->a.flags |= c.flags | (c.copy ? F_STACK_TRUNC : 0);
+		return 0;
+	}
 	if ((opts & SO_NO_EMIT) && !c.copy)
 		return 0;
 	emit(hdr, opts & SO_SYS, &w, &c);

@@ -15,6 +15,7 @@
 
 #include "memsys.h"
 #include "sockets.h"
+#include "kmem.h"
 
 /* Count mode traces no memory syscalls, but the threads' mapping caches must still hear of
  * mappings going away. */
@@ -67,7 +68,8 @@ int sys_enter(u64 *ctx)
 	if (compat_syscall() || !traced(pid_tgid >> 32))
 		return 0;
 	if (call != S_COUNT) {
-		sock_sys_enter(call, regs->di);
+		if (sock_sys_enter(call, regs->di))
+			ksock_enter(call); /* --kernel: its kernel allocations are the socket path's */
 		return 0;
 	}
 	if (!cfg_count_mode) {
@@ -86,6 +88,8 @@ SEC("tp_btf/sys_exit")
 int sys_exit(u64 *ctx)
 {
 	struct pt_regs *regs = (struct pt_regs *)ctx[0];
+	if (cfg_kernel && sock_call(sys_nr(regs)) != S_COUNT)
+		ksock_exit(ctx);
 	if (mem_kind(sys_nr(regs)) == K_NONE || compat_syscall())
 		return 0;
 	return mem_sys_exit(ctx, (long)ctx[1]);

@@ -9,6 +9,7 @@
  *   sysnr.h    the architecture's syscall numbers and argument registers
  *   memsys.h   mmap/munmap/mremap/brk: the request at entry, the result at exit
  *   sockets.h  AF_UNIX socket syscall counters
+ *   kmem.h     --kernel: the kernel's own allocations in traced tasks, their frees
  *   procs.h    exec/fork/exit: scope, mappings, cleanup
  *   thread.h   per-thread state: the call in flight, mapping cache, scratch frames
  *   modules.h  mapped files by id, the threads' mapping caches, module requests
@@ -18,6 +19,7 @@
 #include "procs.h"
 #include "syscalls.h"
 #include "count.h"
+#include "kmem.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -32,3 +34,5 @@ const struct count_key *unused_count_key __attribute__((unused));
 const struct module_key *unused_module_key __attribute__((unused));
 const struct module_info *unused_module_info __attribute__((unused));
 const struct unwind_rule *unused_unwind_rule __attribute__((unused));
+const struct kmem_event *unused_kmem_event __attribute__((unused));
+const struct ksys_event *unused_ksys_event __attribute__((unused));

@@ -69,6 +69,7 @@ func run(ctx context.Context, args []string) int {
 		}
 		return exitFailure
 	}
+	o.kernelSet = inv.set("kernel")
 	sopts := o.sessionOptions(rest)
 	stream := newStreamer(out, o, sub)
 	if stream != nil {
@@ -121,6 +122,12 @@ func (o *options) sessionOptions(command []string) session.Options {
 		Comm: o.comm, Cgroup: o.cgroup, TopSites: o.topSites, MaxProcs: o.maxProcs, MaxSites: o.maxSites, SampleBytes: o.sample,
 		Stdout: os.Stderr, Stderr: os.Stderr, KillAfter: killAfter(o.killAfter), KillNow: killNow,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+	}
+	if o.kernelSet {
+		sopts.Kernel = session.KernelOff
+		if o.kernel {
+			sopts.Kernel = session.KernelOn
+		}
 	}
 	sopts.Debuginfod, _ = o.debuginfod()                    // validated
 	sopts.OnTracing = func() { sopts.Log.Debug("tracing") } // tests time --duration from here

@@ -51,6 +51,8 @@ type options struct {
 	foldedRoot string
 	sort       string
 	fileMaps   bool
+	kernel     bool
+	kernelSet  bool // --kernel was given (else: on for the echo workload only)
 }
 
 var formats = []string{"text", "json", "ndjson", "pprof", "folded", "html"}
@@ -64,6 +66,7 @@ func addFlags(fs *pflag.FlagSet, o *options) {
 	fs.IntVar(&o.messages, "messages", 3, "echo: messages each client sends")
 	fs.IntVar(&o.size, "size", 0, "echo: bytes per message (0: the classic three strings)")
 	fs.StringVar(&o.user, "user", "nobody", "echo: run the workload as this unprivileged `USER`")
+	fs.BoolVar(&o.kernel, "kernel", false, "also trace the kernel's own allocations (slab, pages) in the traced tasks, with kernel stacks and frees paired across processes; on by default for the echo workload (--kernel=false turns it off); costs a tracepoint hit on every kernel allocation of the machine")
 	fs.StringVarP(&o.format, "format", "f", "text", "report format: "+strings.Join(formats, ", "))
 	fs.StringVarP(&o.output, "output", "o", "", "write the report to `FILE` instead of stdout (- : stdout)")
 	fs.StringVar(&o.mode, "mode", "full", "full (every call paired with its free, stacks, outstanding) or count (calls and bytes per stack, aggregated in the kernel, frees not traced; cheapest)")

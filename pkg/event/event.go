@@ -146,6 +146,16 @@ var socketCallNames = [...]string{
 	"read", "write", "sendto", "recvfrom", "sendmsg", "recvmsg", "close",
 }
 
+// SocketCallByName is the call named name (as String gives it).
+func SocketCallByName(name string) (SocketCall, bool) {
+	for i, n := range socketCallNames {
+		if n == name {
+			return SocketCall(i), true
+		}
+	}
+	return SocketCallCount, false
+}
+
 func (s SocketCall) String() string {
 	if int(s) < len(socketCallNames) {
 		return socketCallNames[s]

@@ -23,6 +23,7 @@ type record struct {
 	trunc  bool
 	copy   *CopiedStack
 	proc   *procRecord
+	kmem   event.Kernel
 }
 
 type procRecord struct {
@@ -78,6 +79,10 @@ func (r *record) deliver(h Handler) {
 		h.Map(r.proc.m)
 	case evSock:
 		h.FirstSocket(r.proc.p.PID, r.proc.p.Time)
+	case evKmem, evKfree, evKsys:
+		if kh, ok := h.(KernelHandler); ok {
+			kh.Kernel(&r.kmem)
+		}
 	}
 }
 
@@ -158,6 +163,10 @@ func (r *record) decode(raw []byte) bool {
 			return false
 		}
 		r.decodeProc((*udstraceProcEvent)(unsafe.Pointer(&raw[0])))
+	case evKmem, evKfree:
+		return r.decodeKmem(raw)
+	case evKsys:
+		return r.decodeKsys(raw)
 	default:
 		return false
 	}

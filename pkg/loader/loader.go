@@ -36,6 +36,8 @@ type Config struct {
 	Count      bool      // count mode: entry probes only, calls aggregated in the kernel by stack
 	Comm       string    // only processes with this name ("" any)
 	CgroupID   uint64    // only processes in this cgroup v2 (0 any)
+	// Kernel: the kernel's own allocations in traced tasks, and their frees (bpf/kmem.h; full mode).
+	Kernel bool
 	// SampleBytes > 0 (count mode): stacks only for calls picked by a Poisson process with this mean
 	// interval in bytes; exact totals per process and function.
 	SampleBytes uint64
@@ -50,6 +52,7 @@ type Tracer struct {
 	attached  map[string][]Probe // libc identity (dev:ino) -> probes placed in it
 	libcPaths map[string]string
 	ahead     *Ahead // probes found while the programs loaded (UseAhead)
+	kmem      kmemPrograms
 	tables    tables
 	// Event ring traffic so far (Read counts it).
 	ringRecords, ringBytes atomic.Uint64
@@ -69,6 +72,9 @@ func Load(cfg Config) (*Tracer, error) {
 	spec, err := loadUdstrace()
 	if err != nil {
 		return nil, fmt.Errorf("reading embedded BPF object: %w", err)
+	}
+	if cfg.Kernel && cfg.Count {
+		return nil, ErrKernelCount
 	}
 	if err := configure(spec, cfg); err != nil {
 		return nil, err
@@ -94,6 +100,12 @@ func Load(cfg Config) (*Tracer, error) {
 		}
 		return nil, fmt.Errorf("loading BPF programs: %w", err)
 	}
+	if cfg.Kernel {
+		if err := t.loadKmem(spec); err != nil {
+			t.Close()
+			return nil, err
+		}
+	}
 	if err := t.tables.init(&t.objs); err != nil {
 		t.Close()
 		return nil, err
@@ -105,6 +117,12 @@ func Load(cfg Config) (*Tracer, error) {
 	if err := t.attachKernel(); err != nil {
 		t.Close()
 		return nil, err
+	}
+	if cfg.Kernel {
+		if err := t.attachKmem(); err != nil {
+			t.Close()
+			return nil, err
+		}
 	}
 	return t, nil
 }
@@ -131,6 +149,7 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		"cfg_count_mode":   cfg.Count,
 		"cfg_stack_bytes":  cfg.StackBytes,
 		"cfg_sample_bytes": cfg.SampleBytes,
+		"cfg_kernel":       cfg.Kernel,
 	}
 	for name, v := range vars {
 		if err := spec.Variables[name].Set(v); err != nil {
@@ -224,6 +243,7 @@ func (t *Tracer) Close() error {
 	wg.Wait()
 	t.links = nil
 	t.tables.close()
+	closeAll(t.kmem.all()...)
 	errs = append(errs, t.objs.Close())
 	return errors.Join(errs...)
 }

@@ -70,6 +70,51 @@ type udstraceFreeEvent struct {
 	Caller uint64
 }
 
+type udstraceKmemEvent struct {
+	_          structs.HostLayout
+	Type       uint8
+	Kind       uint8
+	Sock       uint8
+	Flags      uint8
+	Pid        uint32
+	Tid        uint32
+	Sys        int32
+	Ts         uint64
+	Addr       uint64
+	BytesReq   uint64
+	BytesAlloc uint64
+	CallSite   uint64
+	Nframes    uint32
+	Seq        uint32
+	Name       [32]int8
+	Frames     [32]uint64
+}
+
+type udstraceKmemLiveVal struct {
+	_    structs.HostLayout
+	Tgid uint32
+	Pad  uint32
+}
+
+type udstraceKsockState struct {
+	_      structs.HostLayout
+	Call   uint8
+	Allocs uint8
+	Pad    uint16
+	Seq    uint32
+}
+
+type udstraceKsysEvent struct {
+	_     structs.HostLayout
+	Type  uint8
+	Flags uint8
+	Pad   uint16
+	Pid   uint32
+	Tid   uint32
+	Seq   uint32
+	Stack uint64
+}
+
 type udstraceMapEntry struct {
 	_     structs.HostLayout
 	Start uint64
@@ -273,6 +318,10 @@ type udstraceUnwindRule struct {
 const (
 	udstraceMapCounts           = "counts"
 	udstraceMapEvents           = "events"
+	udstraceMapKmemLive         = "kmem_live"
+	udstraceMapKmemSp           = "kmem_sp"
+	udstraceMapKmemStats        = "kmem_stats"
+	udstraceMapKsockTasks       = "ksock_tasks"
 	udstraceMapLost             = "lost"
 	udstraceMapMapGens          = "map_gens"
 	udstraceMapModInfo          = "mod_info"
@@ -298,6 +347,12 @@ const (
 	udstraceProgAllocEnter      = "alloc_enter"
 	udstraceProgAllocReturn     = "alloc_return"
 	udstraceProgFreeEnter       = "free_enter"
+	udstraceProgKmemKfree       = "kmem_kfree"
+	udstraceProgKmemKmalloc     = "kmem_kmalloc"
+	udstraceProgKmemPageAlloc   = "kmem_page_alloc"
+	udstraceProgKmemPageFree    = "kmem_page_free"
+	udstraceProgKmemSlabAlloc   = "kmem_slab_alloc"
+	udstraceProgKmemSlabFree    = "kmem_slab_free"
 	udstraceProgOnExec          = "on_exec"
 	udstraceProgOnExit          = "on_exit"
 	udstraceProgOnFork          = "on_fork"
@@ -312,12 +367,14 @@ const (
 	udstraceVarCfgFallbackMax   = "cfg_fallback_max"
 	udstraceVarCfgFilter        = "cfg_filter"
 	udstraceVarCfgFollow        = "cfg_follow"
+	udstraceVarCfgKernel        = "cfg_kernel"
 	udstraceVarCfgRingBytes     = "cfg_ring_bytes"
 	udstraceVarCfgRingReserve   = "cfg_ring_reserve"
 	udstraceVarCfgSampleBytes   = "cfg_sample_bytes"
 	udstraceVarCfgSelfTgid      = "cfg_self_tgid"
 	udstraceVarCfgStackBytes    = "cfg_stack_bytes"
 	udstraceVarCfgStackMode     = "cfg_stack_mode"
+	udstraceVarCfgThreadSize    = "cfg_thread_size"
 	udstraceVarCfgWakeupBytes   = "cfg_wakeup_bytes"
 	udstraceVarGenEpoch         = "gen_epoch"
 	udstraceVarNextGen          = "next_gen"
@@ -326,6 +383,8 @@ const (
 	udstraceVarUnusedCopyEvent  = "unused_copy_event"
 	udstraceVarUnusedCountKey   = "unused_count_key"
 	udstraceVarUnusedFreeEvent  = "unused_free_event"
+	udstraceVarUnusedKmemEvent  = "unused_kmem_event"
+	udstraceVarUnusedKsysEvent  = "unused_ksys_event"
 	udstraceVarUnusedModuleInfo = "unused_module_info"
 	udstraceVarUnusedModuleKey  = "unused_module_key"
 	udstraceVarUnusedProcEvent  = "unused_proc_event"
@@ -376,16 +435,22 @@ type udstraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type udstraceProgramSpecs struct {
-	AllocCount  *ebpf.ProgramSpec `ebpf:"alloc_count"`
-	AllocEnter  *ebpf.ProgramSpec `ebpf:"alloc_enter"`
-	AllocReturn *ebpf.ProgramSpec `ebpf:"alloc_return"`
-	FreeEnter   *ebpf.ProgramSpec `ebpf:"free_enter"`
-	OnExec      *ebpf.ProgramSpec `ebpf:"on_exec"`
-	OnExit      *ebpf.ProgramSpec `ebpf:"on_exit"`
-	OnFork      *ebpf.ProgramSpec `ebpf:"on_fork"`
-	OnRename    *ebpf.ProgramSpec `ebpf:"on_rename"`
-	SysEnter    *ebpf.ProgramSpec `ebpf:"sys_enter"`
-	SysExit     *ebpf.ProgramSpec `ebpf:"sys_exit"`
+	AllocCount    *ebpf.ProgramSpec `ebpf:"alloc_count"`
+	AllocEnter    *ebpf.ProgramSpec `ebpf:"alloc_enter"`
+	AllocReturn   *ebpf.ProgramSpec `ebpf:"alloc_return"`
+	FreeEnter     *ebpf.ProgramSpec `ebpf:"free_enter"`
+	KmemKfree     *ebpf.ProgramSpec `ebpf:"kmem_kfree"`
+	KmemKmalloc   *ebpf.ProgramSpec `ebpf:"kmem_kmalloc"`
+	KmemPageAlloc *ebpf.ProgramSpec `ebpf:"kmem_page_alloc"`
+	KmemPageFree  *ebpf.ProgramSpec `ebpf:"kmem_page_free"`
+	KmemSlabAlloc *ebpf.ProgramSpec `ebpf:"kmem_slab_alloc"`
+	KmemSlabFree  *ebpf.ProgramSpec `ebpf:"kmem_slab_free"`
+	OnExec        *ebpf.ProgramSpec `ebpf:"on_exec"`
+	OnExit        *ebpf.ProgramSpec `ebpf:"on_exit"`
+	OnFork        *ebpf.ProgramSpec `ebpf:"on_fork"`
+	OnRename      *ebpf.ProgramSpec `ebpf:"on_rename"`
+	SysEnter      *ebpf.ProgramSpec `ebpf:"sys_enter"`
+	SysExit       *ebpf.ProgramSpec `ebpf:"sys_exit"`
 }
 
 // udstraceMapSpecs contains maps before they are loaded into the kernel.
@@ -394,6 +459,10 @@ type udstraceProgramSpecs struct {
 type udstraceMapSpecs struct {
 	Counts        *ebpf.MapSpec `ebpf:"counts"`
 	Events        *ebpf.MapSpec `ebpf:"events"`
+	KmemLive      *ebpf.MapSpec `ebpf:"kmem_live"`
+	KmemSp        *ebpf.MapSpec `ebpf:"kmem_sp"`
+	KmemStats     *ebpf.MapSpec `ebpf:"kmem_stats"`
+	KsockTasks    *ebpf.MapSpec `ebpf:"ksock_tasks"`
 	Lost          *ebpf.MapSpec `ebpf:"lost"`
 	MapGens       *ebpf.MapSpec `ebpf:"map_gens"`
 	ModInfo       *ebpf.MapSpec `ebpf:"mod_info"`
@@ -429,12 +498,14 @@ type udstraceVariableSpecs struct {
 	CfgFallbackMax   *ebpf.VariableSpec `ebpf:"cfg_fallback_max"`
 	CfgFilter        *ebpf.VariableSpec `ebpf:"cfg_filter"`
 	CfgFollow        *ebpf.VariableSpec `ebpf:"cfg_follow"`
+	CfgKernel        *ebpf.VariableSpec `ebpf:"cfg_kernel"`
 	CfgRingBytes     *ebpf.VariableSpec `ebpf:"cfg_ring_bytes"`
 	CfgRingReserve   *ebpf.VariableSpec `ebpf:"cfg_ring_reserve"`
 	CfgSampleBytes   *ebpf.VariableSpec `ebpf:"cfg_sample_bytes"`
 	CfgSelfTgid      *ebpf.VariableSpec `ebpf:"cfg_self_tgid"`
 	CfgStackBytes    *ebpf.VariableSpec `ebpf:"cfg_stack_bytes"`
 	CfgStackMode     *ebpf.VariableSpec `ebpf:"cfg_stack_mode"`
+	CfgThreadSize    *ebpf.VariableSpec `ebpf:"cfg_thread_size"`
 	CfgWakeupBytes   *ebpf.VariableSpec `ebpf:"cfg_wakeup_bytes"`
 	GenEpoch         *ebpf.VariableSpec `ebpf:"gen_epoch"`
 	NextGen          *ebpf.VariableSpec `ebpf:"next_gen"`
@@ -443,6 +514,8 @@ type udstraceVariableSpecs struct {
 	UnusedCopyEvent  *ebpf.VariableSpec `ebpf:"unused_copy_event"`
 	UnusedCountKey   *ebpf.VariableSpec `ebpf:"unused_count_key"`
 	UnusedFreeEvent  *ebpf.VariableSpec `ebpf:"unused_free_event"`
+	UnusedKmemEvent  *ebpf.VariableSpec `ebpf:"unused_kmem_event"`
+	UnusedKsysEvent  *ebpf.VariableSpec `ebpf:"unused_ksys_event"`
 	UnusedModuleInfo *ebpf.VariableSpec `ebpf:"unused_module_info"`
 	UnusedModuleKey  *ebpf.VariableSpec `ebpf:"unused_module_key"`
 	UnusedProcEvent  *ebpf.VariableSpec `ebpf:"unused_proc_event"`
@@ -473,6 +546,10 @@ func (o *udstraceObjects) Close() error {
 type udstraceMaps struct {
 	Counts        *ebpf.Map `ebpf:"counts"`
 	Events        *ebpf.Map `ebpf:"events"`
+	KmemLive      *ebpf.Map `ebpf:"kmem_live"`
+	KmemSp        *ebpf.Map `ebpf:"kmem_sp"`
+	KmemStats     *ebpf.Map `ebpf:"kmem_stats"`
+	KsockTasks    *ebpf.Map `ebpf:"ksock_tasks"`
 	Lost          *ebpf.Map `ebpf:"lost"`
 	MapGens       *ebpf.Map `ebpf:"map_gens"`
 	ModInfo       *ebpf.Map `ebpf:"mod_info"`
@@ -500,6 +577,10 @@ func (m *udstraceMaps) Close() error {
 	return _UdstraceClose(
 		m.Counts,
 		m.Events,
+		m.KmemLive,
+		m.KmemSp,
+		m.KmemStats,
+		m.KsockTasks,
 		m.Lost,
 		m.MapGens,
 		m.ModInfo,
@@ -536,12 +617,14 @@ type udstraceVariables struct {
 	CfgFallbackMax   *ebpf.Variable `ebpf:"cfg_fallback_max"`
 	CfgFilter        *ebpf.Variable `ebpf:"cfg_filter"`
 	CfgFollow        *ebpf.Variable `ebpf:"cfg_follow"`
+	CfgKernel        *ebpf.Variable `ebpf:"cfg_kernel"`
 	CfgRingBytes     *ebpf.Variable `ebpf:"cfg_ring_bytes"`
 	CfgRingReserve   *ebpf.Variable `ebpf:"cfg_ring_reserve"`
 	CfgSampleBytes   *ebpf.Variable `ebpf:"cfg_sample_bytes"`
 	CfgSelfTgid      *ebpf.Variable `ebpf:"cfg_self_tgid"`
 	CfgStackBytes    *ebpf.Variable `ebpf:"cfg_stack_bytes"`
 	CfgStackMode     *ebpf.Variable `ebpf:"cfg_stack_mode"`
+	CfgThreadSize    *ebpf.Variable `ebpf:"cfg_thread_size"`
 	CfgWakeupBytes   *ebpf.Variable `ebpf:"cfg_wakeup_bytes"`
 	GenEpoch         *ebpf.Variable `ebpf:"gen_epoch"`
 	NextGen          *ebpf.Variable `ebpf:"next_gen"`
@@ -550,6 +633,8 @@ type udstraceVariables struct {
 	UnusedCopyEvent  *ebpf.Variable `ebpf:"unused_copy_event"`
 	UnusedCountKey   *ebpf.Variable `ebpf:"unused_count_key"`
 	UnusedFreeEvent  *ebpf.Variable `ebpf:"unused_free_event"`
+	UnusedKmemEvent  *ebpf.Variable `ebpf:"unused_kmem_event"`
+	UnusedKsysEvent  *ebpf.Variable `ebpf:"unused_ksys_event"`
 	UnusedModuleInfo *ebpf.Variable `ebpf:"unused_module_info"`
 	UnusedModuleKey  *ebpf.Variable `ebpf:"unused_module_key"`
 	UnusedProcEvent  *ebpf.Variable `ebpf:"unused_proc_event"`
@@ -562,16 +647,22 @@ type udstraceVariables struct {
 //
 // It can be passed to loadUdstraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type udstracePrograms struct {
-	AllocCount  *ebpf.Program `ebpf:"alloc_count"`
-	AllocEnter  *ebpf.Program `ebpf:"alloc_enter"`
-	AllocReturn *ebpf.Program `ebpf:"alloc_return"`
-	FreeEnter   *ebpf.Program `ebpf:"free_enter"`
-	OnExec      *ebpf.Program `ebpf:"on_exec"`
-	OnExit      *ebpf.Program `ebpf:"on_exit"`
-	OnFork      *ebpf.Program `ebpf:"on_fork"`
-	OnRename    *ebpf.Program `ebpf:"on_rename"`
-	SysEnter    *ebpf.Program `ebpf:"sys_enter"`
-	SysExit     *ebpf.Program `ebpf:"sys_exit"`
+	AllocCount    *ebpf.Program `ebpf:"alloc_count"`
+	AllocEnter    *ebpf.Program `ebpf:"alloc_enter"`
+	AllocReturn   *ebpf.Program `ebpf:"alloc_return"`
+	FreeEnter     *ebpf.Program `ebpf:"free_enter"`
+	KmemKfree     *ebpf.Program `ebpf:"kmem_kfree"`
+	KmemKmalloc   *ebpf.Program `ebpf:"kmem_kmalloc"`
+	KmemPageAlloc *ebpf.Program `ebpf:"kmem_page_alloc"`
+	KmemPageFree  *ebpf.Program `ebpf:"kmem_page_free"`
+	KmemSlabAlloc *ebpf.Program `ebpf:"kmem_slab_alloc"`
+	KmemSlabFree  *ebpf.Program `ebpf:"kmem_slab_free"`
+	OnExec        *ebpf.Program `ebpf:"on_exec"`
+	OnExit        *ebpf.Program `ebpf:"on_exit"`
+	OnFork        *ebpf.Program `ebpf:"on_fork"`
+	OnRename      *ebpf.Program `ebpf:"on_rename"`
+	SysEnter      *ebpf.Program `ebpf:"sys_enter"`
+	SysExit       *ebpf.Program `ebpf:"sys_exit"`
 }
 
 func (p *udstracePrograms) Close() error {
@@ -580,6 +671,12 @@ func (p *udstracePrograms) Close() error {
 		p.AllocEnter,
 		p.AllocReturn,
 		p.FreeEnter,
+		p.KmemKfree,
+		p.KmemKmalloc,
+		p.KmemPageAlloc,
+		p.KmemPageFree,
+		p.KmemSlabAlloc,
+		p.KmemSlabFree,
 		p.OnExec,
 		p.OnExit,
 		p.OnFork,

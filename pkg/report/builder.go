@@ -22,6 +22,7 @@ type Builder struct {
 	groups  map[string]*proc // folded processes by comm and executable
 	folded  int              // processes folded so far
 	dead    int              // folded procs and their sites still in procs/order, removed lazily
+	kern    *kernelState     // --kernel (kernel.go)
 }
 
 // proc is one process incarnation (a reused pid gets a new one).

@@ -132,6 +132,8 @@ func (b *Builder) finish(sym Symbolizer, meta Meta, lazy bool) *Report {
 		return st
 	}
 	r.SocketPath = b.verdict(procs, meta.Roles, stackOf, r.LostEvents)
+	b.kernelReport(r, meta, func(id uint64) []StackFrame { return sc.expand(b.frames(id)) })
+	b.kernelVerdict(r, meta)
 	for _, sp := range r.SocketPath.Processes {
 		if sp.AfterIsUpperBound {
 			r.Warnings = append(r.Warnings, fmt.Sprintf("pid %d: allocations after its first socket call are an upper bound (more than %d allocations before the counters arrived)", sp.PID, b.opts.MaxTimeline))

@@ -74,6 +74,7 @@ func (r *Report) WriteFolded(w io.Writer, o FoldedOptions) error {
 		sb.WriteString(strconv.FormatUint(v, 10))
 		lines = append(lines, sb.String())
 	}
+	lines = append(lines, r.kernelFolded(o)...)
 	slices.Sort(lines)
 	_, err := io.WriteString(w, strings.Join(lines, "\n")+strings.Repeat("\n", min(len(lines), 1)))
 	return err

@@ -88,6 +88,7 @@ func (r *Report) Profile() *profile.Profile {
 		}
 		p.Sample = append(p.Sample, smp)
 	}
+	r.addKernelSamples(pb, full)
 	// pprof names the profile after the first mapping: put the executables before the libraries.
 	slices.SortStableFunc(p.Mapping, func(a, b *profile.Mapping) int { return cmp.Compare(mappingRank(a.File), mappingRank(b.File)) })
 	for i, m := range p.Mapping {
@@ -169,9 +170,10 @@ func (b *pprofBuilder) function(f *StackFrame) *profile.Function {
 	return fn
 }
 
-// mappingRank orders mappings: executables, then shared libraries, then the pseudo-file of unknown frames.
+// mappingRank orders mappings: executables, then shared libraries, then the pseudo-files of unknown
+// and kernel frames.
 func mappingRank(file string) int {
-	if file == unknownMapping {
+	if file == unknownMapping || strings.HasPrefix(file, kernelMappingPrefix) {
 		return 2
 	}
 	if b := path.Base(file); strings.HasSuffix(b, ".so") || strings.Contains(b, ".so.") {

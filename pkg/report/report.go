@@ -64,10 +64,11 @@ type Meta struct {
 	Lost          LostEvents
 	Stacks        StackStats
 	Tracer        TracerStats
-	RingBytes     uint32   // the ring buffer's size, for the remedy when events were lost (0: not said)
-	TableSize     uint32   // --table-size, for the remedy when a kernel table was full (0: not said)
-	Warnings      []string // things the user must know
-	Now           uint64   // CLOCK_MONOTONIC ns the report is taken at, to age live blocks; 0: the latest event time seen
+	RingBytes     uint32      // the ring buffer's size, for the remedy when events were lost (0: not said)
+	TableSize     uint32      // --table-size, for the remedy when a kernel table was full (0: not said)
+	Warnings      []string    // things the user must know
+	Now           uint64      // CLOCK_MONOTONIC ns the report is taken at, to age live blocks; 0: the latest event time seen
+	Kernel        *KernelMeta // --kernel: the kernel half's counters (nil: off)
 }
 
 // LostEvents is what the kernel side could not deliver, by reason.
@@ -152,8 +153,11 @@ type Report struct {
 	// Frees of blocks the trace never saw allocated, by the caller of free (full mode).
 	UnmatchedFreeSites []FreeSite `json:"unmatched_free_sites"`
 	SocketPath         SocketPath `json:"socket_path"`
-	AgeReference       uint64     `json:"age_reference_time"` // monotonic ns the outstanding ages are measured at
-	MinAgeSeconds      float64    `json:"min_age_seconds"`    // Options.MinAge: the threshold of outstanding_older_than_min_age
+	// Kernel, KernelSites: the kernel's own allocations in traced tasks (--kernel; absent when off).
+	Kernel        *KernelReport `json:"kernel,omitempty"`
+	KernelSites   []KernelSite  `json:"kernel_sites,omitempty"`
+	AgeReference  uint64        `json:"age_reference_time"` // monotonic ns the outstanding ages are measured at
+	MinAgeSeconds float64       `json:"min_age_seconds"`    // Options.MinAge: the threshold of outstanding_older_than_min_age
 
 	// FileMappings are the files the processes mapped, by process and file, most bytes first.
 	FileMappings []FileMapping `json:"file_mappings"`
@@ -339,6 +343,7 @@ type SocketPath struct {
 	Reason                string          `json:"reason"`
 	Conclusion            string          `json:"conclusion"`
 	Processes             []SocketProcess `json:"processes"`
+	Kernel                *SocketKernel   `json:"kernel,omitempty"` // --kernel: the kernel's half
 }
 
 // SocketProcess is one considered process in the verdict.
@@ -354,6 +359,7 @@ type SocketProcess struct {
 	UserAllocations       uint64            `json:"user_allocations"`
 	UnresolvedAllocations uint64            `json:"unresolved_allocations"`
 	Sources               []Source          `json:"sources"`
+	Kernel                *SocketKernel     `json:"kernel,omitempty"`
 }
 
 // Source is one site that allocated after a process's first socket call.

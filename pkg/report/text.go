@@ -27,6 +27,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	r.longLived(&buf)
 	r.unmatchedFrees(&buf)
 	r.fileMaps(&buf)
+	r.kernelText(&buf)
 	if r.SocketPath.Applies {
 		r.socketPath(&buf)
 		buf.WriteString("\n" + esc(r.SocketPath.Conclusion) + "\n")

@@ -33,6 +33,7 @@ func (s *Session) snapshot() *report.Report {
 	if err1 == nil && err2 == nil {
 		meta.Lost, meta.Stacks = s.lostMeta(lost, stk)
 	}
+	meta.Kernel = s.kernelMeta()
 	meta.Tracer = s.selfCost()
 	s.mu.Unlock()
 	var live []loader.Total

@@ -28,6 +28,7 @@ type Options struct {
 	Command     []string // run: the command to trace
 	Workload    string   // run: a built-in workload instead ("echo")
 	Messages    int      // echo: messages per client
+	Kernel      string   // KernelOn, KernelOff, or KernelDefault (on for the echo workload)
 	Size        int      // echo: bytes per message (0: the classic three strings)
 	User        string   // echo: run the workload as this user (default "nobody"; "root" to keep root)
 	Stack       string   // "auto" or "table" (in-kernel CFI), "cfi" (copied, unwound here) or "fp"
@@ -93,6 +94,7 @@ type Session struct {
 	unwinds chan unwindJob // copied stacks for the unwinder goroutine
 	done    chan error
 	cancel  context.CancelFunc
+	kstacks kernelStacks // handler goroutine: kernel stacks named (kernel.go)
 }
 
 func stackMode(s string) (loader.StackMode, error) {
@@ -127,10 +129,13 @@ func start(opts Options, filter bool) (*Session, error) {
 		return nil, err
 	}
 	began := time.Now()
+	if kernelWanted(opts) {
+		go symbolize.KernelSymbols().Warm() // read while the BPF programs load
+	}
 	tr, err := loader.Load(loader.Config{
 		Filter: filter, Follow: opts.Follow, StackMode: mode, StackBytes: opts.StackBytes,
 		RingBytes: opts.RingBytes, TableSize: opts.TableSize, UnwindRows: opts.UnwindRows, Debug: opts.Debug, Count: opts.Mode == "count",
-		Comm: opts.Comm, CgroupID: cgroup, SampleBytes: opts.SampleBytes,
+		Comm: opts.Comm, CgroupID: cgroup, SampleBytes: opts.SampleBytes, Kernel: kernelWanted(opts),
 	})
 	if err != nil {
 		return nil, err
@@ -247,6 +252,7 @@ func (s *Session) finish() (*report.Report, error) {
 	lerr = errors.Join(lerr, sterr)
 	socks, serr := s.tracer.SocketStats()
 	s.meta.Lost, s.meta.Stacks = s.lostMeta(lost, stk)
+	s.meta.Kernel = s.kernelMeta()
 	s.detach(s.tracer, s.tables.saveCache)
 	defer func() {
 		warmed()
