@@ -42,13 +42,15 @@ func (p *kmemPrograms) all() []*ebpf.Program {
 // which the socket calls' kernel allocations need.
 var ErrKernelCount = errors.New("--kernel needs full mode, not count mode")
 
-// loadKmem loads the kmem programs into the maps already created.
-func (t *Tracer) loadKmem(spec *ebpf.CollectionSpec) error {
-	opts := ebpf.CollectionOptions{MapReplacements: mapsByName(&t.objs.udstraceMaps)}
-	if err := spec.Copy().LoadAndAssign(&t.kmem, &opts); err != nil {
-		return fmt.Errorf("loading the kmem programs: %w", err)
+// loadKmem returns the load of the kmem programs, run beside the other programs into the maps
+// created first (loadFull).
+func (t *Tracer) loadKmem(spec *ebpf.CollectionSpec) func(*ebpf.CollectionOptions) error {
+	return func(withMaps *ebpf.CollectionOptions) error {
+		if err := spec.Copy().LoadAndAssign(&t.kmem, withMaps); err != nil {
+			return fmt.Errorf("loading the kmem programs: %w", err)
+		}
+		return nil
 	}
-	return nil
 }
 
 // attachKmem attaches them: the frees first, so no object allocated is missed by its free.

@@ -90,7 +90,12 @@ func Load(cfg Config) (*Tracer, error) {
 	// when LogLevel is 0), so --debug still shows it, and a successful load does not pay the
 	// seconds a full log of udstrace's programs takes.
 	opts := &ebpf.CollectionOptions{}
-	if err := loadMode(spec, cfg.Count, opts, &t.objs); err != nil {
+	var kmem func(*ebpf.CollectionOptions) error // the kmem programs load beside the others
+	if cfg.Kernel {
+		kmem = t.loadKmem(spec)
+	}
+	if err := loadMode(spec, cfg.Count, opts, &t.objs, kmem); err != nil {
+		closeAll(t.kmem.all()...) // loaded beside a program that failed
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			if cfg.Debug {
@@ -99,12 +104,6 @@ func Load(cfg Config) (*Tracer, error) {
 			return nil, fmt.Errorf("loading BPF programs: %w (run with --debug for the verifier log)", ErrVerifier)
 		}
 		return nil, fmt.Errorf("loading BPF programs: %w", err)
-	}
-	if cfg.Kernel {
-		if err := t.loadKmem(spec); err != nil {
-			t.Close()
-			return nil, err
-		}
 	}
 	if err := t.tables.init(&t.objs); err != nil {
 		t.Close()

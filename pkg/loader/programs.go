@@ -37,7 +37,8 @@ type countObjects struct {
 }
 
 // loadMode loads the maps and the programs of one mode into o; the other mode's programs stay nil.
-func loadMode(spec *ebpf.CollectionSpec, count bool, opts *ebpf.CollectionOptions, o *udstraceObjects) error {
+// also, in full mode, loads more programs (the kmem ones) at the same time, into the same maps.
+func loadMode(spec *ebpf.CollectionSpec, count bool, opts *ebpf.CollectionOptions, o *udstraceObjects, also func(*ebpf.CollectionOptions) error) error {
 	if count {
 		var c countObjects
 		if err := spec.LoadAndAssign(&c, opts); err != nil {
@@ -47,7 +48,7 @@ func loadMode(spec *ebpf.CollectionSpec, count bool, opts *ebpf.CollectionOption
 		set(o, c.commonPrograms)
 		return nil
 	}
-	return loadFull(spec, opts, o)
+	return loadFull(spec, opts, o, also)
 }
 
 // The two programs that reach the stack code are most of the verifier's time (~55 ms each
@@ -68,7 +69,7 @@ type fullOtherPrograms struct {
 }
 
 // loadFull creates the maps, then loads full mode's programs in two halves at once against them.
-func loadFull(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions, o *udstraceObjects) error {
+func loadFull(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions, o *udstraceObjects, also func(*ebpf.CollectionOptions) error) error {
 	mapsOnly := spec.Copy()
 	mapsOnly.Programs = nil
 	coll, err := ebpf.NewCollectionWithOptions(mapsOnly, *opts)
@@ -97,9 +98,17 @@ func loadFull(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions, o *udstra
 	errRet, errExit := make(chan error, 1), make(chan error, 1)
 	go func() { errRet <- spec.Copy().LoadAndAssign(&ret, &withMaps) }()
 	go func() { errExit <- spec.Copy().LoadAndAssign(&exit, &withMaps) }()
+	errAlso := make(chan error, 1)
+	go func() {
+		var err error
+		if also != nil {
+			err = also(&withMaps)
+		}
+		errAlso <- err
+	}()
 	errOther := spec.Copy().LoadAndAssign(&other, &withMaps)
 	// One cause, as a load of all at once would give it (a damaged BTF fails all three alike).
-	if err := cmp.Or(errOther, <-errRet, <-errExit); err != nil {
+	if err := cmp.Or(errOther, <-errRet, <-errExit, <-errAlso); err != nil {
 		mv.udstraceMaps.Close()
 		closeAll(ret.AllocReturn, exit.SysExit, other.AllocEnter, other.FreeEnter,
 			other.SysEnter, other.OnExec, other.OnFork, other.OnExit, other.OnRename)
