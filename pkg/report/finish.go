@@ -63,7 +63,11 @@ func (b *Builder) finish(sym Symbolizer, meta Meta, lazy bool) *Report {
 	slices.SortFunc(procs, func(a, b *proc) int { return cmp.Or(cmp.Compare(a.pid, b.pid), cmp.Compare(a.idx, b.idx)) })
 	r.FileMappings = []FileMapping{}
 	for _, p := range procs {
-		r.Processes = append(r.Processes, p.report(meta.Roles[p.pid]))
+		rp := p.report(meta.Roles[p.pid])
+		if a, ok := meta.Allocators[p.pid]; ok && p.group == 0 {
+			rp.Allocator = &a
+		}
+		r.Processes = append(r.Processes, rp)
 		r.FileMappings = append(r.FileMappings, p.fileMappings()...)
 	}
 	slices.SortStableFunc(r.FileMappings, func(a, b FileMapping) int { return cmp.Compare(b.Bytes, a.Bytes) })

@@ -56,11 +56,12 @@ type Meta struct {
 	// CommandStatus is run -- COMMAND's exit status as a shell tells it (128+N when killed by
 	// signal N); nil for anything else.
 	CommandStatus *int
-	Mode          string          // e.g. "full"
-	SampleBytes   uint64          // count mode: stacks sampled every this many bytes on average (0: every call)
-	StackMode     string          // "fp", "cfi", "auto"
-	Start, End    time.Time       // wall-clock bounds of the trace
-	Roles         map[uint32]Role // pid -> workload role
+	Mode          string               // e.g. "full"
+	SampleBytes   uint64               // count mode: stacks sampled every this many bytes on average (0: every call)
+	StackMode     string               // "fp", "cfi", "auto"
+	Start, End    time.Time            // wall-clock bounds of the trace
+	Roles         map[uint32]Role      // pid -> workload role
+	Allocators    map[uint32]Allocator // pid -> the object its malloc binds to
 	Lost          LostEvents
 	Stacks        StackStats
 	Tracer        TracerStats
@@ -206,6 +207,12 @@ type LostDetail struct {
 	TableFull         TableFull `json:"table_full"`
 }
 
+// Allocator is the object a process's malloc family binds to: its heap calls are probed there.
+type Allocator struct {
+	Name   string `json:"name"`   // glibc, musl, jemalloc, tcmalloc, mimalloc, unknown
+	Object string `json:"object"` // the file
+}
+
 // Process holds one process's totals.
 type Process struct {
 	PID              uint32               `json:"pid"`
@@ -213,6 +220,7 @@ type Process struct {
 	Comm             string               `json:"comm"`
 	Exe              string               `json:"exe"`
 	Role             Role                 `json:"role"`
+	Allocator        *Allocator           `json:"allocator"` // null: no object it mapped exports malloc (see warnings)
 	Exited           bool                 `json:"exited"`
 	ExitCode         *int                 `json:"exit_code"`
 	ExitSignal       int                  `json:"exit_signal,omitempty"`

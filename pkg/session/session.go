@@ -153,7 +153,7 @@ func start(opts Options, filter bool) (*Session, error) {
 	go s.unwindCopies()
 	s.builder = report.NewBuilder(report.Options{TopSites: opts.TopSites, MinAge: opts.MinAge, MaxProcs: opts.MaxProcs, MaxSites: opts.MaxSites,
 		FoldAtEnd: opts.Mode == "count", Stacks: s.stacks.resolve, CallerStack: s.callerStack, LiveSockets: true})
-	s.meta = report.Meta{Mode: modeName(opts.Mode), SampleBytes: opts.SampleBytes, StackMode: stackName(opts.Stack), Start: time.Now(), Roles: map[uint32]report.Role{},
+	s.meta = report.Meta{Mode: modeName(opts.Mode), SampleBytes: opts.SampleBytes, StackMode: stackName(opts.Stack), Start: time.Now(), Roles: map[uint32]report.Role{}, Allocators: map[uint32]report.Allocator{},
 		RingBytes: cmp.Or(opts.RingBytes, 16<<20), TableSize: cmp.Or(opts.TableSize, 65536)}
 	if d, err := symbolize.NewDebuginfod(opts.Debuginfod); err != nil {
 		s.meta.Warnings = append(s.meta.Warnings, fmt.Sprintf("not asking debuginfod servers for debug files: %v", err))
@@ -231,16 +231,16 @@ func (s *Session) callerStack(pid uint32, ret uint64) uint64 {
 	return s.stacks.intern([]kstack.Frame{s.maps.Caller(pid, ret)}, true)
 }
 
-// attachLibc probes the libc a program will use, found by path (run resolves it as the loader will).
-func (s *Session) attachLibc(path string) error {
+// attachAllocator probes an object that exports malloc, found by path (run resolves them as the loader will).
+func (s *Session) attachAllocator(path string) error {
 	m, err := s.maps.OpenFile(path)
 	if err != nil {
-		return fmt.Errorf("opening libc %s: %w", path, err)
+		return fmt.Errorf("opening allocator %s: %w", path, err)
 	}
 	return s.attachModule(m)
 }
 
-// attachModule probes a libc the session holds open. Its table loads first (every heap stack
+// attachModule probes an allocator object (a libc, jemalloc, ...) the session holds open. Its table loads first (every heap stack
 // starts in it); the probes go into the held file itself, not whatever its path names by now.
 func (s *Session) attachModule(m *procmaps.Module) error {
 	began := time.Now()
