@@ -2,8 +2,10 @@ package session
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -185,5 +187,46 @@ func needFile(t *testing.T, path string) {
 	t.Helper()
 	if _, err := os.Stat(path); err != nil {
 		t.Fatalf("%s missing (make deps installs it): %v", path, err)
+	}
+}
+
+// TestUntraceableChildrenWarn: children whose allocations no probe can see (a static glibc
+// program, a Go program) get allocator null and a warning naming why, never a silent zero.
+func TestUntraceableChildrenWarn(t *testing.T) {
+	testenv.NeedRoot(t)
+	static := testenv.CompileC(t, "static", mixSrc, "-static")
+	gofmt := filepath.Join(runtime.GOROOT(), "bin", "gofmt")
+	needFile(t, gofmt)
+	o := testOptions(t)
+	o.Command = []string{"/bin/dash", "-c", static + " 2; " + gofmt + " </dev/null; true"}
+	rep, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	why := map[string]string{static: "statically linked", gofmt: "Go program"}
+	for exe, reason := range why {
+		var p *report.Process
+		for i := range rep.Processes {
+			if rep.Processes[i].Exe == exe {
+				p = &rep.Processes[i]
+			}
+		}
+		if p == nil {
+			t.Fatalf("no process runs %s in %+v", exe, rep.Processes)
+		}
+		if p.Allocator != nil {
+			t.Errorf("%s: allocator %+v, want null", exe, *p.Allocator)
+		}
+		want := fmt.Sprintf("pid %d (%s): its heap allocations are not traced: ", p.PID, exe)
+		found := false
+		for _, w := range rep.Warnings {
+			found = found || strings.HasPrefix(w, want) && strings.Contains(w, reason)
+		}
+		if !found {
+			t.Errorf("no warning %q...%q in %q", want, reason, rep.Warnings)
+		}
+	}
+	if dash := rep.Processes[0]; dash.Allocator == nil || dash.Allocator.Name != "glibc" {
+		t.Errorf("dash (pid %d): allocator %+v, want glibc", dash.PID, dash.Allocator)
 	}
 }
