@@ -1,6 +1,11 @@
 package session
 
 import (
+	"cmp"
+	"fmt"
+	"path/filepath"
+	"slices"
+
 	"github.com/udstrace/udstrace/pkg/loader"
 	"github.com/udstrace/udstrace/pkg/procmaps"
 	"github.com/udstrace/udstrace/pkg/report"
@@ -91,4 +96,56 @@ func (h *handler) noteExit(pid uint32, exeKey string) {
 		return
 	}
 	h.s.warn("pid %d (%s): its heap allocations are not traced: %s", pid, exe.Path, loader.Untraceable(exe.FdPath()))
+}
+
+// attachAllocators probes every object a running process maps that exports malloc (its
+// mappings are loaded) and names its allocator: the first of them in its link map, the order
+// its dynamic linker searches; without the link map (static, or unreadable), the executable,
+// then the others before libc.
+func (s *Session) attachAllocators(pid int) error {
+	var found []*procmaps.Module
+	names := map[*procmaps.Module]string{}
+	for _, m := range s.maps.ModulesOf(uint32(pid)) {
+		if name, ok := loader.AllocatorOf(m.FdPath()); ok {
+			found = append(found, m)
+			names[m] = name
+		}
+	}
+	if len(found) == 0 {
+		return nil
+	}
+	rank := map[string]int{}
+	exeKey, _ := loader.FileKey(fmt.Sprintf("/proc/%d/exe", pid))
+	rank[exeKey] = 0
+	if lm, err := loader.LinkMap(pid); err == nil {
+		for i, name := range lm {
+			if name == "" {
+				continue
+			}
+			if key, err := loader.FileKey(filepath.Join(procRoot(uint32(pid)), name)); err == nil {
+				if _, seen := rank[key]; !seen {
+					rank[key] = i + 1
+				}
+			}
+		}
+	}
+	order := func(m *procmaps.Module) int {
+		if r, ok := rank[m.Key]; ok {
+			return r
+		}
+		if names[m] == "glibc" || names[m] == "musl" {
+			return 1 << 30
+		}
+		return 1 << 20
+	}
+	slices.SortStableFunc(found, func(a, b *procmaps.Module) int { return cmp.Compare(order(a), order(b)) })
+	for _, m := range found {
+		if err := s.attachModule(m); err != nil {
+			return fmt.Errorf("attaching to pid %d: probing %s: %w", pid, m.Path, err)
+		}
+	}
+	s.mu.Lock()
+	s.meta.Allocators[uint32(pid)] = report.Allocator{Name: names[found[0]], Object: found[0].Path}
+	s.mu.Unlock()
+	return nil
 }

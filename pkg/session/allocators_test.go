@@ -1,9 +1,11 @@
 package session
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -229,4 +231,61 @@ func TestUntraceableChildrenWarn(t *testing.T) {
 	if dash := rep.Processes[0]; dash.Allocator == nil || dash.Allocator.Name != "glibc" {
 		t.Errorf("dash (pid %d): allocator %+v, want glibc", dash.PID, dash.Allocator)
 	}
+}
+
+// TestAttachJemalloc: attached to running processes whose malloc is jemalloc's (preloaded, or
+// linked), udstrace probes jemalloc (the first object of the link map that exports malloc)
+// and sees exactly the mallocs and frees asked for, the forked child's too.
+func TestAttachJemalloc(t *testing.T) {
+	testenv.NeedRoot(t)
+	needFile(t, jemallocSO)
+	plain := buildPattern(t)
+	linked := testenv.CompileC(t, "patternje", serverSrc, "-ljemalloc")
+	pre := startPatternEnv(t, plain, "LD_PRELOAD="+jemallocSO)
+	lin := startPatternEnv(t, linked)
+	stop := attachAsync(t, []int{pre.cmd.Process.Pid, lin.cmd.Process.Pid})
+	pre.ask(t, "m 300")
+	lin.ask(t, "m 120")
+	pre.ask(t, "f 20")
+	rep := stop()
+	v, _ := decodeView(t, rep)
+	for _, c := range []struct {
+		pid  int
+		want uint64
+	}{{pre.cmd.Process.Pid, 300}, {lin.cmd.Process.Pid, 120}} {
+		if got := calls(v, uint32(c.pid), "malloc"); got != c.want {
+			t.Errorf("pid %d: %d mallocs, want %d", c.pid, got, c.want)
+		}
+		if got := calls(v, uint32(c.pid), "free"); got != c.want {
+			t.Errorf("pid %d: %d frees, want %d", c.pid, got, c.want)
+		}
+	}
+	child := false
+	for _, p := range rep.Processes {
+		switch {
+		case p.PID == uint32(pre.cmd.Process.Pid), p.PID == uint32(lin.cmd.Process.Pid):
+			checkAllocator(t, p, "jemalloc", jemallocSO)
+		case calls(v, p.PID, "malloc") == 20:
+			child = true
+			checkAllocator(t, p, "jemalloc", jemallocSO)
+		}
+	}
+	if !child {
+		t.Errorf("the forked child's 20 mallocs are not in the report: %+v", v.Processes)
+	}
+}
+
+func startPatternEnv(t *testing.T, bin string, env ...string) *patternProc {
+	t.Helper()
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), env...)
+	in, _ := cmd.StdinPipe()
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &patternProc{cmd: cmd, in: in, out: bufio.NewReader(out)}
+	t.Cleanup(func() { in.Close(); cmd.Wait() })
+	p.expect(t, "ready")
+	return p
 }

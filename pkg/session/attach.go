@@ -228,6 +228,10 @@ func Attach(ctx context.Context, pids []int, duration time.Duration, opts Option
 			s.abort()
 			return nil, err
 		}
+		if err := s.attachAllocators(pid); err != nil {
+			s.abort()
+			return nil, err
+		}
 		if err := s.tracer.AddTarget(pid, false); err != nil {
 			s.abort()
 			return nil, err
