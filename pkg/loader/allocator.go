@@ -72,7 +72,7 @@ func exportedFuncs(f *elf.File) map[string]bool {
 // are probed. It fails as ResolveLibc does for programs without a shared allocator.
 func ResolveAllocators(program string, env []string) ([]string, error) {
 	libc, err := ResolveLibc(program)
-	if err != nil && !errors.Is(err, ErrNoLibc) {
+	if errors.Is(err, ErrStatic) || errors.Is(err, ErrGoProgram) {
 		return nil, err
 	}
 	var objs []string
