@@ -379,3 +379,75 @@ func TestMuslProgram(t *testing.T) {
 	}
 	checkAllocator(t, p, "musl", "/lib/ld-musl-x86_64.so.1")
 }
+
+// ownMallocSrc defines the malloc family itself (a bump allocator over a static arena) and
+// counts every call it serves, libc's own included; it prints the counts at exit: the oracle.
+const ownMallocSrc = `#include <stddef.h>
+#include <string.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+static char arena[1 << 24];
+static size_t used;
+static unsigned long nmalloc, bmalloc, ncalloc, bcalloc, nrealloc, brealloc, nfree;
+static void *bump(size_t n) {
+	size_t off = (used + 15) & ~(size_t)15;
+	if (off + n + 16 > sizeof arena) return NULL;
+	used = off + 16 + n;
+	*(size_t *)(arena + off) = n;
+	return arena + off + 16;
+}
+void *malloc(size_t n) { nmalloc++; bmalloc += n; return bump(n); }
+void *calloc(size_t a, size_t b) { ncalloc++; bcalloc += a * b; void *p = bump(a * b); if (p) memset(p, 0, a * b); return p; }
+void *realloc(void *p, size_t n) {
+	nrealloc++; brealloc += n;
+	void *q = bump(n);
+	if (p && q) { size_t old = *(size_t *)((char *)p - 16); memcpy(q, p, old < n ? old : n); }
+	return q;
+}
+void free(void *p) { nfree++; (void)p; }
+void *volatile sink;
+int main(int argc, char **argv) {
+	int rounds = atoi(argv[1]);
+	for (int i = 0; i < rounds; i++) {
+		void *volatile null = NULL;
+		sink = malloc(100 + i);
+		free(sink);
+		sink = calloc(4, 25);
+		sink = realloc(sink, 300);
+		free(sink);
+		free(null);
+	}
+	char buf[256];
+	int k = snprintf(buf, sizeof buf, "%lu %lu %lu %lu %lu %lu %lu\n", nmalloc, bmalloc, ncalloc, bcalloc, nrealloc, brealloc, nfree);
+	write(2, buf, k);
+	return 0;
+}
+`
+
+// TestExecutableDefinesMalloc: a program that defines malloc itself is probed in the
+// executable (it is first in the search order, libc's own calls bind to it too): exactly the
+// calls it counted, and the report names the executable as an unknown allocator.
+func TestExecutableDefinesMalloc(t *testing.T) {
+	testenv.NeedRoot(t)
+	bin := testenv.CompileC(t, "ownmalloc", ownMallocSrc)
+	var stderr strings.Builder
+	o := testOptions(t)
+	o.Command, o.Stderr = []string{bin, "6"}, &stderr
+	rep, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n [7]uint64
+	if _, err := fmt.Sscan(stderr.String(), &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6]); err != nil {
+		t.Fatalf("reading the program's own counts from %q: %v", stderr.String(), err)
+	}
+	want := map[string][2]uint64{"malloc": {n[0], n[1]}, "calloc": {n[2], n[3]}, "realloc": {n[4], n[5]}, "free": {n[6], 0}}
+	if n[0] < 6 || n[6] < 18 {
+		t.Fatalf("program counted %v: fewer calls than it makes itself", n)
+	}
+	v, _ := decodeView(t, rep)
+	p := rep.Processes[0]
+	compareCounts(t, "own malloc", heapOnly(v.perKind(p.PID)), want)
+	checkAllocator(t, p, "unknown", bin)
+}
