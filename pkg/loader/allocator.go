@@ -170,11 +170,11 @@ func Untraceable(path string) string {
 	return "no object it maps exports malloc and free (an allocator without exported symbols)"
 }
 
-// ReportedAs says under which kind each malloc-family function a program calls is reported, for
-// a lookup scope holding these allocator objects in search order (ResolveAllocators): a name
-// binds to the first object that defines it, and names sharing an address there are one probe,
-// reported under the first (glibc's aligned_alloc is its memalign). Names not listed report as
-// themselves.
+// ReportedAs says under which kind each probed symbol a program calls is reported, for a lookup
+// scope holding these allocator objects in search order (ResolveAllocators): a name binds to the
+// first object that defines it, and names sharing an address there are one probe, reported
+// under the first (glibc's aligned_alloc is its memalign, tcmalloc's operator delete its free;
+// _ZdlPvm is "operator delete"). Names not listed report as themselves.
 func ReportedAs(objs []string) (map[string]string, error) {
 	out := map[string]string{}
 	for _, obj := range objs {
@@ -185,7 +185,7 @@ func ReportedAs(objs []string) (map[string]string, error) {
 		for _, p := range probes {
 			for _, n := range p.Names {
 				if _, bound := out[n]; !bound {
-					out[n] = p.Names[0]
+					out[n] = p.Kind.String()
 				}
 			}
 		}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/udstrace/udstrace/pkg/event"
 )
 
 // attachKernel attaches the syscall programs (raw tracepoints: bpf/syscalls.h says why) and the
@@ -61,10 +62,16 @@ func (t *Tracer) AttachLibc(path, name string) ([]Probe, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening %s for uprobes: %w", name, err)
 	}
+	// free gets the entry program alone; an allocator's own frees (dallocx, operator delete) the
+	// entry and return pair, which keeps the frees they make inside from counting twice. Count
+	// mode traces no frees.
 	var allocOffs, allocCookies, freeOffs []uint64
 	for _, p := range probes {
-		if p.Kind.String() == "free" {
+		if p.Kind == event.Free {
 			freeOffs = append(freeOffs, p.Offset)
+			continue
+		}
+		if p.Kind.IsFree() && t.count {
 			continue
 		}
 		allocOffs = append(allocOffs, p.Offset)

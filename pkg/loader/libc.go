@@ -13,10 +13,52 @@ import (
 )
 
 // allocatorNames lists the probed functions; when several share an address
-// (glibc: memalign = aligned_alloc), the first listed names the probe.
+// (glibc: memalign = aligned_alloc; tcmalloc: free = operator delete), the first listed names
+// the probe: the C names first. Then the allocators' own entry points, which bypass malloc.
 var allocatorNames = []string{
 	"malloc", "calloc", "realloc", "reallocarray", "posix_memalign",
 	"memalign", "aligned_alloc", "valloc", "pvalloc", "free",
+	"mallocx", "rallocx", "dallocx", "sdallocx",
+	"mi_zalloc", "mi_mallocn", "mi_reallocn", "mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned",
+}
+
+// cxxOperators are the C++ operators an allocator may define itself (jemalloc, tcmalloc and
+// mimalloc do; libstdc++'s call malloc and are not probed): plain, sized, aligned and nothrow
+// forms of each, by mangled name, plain forms first (tcmalloc's new[] is its new).
+var cxxOperators = []struct {
+	name string
+	kind event.Kind
+}{
+	{"_Znwm", event.OperatorNew}, {"_ZnwmRKSt9nothrow_t", event.OperatorNew},
+	{"_ZnwmSt11align_val_t", event.OperatorNew}, {"_ZnwmSt11align_val_tRKSt9nothrow_t", event.OperatorNew},
+	{"_Znam", event.OperatorNewArray}, {"_ZnamRKSt9nothrow_t", event.OperatorNewArray},
+	{"_ZnamSt11align_val_t", event.OperatorNewArray}, {"_ZnamSt11align_val_tRKSt9nothrow_t", event.OperatorNewArray},
+	{"_ZdlPv", event.OperatorDelete}, {"_ZdlPvm", event.OperatorDelete}, {"_ZdlPvRKSt9nothrow_t", event.OperatorDelete},
+	{"_ZdlPvSt11align_val_t", event.OperatorDelete}, {"_ZdlPvmSt11align_val_t", event.OperatorDelete},
+	{"_ZdlPvSt11align_val_tRKSt9nothrow_t", event.OperatorDelete},
+	{"_ZdaPv", event.OperatorDeleteArray}, {"_ZdaPvm", event.OperatorDeleteArray}, {"_ZdaPvRKSt9nothrow_t", event.OperatorDeleteArray},
+	{"_ZdaPvSt11align_val_t", event.OperatorDeleteArray}, {"_ZdaPvmSt11align_val_t", event.OperatorDeleteArray},
+	{"_ZdaPvSt11align_val_tRKSt9nothrow_t", event.OperatorDeleteArray},
+}
+
+// probedNames is every probed symbol in naming order: allocatorNames, then the operators.
+func probedNames() []string {
+	names := append([]string(nil), allocatorNames...)
+	for _, op := range cxxOperators {
+		names = append(names, op.name)
+	}
+	return names
+}
+
+// kindOf is the kind a probed symbol reports as.
+func kindOf(name string) event.Kind {
+	for _, op := range cxxOperators {
+		if op.name == name {
+			return op.kind
+		}
+	}
+	k, _ := event.KindByName(name)
+	return k
 }
 
 // Probe is one allocator function in a libc file.
@@ -68,7 +110,7 @@ func FindAllocator(path string) ([]Probe, error) {
 	places := placements(f)
 	byAddr := map[uint64]*Probe{}
 	var probes []*Probe
-	for _, name := range allocatorNames {
+	for _, name := range probedNames() {
 		addr, ok := addrOf[name]
 		if !ok {
 			continue
@@ -77,7 +119,7 @@ func FindAllocator(path string) ([]Probe, error) {
 			p.Names = append(p.Names, name)
 			continue
 		}
-		kind, _ := event.KindByName(name)
+		kind := kindOf(name)
 		off, err := fileOffset(f, addr)
 		if err != nil {
 			return nil, fmt.Errorf("locating %s in %s: %w", name, path, err)

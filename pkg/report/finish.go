@@ -185,13 +185,13 @@ func (p *proc) report(role Role) Process {
 			out.ExitCode = &code
 		}
 	}
-	for k := event.Malloc; k <= event.Pvalloc; k++ {
+	for k := event.Malloc; int(k) < kindSlots; k++ {
 		c := p.heap[k]
-		if c.Calls == 0 {
+		if c.Calls == 0 || !k.IsHeap() {
 			continue
 		}
 		out.HeapByKind[k.String()] = c
-		if k != event.Free {
+		if !k.IsFree() {
 			out.HeapCalls += c.Calls
 			out.HeapBytes += c.Bytes
 		}

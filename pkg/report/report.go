@@ -371,8 +371,8 @@ type Source struct {
 	Caller   string `json:"caller"`   // first frame outside libc (e.g. main)
 }
 
-// kindSlots sizes per-kind arrays: event.Kind values run up to Brk.
-const kindSlots = int(event.Brk) + 1
+// kindSlots sizes per-kind arrays.
+const kindSlots = event.KindCount
 
 // FileMapping is one process's mappings of one file.
 type FileMapping struct {

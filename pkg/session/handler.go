@@ -43,10 +43,10 @@ func (h *handler) Alloc(a *event.Alloc) {
 		h.s.bmu.Unlock()
 		return
 	}
-	if a.Weighted && a.Kind != event.Free {
+	if a.Weighted && !a.Kind.IsFree() {
 		a.Weight = h.s.callWeight(a.Size)
 	}
-	if min := h.s.opts.MinSize; min > 0 && a.Kind != event.Free && a.Kind != event.Munmap && a.Size < min {
+	if min := h.s.opts.MinSize; min > 0 && !a.Kind.IsFree() && a.Kind != event.Munmap && a.Size < min {
 		return // frees of what was left out count as unmatched, which the report explains
 	}
 	h.s.bmu.Lock()
