@@ -147,6 +147,8 @@ var appliesTo = []struct {
 }{
 	{"workload", []string{"run"}, false, "run"},
 	{"verify", []string{"run"}, false, "run -- COMMAND"},
+	{"allocator", []string{"run", "attach"}, false, "run and attach"},
+	{"allocator-prefix", []string{"run", "attach"}, false, "run and attach, with --allocator"},
 	{"kill-after", []string{"run"}, false, "run"},
 	{"messages", []string{"run"}, true, "run --workload echo"},
 	{"size", []string{"run"}, true, "run --workload echo"},

@@ -53,10 +53,13 @@ func (t *Tracer) AttachLibc(path, name string) ([]Probe, error) {
 		return probes, nil
 	}
 	probes := t.aheadFor(key)
-	if probes == nil {
-		if probes, err = FindAllocator(path); err != nil {
-			return nil, fmt.Errorf("reading the allocator of %s: %w", name, err)
-		}
+	if prefix, named := t.named[key]; named {
+		probes, err = FindNamedAllocator(path, prefix)
+	} else if probes == nil {
+		probes, err = FindAllocator(path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the allocator of %s: %w", name, err)
 	}
 	ex, err := link.OpenExecutable(path)
 	if err != nil {
@@ -86,6 +89,15 @@ func (t *Tracer) AttachLibc(path, name string) ([]Probe, error) {
 	t.attached[key] = probes
 	t.libcPaths[key] = name
 	return probes, nil
+}
+
+// NameAllocator says the file of identity key is an allocator the user named (--allocator):
+// AttachLibc then looks its functions up as prefix+name, in its symbol table too.
+func (t *Tracer) NameAllocator(key, prefix string) {
+	if t.named == nil {
+		t.named = map[string]string{}
+	}
+	t.named[key] = prefix
 }
 
 func (t *Tracer) placeProbes(ex *link.Executable, allocOffs, cookies, freeOffs []uint64) error {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/udstrace/udstrace/internal/safeopen"
 	"github.com/udstrace/udstrace/pkg/event"
@@ -83,7 +84,17 @@ var argRegs = map[string][]x86asm.Reg{
 var errNoAllocator = errors.New("no malloc symbol")
 
 // FindAllocator reads the dynamic symbols of a libc and returns one probe per distinct function address.
-func FindAllocator(path string) ([]Probe, error) {
+func FindAllocator(path string) ([]Probe, error) { return findAllocator(path, "", false) }
+
+// FindNamedAllocator is FindAllocator for an object the user names (--allocator): its functions
+// are prefix+name (jemalloc built with --with-jemalloc-prefix=je_: je_malloc), and looked for in
+// its symbol table too when it exports none (a static binary that is not stripped). Those
+// probes stay at their functions' starts: slower, never wrong.
+func FindNamedAllocator(path, prefix string) ([]Probe, error) {
+	return findAllocator(path, prefix, true)
+}
+
+func findAllocator(path, prefix string, symtab bool) ([]Probe, error) {
 	ef, err := openELF(path)
 	if err != nil {
 		return nil, err
@@ -91,23 +102,41 @@ func FindAllocator(path string) ([]Probe, error) {
 	defer ef.Close()
 	f := ef.File
 	syms, err := f.DynamicSymbols()
-	if err != nil {
+	if err != nil && !errors.Is(err, elf.ErrNoSymbols) {
 		return nil, fmt.Errorf("reading dynamic symbols of %s: %w", path, err)
 	}
 	addrOf := map[string]uint64{}
-	for _, s := range syms {
-		if elf.ST_TYPE(s.Info) != elf.STT_FUNC || s.Value == 0 || s.Section == elf.SHN_UNDEF {
-			continue
+	add := func(syms []elf.Symbol) {
+		for _, s := range syms {
+			t := elf.ST_TYPE(s.Info)
+			if t != elf.STT_FUNC && t != elf.STT_GNU_IFUNC || s.Value == 0 || s.Section == elf.SHN_UNDEF {
+				continue
+			}
+			name, ok := strings.CutPrefix(s.Name, prefix)
+			if !ok {
+				continue
+			}
+			// Versioned duplicates (malloc@@GLIBC_2.2.5) share the default's address; keep the first.
+			if _, seen := addrOf[name]; !seen {
+				addrOf[name] = s.Value
+			}
 		}
-		// Versioned duplicates (malloc@@GLIBC_2.2.5) share the default's address; keep the first.
-		if _, seen := addrOf[s.Name]; !seen {
-			addrOf[s.Name] = s.Value
+	}
+	add(syms)
+	named := prefix != ""
+	if _, ok := addrOf["malloc"]; !ok && symtab {
+		if st, err := f.Symbols(); err == nil {
+			add(st)
+			named = true
 		}
 	}
 	if _, ok := addrOf["malloc"]; !ok {
 		return nil, fmt.Errorf("reading %s: %w", path, errNoAllocator)
 	}
-	places := placements(f)
+	var places map[string]probeplace.Placement
+	if !named {
+		places = placements(f)
+	}
 	byAddr := map[uint64]*Probe{}
 	var probes []*Probe
 	for _, name := range probedNames() {

@@ -49,7 +49,8 @@ type Tracer struct {
 	count     bool
 	attached  map[string][]Probe // libc identity (dev:ino) -> probes placed in it
 	libcPaths map[string]string
-	ahead     *Ahead // probes found while the programs loaded (UseAhead)
+	named     map[string]string // file key -> symbol prefix of an allocator the user named
+	ahead     *Ahead            // probes found while the programs loaded (UseAhead)
 	tables    tables
 	// Event ring traffic so far (Read counts it).
 	ringRecords, ringBytes atomic.Uint64

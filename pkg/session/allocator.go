@@ -18,6 +18,9 @@ func (h *handler) allocatorOf(m *procmaps.Module) (string, bool) {
 		return a, a != ""
 	}
 	name, ok := loader.AllocatorOf(m.FdPath())
+	if m.Key == h.s.namedKey {
+		name, ok = cmpOr(name, "unknown"), true // the user named it: probed whatever it exports
+	}
 	h.allocs[m.Key] = name
 	return name, ok
 }
@@ -106,7 +109,11 @@ func (s *Session) attachAllocators(pid int) error {
 	var found []*procmaps.Module
 	names := map[*procmaps.Module]string{}
 	for _, m := range s.maps.ModulesOf(uint32(pid)) {
-		if name, ok := loader.AllocatorOf(m.FdPath()); ok {
+		name, ok := loader.AllocatorOf(m.FdPath())
+		if m.Key == s.namedKey {
+			name, ok = cmpOr(name, "unknown"), true
+		}
+		if ok {
 			found = append(found, m)
 			names[m] = name
 		}
@@ -148,4 +155,28 @@ func (s *Session) attachAllocators(pid int) error {
 	s.meta.Allocators[uint32(pid)] = report.Allocator{Name: names[found[0]], Object: found[0].Path}
 	s.mu.Unlock()
 	return nil
+}
+
+// attachNamed probes the allocator the user named (Options.Allocator), if any.
+func (s *Session) attachNamed() error {
+	if s.opts.Allocator == "" {
+		return nil
+	}
+	m, err := s.maps.OpenFile(s.opts.Allocator)
+	if err != nil {
+		return fmt.Errorf("opening allocator %s: %w", s.opts.Allocator, err)
+	}
+	s.namedKey = m.Key
+	s.tracer.NameAllocator(m.Key, s.opts.AllocatorPrefix)
+	if err := s.attachModule(m); err != nil {
+		return fmt.Errorf("probing the allocator %s: %w", s.opts.Allocator, err)
+	}
+	return nil
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }

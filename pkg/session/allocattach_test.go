@@ -133,10 +133,3 @@ func TestVerifyAllocators(t *testing.T) {
 		})
 	}
 }
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
-}

@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -174,4 +175,129 @@ func TestExecutableDefinesMalloc(t *testing.T) {
 	p := rep.Processes[0]
 	compareCounts(t, "own malloc", heapOnly(v.perKind(p.PID)), want)
 	checkAllocator(t, p, "unknown", bin)
+}
+
+// staticSrc makes a known list of calls per round; statically linked, it exports no malloc.
+const staticSrc = `#include <stdio.h>
+#include <stdlib.h>
+static char outbuf[BUFSIZ];
+void *volatile sink;
+int main(int argc, char **argv) {
+	setvbuf(stdout, outbuf, _IOFBF, sizeof(outbuf));
+	long rounds = atol(argv[1]);
+	for (long r = 0; r < rounds; r++) {
+		void *volatile null = NULL;
+		void *p = malloc(24);
+		sink = p;
+		free(p);
+		p = calloc(10, 100);
+		sink = p;
+		p = realloc(p, 5000);
+		free(p);
+		free(null);
+	}
+	printf("done\n");
+	return 0;
+}
+`
+
+// TestNamedStaticAllocator: --allocator names a static glibc program itself: its malloc family
+// is found in its symbol table and probed there. Each round adds exactly the program's calls
+// (static glibc's own start-up allocations are the same with 0 and 5 rounds), and the report
+// names the program as the allocator. Without the flag, run refuses the static program.
+func TestNamedStaticAllocator(t *testing.T) {
+	testenv.NeedRoot(t)
+	bin := testenv.CompileC(t, "static", staticSrc, "-static")
+	heap := func(rounds int) map[string][2]uint64 {
+		o := testOptions(t)
+		o.Command, o.Allocator = []string{bin, strconv.Itoa(rounds)}, bin
+		rep, err := Run(context.Background(), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, _ := decodeView(t, rep)
+		p := rep.Processes[0]
+		checkAllocator(t, p, "unknown", bin)
+		if p.UnmatchedFrees != 0 {
+			t.Errorf("%d rounds: %d unmatched frees, want 0", rounds, p.UnmatchedFrees)
+		}
+		return heapOnly(v.perKind(p.PID))
+	}
+	const n = 5
+	base, got := heap(0), heap(n)
+	round := map[string][2]uint64{"malloc": {1, 24}, "calloc": {1, 1000}, "realloc": {1, 5000}, "free": {3, 0}}
+	want := map[string][2]uint64{}
+	for k, b := range base {
+		want[k] = b
+	}
+	for k, r := range round {
+		want[k] = [2]uint64{want[k][0] + n*r[0], want[k][1] + n*r[1]}
+	}
+	compareCounts(t, "static, named", got, want)
+	o := testOptions(t)
+	o.Command = []string{bin, "1"}
+	if _, err := Run(context.Background(), o); !errors.Is(err, loader.ErrStatic) {
+		t.Errorf("run of a static program without --allocator: %v, want ErrStatic", err)
+	}
+}
+
+// prefixedSrc has its own allocator under prefixed names (xx_malloc, xx_free), which nothing
+// exports: a bump arena, called a known number of times.
+const prefixedSrc = `#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+static char arena[1 << 20];
+static size_t used;
+__attribute__((noinline)) void *xx_malloc(size_t n) { void *p = arena + used; used += (n + 15) & ~(size_t)15; return p; }
+__attribute__((noinline)) void *xx_calloc(size_t a, size_t b) { return xx_malloc(a * b); }
+__attribute__((noinline)) void xx_free(void *p) { (void)p; __asm__ volatile("" ::: "memory"); }
+static char outbuf[BUFSIZ];
+void *volatile sink;
+int main(int argc, char **argv) {
+	setvbuf(stdout, outbuf, _IOFBF, sizeof(outbuf));
+	int n = atoi(argv[1]);
+	for (int i = 0; i < n; i++) {
+		sink = xx_malloc(32 + i);
+		xx_free(sink);
+		sink = xx_calloc(3, 16);
+		xx_free(sink);
+		sink = malloc(8);
+		free(sink);
+	}
+	printf("done\n");
+	return 0;
+}
+`
+
+// TestNamedPrefixedAllocator: --allocator with --allocator-prefix probes an allocator whose
+// functions carry a prefix (memleak's -O/--symbols-prefix), from the program's symbol table,
+// beside libc: its calls (xx_calloc calls xx_malloc: the outer call only) plus libc's, which
+// the interposer counts.
+func TestNamedPrefixedAllocator(t *testing.T) {
+	testenv.NeedRoot(t)
+	bins := testenv.Binaries(t)
+	bin := testenv.CompileC(t, "prefixed", prefixedSrc)
+	const n = 6
+	argv := []string{bin, strconv.Itoa(n)}
+	want := truthOf(t, bins.Allocount, argv...)
+	var bytes uint64
+	for i := range n {
+		bytes += 32 + uint64(i)
+	}
+	m, c, f := want["malloc"], want["calloc"], want["free"]
+	want["malloc"] = [2]uint64{m[0] + n, m[1] + bytes}
+	want["calloc"] = [2]uint64{c[0] + n, c[1] + 48*n}
+	want["free"] = [2]uint64{f[0] + 2*n, 0}
+	o := testOptions(t)
+	o.Command, o.Allocator, o.AllocatorPrefix = argv, bin, "xx_"
+	rep, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := decodeView(t, rep)
+	p := rep.Processes[0]
+	compareCounts(t, "xx_ and libc", heapOnly(v.perKind(p.PID)), want)
+	if p.UnmatchedFrees != 0 {
+		t.Errorf("%d unmatched frees, want 0", p.UnmatchedFrees)
+	}
 }
