@@ -32,7 +32,7 @@ var timeitSrc []byte
 // config is the command line.
 type config struct {
 	pairs, pairsTraced, threads, repeat int
-	markdown                            bool
+	markdown, allocators                bool
 	compileLines                        int
 }
 
@@ -46,6 +46,7 @@ func main() {
 	flag.IntVar(&c.threads, "threads", 1, "allocbench threads (the pairs are split between them)")
 	flag.IntVar(&c.repeat, "repeat", 3, "runs per row; the table shows the median run")
 	flag.BoolVar(&c.markdown, "markdown", false, "print the tables as Markdown")
+	flag.BoolVar(&c.allocators, "allocators", true, "a row per allocator udstrace probes (glibc, jemalloc, tcmalloc, mimalloc preloaded): untraced and under udstrace")
 	flag.IntVar(&c.compileLines, "compile-lines", 2000, "lines of the generated C file the compile rows build with gcc -O2 -c (0: no compile rows)")
 	udstrace := flag.String("udstrace", "./udstrace", "udstrace binary (make build)")
 	udsFlags := flag.String("udstrace-flags", "", "extra flags for every udstrace run, space-separated (e.g. --no-cache)")
@@ -77,6 +78,9 @@ func main() {
 	}
 	if err == nil {
 		err = benchStartStop(ctx, e, c)
+	}
+	if err == nil && c.allocators {
+		err = benchAllocators(ctx, e, c)
 	}
 	if err == nil && c.compileLines > 0 {
 		err = benchCompile(ctx, e, c)
