@@ -18,41 +18,41 @@ import (
 
 // options is the flat set of command-line options.
 type options struct {
-	allocator       string
-	allocatorPrefix string
-	workload        string
-	messages        int
-	size            int
-	user            string
-	format          string
-	output          string
-	mode            string
-	stack           string
-	stackBytes      uint
-	ringBytes       uint
-	tableSize       uint
-	unwindRows      uint
-	cacheDir        string
-	noCache         bool
-	follow          bool
-	debug           bool
-	verify          bool
-	topSites        int
-	maxProcs        int
-	maxSites        int
-	sample          uint64
-	pids            string
-	duration        time.Duration
-	interval        time.Duration
-	minAge          time.Duration
-	minSize         uint64
-	comm            string
-	cgroup          string
-	killAfter       time.Duration
-	weight          string
-	foldedRoot      string
-	sort            string
-	fileMaps        bool
+	workload   string
+	messages   int
+	size       int
+	user       string
+	format     string
+	output     string
+	mode       string
+	stack      string
+	stackBytes uint
+	ringBytes  uint
+	tableSize  uint
+	unwindRows uint
+	cacheDir   string
+	noCache    bool
+	follow     bool
+	debug      bool
+	verify     bool
+	topSites   int
+	maxProcs   int
+	maxSites   int
+	sample     uint64
+	pids       string
+	duration   time.Duration
+	interval   time.Duration
+	minAge     time.Duration
+	minSize    uint64
+	comm       string
+	cgroup     string
+	killAfter  time.Duration
+	weight     string
+	foldedRoot string
+	sort       string
+	fileMaps   bool
+
+	allocator, allocatorPrefix string // --allocator, --allocator-prefix
 }
 
 var formats = []string{"text", "json", "ndjson", "pprof", "folded"}

@@ -56,12 +56,11 @@ type Meta struct {
 	// CommandStatus is run -- COMMAND's exit status as a shell tells it (128+N when killed by
 	// signal N); nil for anything else.
 	CommandStatus *int
-	Mode          string               // e.g. "full"
-	SampleBytes   uint64               // count mode: stacks sampled every this many bytes on average (0: every call)
-	StackMode     string               // "fp", "cfi", "auto"
-	Start, End    time.Time            // wall-clock bounds of the trace
-	Roles         map[uint32]Role      // pid -> workload role
-	Allocators    map[uint32]Allocator // pid -> the object its malloc binds to
+	Mode          string          // e.g. "full"
+	SampleBytes   uint64          // count mode: stacks sampled every this many bytes on average (0: every call)
+	StackMode     string          // "fp", "cfi", "auto"
+	Start, End    time.Time       // wall-clock bounds of the trace
+	Roles         map[uint32]Role // pid -> workload role
 	Lost          LostEvents
 	Stacks        StackStats
 	Tracer        TracerStats
@@ -69,6 +68,8 @@ type Meta struct {
 	TableSize     uint32   // --table-size, for the remedy when a kernel table was full (0: not said)
 	Warnings      []string // things the user must know
 	Now           uint64   // CLOCK_MONOTONIC ns the report is taken at, to age live blocks; 0: the latest event time seen
+
+	Allocators map[uint32]Allocator // pid -> the object its malloc binds to
 }
 
 // LostEvents is what the kernel side could not deliver, by reason.

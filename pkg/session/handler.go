@@ -21,9 +21,10 @@ type handler struct {
 	s          *Session
 	named      map[uint32]bool // processes whose comm the builder has
 	lastPID    uint32
-	seenCopies map[copyKey]bool  // drain goroutine: copies sent ahead to the unwinder
-	allocs     map[string]string // module key -> the allocator it exports ("" none)
-	exeKeys    map[uint32]string // pid -> its executable's key, for processes seen exec
+	seenCopies map[copyKey]bool // drain goroutine: copies sent ahead to the unwinder
+
+	allocs  map[string]string // module key -> the allocator it exports ("" none)
+	exeKeys map[uint32]string // pid -> its executable's key, for processes seen exec
 }
 
 type copyKey struct{ prefix, ip uint64 }

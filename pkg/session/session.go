@@ -54,16 +54,18 @@ type Options struct {
 	// DetachLater returns the report before the probes are detached (which takes RCU grace
 	// periods); the caller must call Wait before exiting, or before another tool probes libc.
 	DetachLater bool
-	Env         []string // run: variables added to the command's environment
+	Env         []string  // run: variables added to the command's environment
+	NoASLR      bool      // run: the command runs with address space randomization off (--verify)
+	Stdout      io.Writer // where the traced commands' output goes
+	Stderr      io.Writer
+	Log         *slog.Logger
+
 	// Allocator names an object whose malloc family to probe besides those found (--allocator):
 	// an allocator udstrace does not recognise, or one without exported symbols (a static
 	// binary's, from its symbol table); AllocatorPrefix is its functions' prefix (je_ for je_malloc).
 	Allocator       string
 	AllocatorPrefix string
-	NoASLR          bool      // run: the command runs with address space randomization off (--verify)
-	Stdout          io.Writer // where the traced commands' output goes
-	Stderr          io.Writer
-	Log             *slog.Logger
+
 	// KillAfter is how long an interrupted command's process group has between SIGTERM and SIGKILL
 	// (0: DefaultKillAfter; negative: none, SIGKILL right after SIGTERM).
 	KillAfter time.Duration
@@ -85,20 +87,21 @@ var ErrUnknownWorkload = errors.New("unknown workload")
 
 // Session is one trace in progress.
 type Session struct {
-	opts     Options
+	opts    Options
+	tracer  *loader.Tracer
+	maps    *procmaps.Table
+	stacks  *stackStore
+	tables  *tableLoader
+	builder *report.Builder
+	meta    report.Meta
+	mu      sync.Mutex // guards roles and warnings, written from the launcher while events flow
+	bmu     sync.Mutex // guards the builder and samples: events and interval snapshots
+	samples map[sampleKey]*sampleSum
+	unwinds chan unwindJob // copied stacks for the unwinder goroutine
+	done    chan error
+	cancel  context.CancelFunc
+
 	namedKey string // the file key of Options.Allocator, once opened
-	tracer   *loader.Tracer
-	maps     *procmaps.Table
-	stacks   *stackStore
-	tables   *tableLoader
-	builder  *report.Builder
-	meta     report.Meta
-	mu       sync.Mutex // guards roles and warnings, written from the launcher while events flow
-	bmu      sync.Mutex // guards the builder and samples: events and interval snapshots
-	samples  map[sampleKey]*sampleSum
-	unwinds  chan unwindJob // copied stacks for the unwinder goroutine
-	done     chan error
-	cancel   context.CancelFunc
 }
 
 func stackMode(s string) (loader.StackMode, error) {
