@@ -86,7 +86,8 @@ func (h *handler) noteFork(parent, child uint32) {
 }
 
 // noteExit warns of a process that exec'd and exited without mapping any object that exports
-// malloc: none of its allocations could be traced, which must not read as a silent zero.
+// malloc: none of its allocations could be traced, which must not read as a silent zero. The
+// first process of each program is named; the others running it are not said again.
 func (h *handler) noteExit(pid uint32, exeKey string) {
 	h.s.mu.Lock()
 	_, set := h.s.meta.Allocators[pid]
@@ -95,9 +96,10 @@ func (h *handler) noteExit(pid uint32, exeKey string) {
 		return
 	}
 	exe := h.s.maps.Module(exeKey)
-	if exe == nil {
-		return
+	if exe == nil || h.untraced[exeKey] {
+		return // said once per program: a loop running it must not grow the warnings without bound
 	}
+	h.untraced[exeKey] = true
 	h.s.warn("pid %d (%s): its heap allocations are not traced: %s", pid, exe.Path, loader.Untraceable(exe.FdPath()))
 }
 

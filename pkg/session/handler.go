@@ -24,13 +24,14 @@ type handler struct {
 	seenCopies map[copyKey]bool // drain goroutine: copies sent ahead to the unwinder
 
 	allocs  map[string]string // module key -> the allocator it exports ("" none)
-	exeKeys map[uint32]string // pid -> its executable's key, for processes seen exec
+	exeKeys  map[uint32]string // pid -> its executable's key, for processes seen exec
+	untraced map[string]bool   // executables already warned of: their processes map no malloc
 }
 
 type copyKey struct{ prefix, ip uint64 }
 
 func newHandler(s *Session) *handler {
-	return &handler{s: s, named: map[uint32]bool{}, seenCopies: map[copyKey]bool{}, allocs: map[string]string{}, exeKeys: map[uint32]string{}}
+	return &handler{s: s, named: map[uint32]bool{}, seenCopies: map[copyKey]bool{}, allocs: map[string]string{}, exeKeys: map[uint32]string{}, untraced: map[string]bool{}}
 }
 
 func (h *handler) Alloc(a *event.Alloc) {
