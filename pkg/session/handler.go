@@ -23,7 +23,7 @@ type handler struct {
 	lastPID    uint32
 	seenCopies map[copyKey]bool // drain goroutine: copies sent ahead to the unwinder
 
-	allocs  map[string]string // module key -> the allocator it exports ("" none)
+	allocs   map[string]string // module key -> the allocator it exports ("" none)
 	exeKeys  map[uint32]string // pid -> its executable's key, for processes seen exec
 	untraced map[string]bool   // executables already warned of: their processes map no malloc
 }
