@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Copyright (c) 2026 The udstrace Authors */
 /*
- * libc allocator uprobes. One entry program for the whole malloc family (the
- * attach cookie says which function), one return program, one for free.
+ * Allocator uprobes, in whichever object a process's malloc binds to (glibc,
+ * musl, jemalloc, tcmalloc, mimalloc...). One entry program for the whole
+ * malloc family and the allocators' own entry points (the attach cookie says
+ * which function), one return program, one for free.
  * Only the outermost allocator call of a thread is reported: glibc's
  * realloc(NULL, n) calls malloc, memalign calls malloc, realloc(p, 0) calls
  * free, and those inner calls are the same allocation, not new ones.
