@@ -32,7 +32,7 @@ var timeitSrc []byte
 // config is the command line.
 type config struct {
 	pairs, pairsTraced, threads, repeat int
-	markdown                            bool
+	markdown, allocators                bool
 	compileLines                        int
 	htmlSites                           int
 	socketOnly                          bool
@@ -48,6 +48,7 @@ func main() {
 	flag.IntVar(&c.threads, "threads", 1, "allocbench threads (the pairs are split between them)")
 	flag.IntVar(&c.repeat, "repeat", 3, "runs per row; the table shows the median run")
 	flag.BoolVar(&c.markdown, "markdown", false, "print the tables as Markdown")
+	flag.BoolVar(&c.allocators, "allocators", true, "a row per allocator udstrace probes (glibc, jemalloc, tcmalloc, mimalloc preloaded): untraced and under udstrace")
 	flag.IntVar(&c.compileLines, "compile-lines", 2000, "lines of the generated C file the compile rows build with gcc -O2 -c (0: no compile rows)")
 	flag.IntVar(&c.htmlSites, "html-sites", 10000, "sites of the report whose HTML page the html row draws in headless Chromium (0: no html row)")
 	flag.BoolVar(&c.socketOnly, "socket-only", false, "only the socket echo loop table (what --kernel costs)")
@@ -81,6 +82,9 @@ func main() {
 	}
 	if err == nil && !c.socketOnly {
 		err = benchStartStop(ctx, e, c)
+	}
+	if err == nil && c.allocators && !c.socketOnly {
+		err = benchAllocators(ctx, e, c)
 	}
 	if err == nil && c.compileLines > 0 && !c.socketOnly {
 		err = benchCompile(ctx, e, c)

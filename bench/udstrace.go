@@ -97,6 +97,12 @@ func (e *env) udstraceSupported(ctx context.Context, flags []string) string {
 // udstraceRun runs `udstrace run FLAGS --format json -o REPORT -- argv` and
 // reads the report.
 func (e *env) udstraceRun(ctx context.Context, flags []string, argv ...string) (child, *udsReport, error) {
+	return e.udstraceRunEnv(ctx, nil, flags, argv...)
+}
+
+// udstraceRunEnv is udstraceRun with variables added to udstrace's environment, which the
+// traced command inherits (LD_PRELOAD of an allocator: udstrace probes it from the start).
+func (e *env) udstraceRunEnv(ctx context.Context, extraEnv, flags []string, argv ...string) (child, *udsReport, error) {
 	// Never -o /dev/null: udstrace renames its report over the target.
 	f, err := os.CreateTemp(e.tmp, "udstrace-*.json")
 	if err != nil {
@@ -106,7 +112,7 @@ func (e *env) udstraceRun(ctx context.Context, flags []string, argv ...string) (
 	f.Close()
 	defer os.Remove(report)
 	cmdline := append(append(append([]string{e.udstrace, "run"}, flags...), e.udsFlags...), "--format", "json", "-o", report, "--")
-	c, err := e.start(ctx, "", append(cmdline, argv...)...)
+	c, err := e.launch(ctx, launch{env: extraEnv}, append(cmdline, argv...)...)
 	if err != nil {
 		return c, nil, err
 	}

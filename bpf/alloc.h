@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Copyright (c) 2026 The udstrace Authors */
 /*
- * libc allocator uprobes. One entry program for the whole malloc family (the
- * attach cookie says which function), one return program, one for free.
+ * Allocator uprobes, in whichever object a process's malloc binds to (glibc,
+ * musl, jemalloc, tcmalloc, mimalloc...). One entry program for the whole
+ * malloc family and the allocators' own entry points (the attach cookie says
+ * which function), one return program, one for free.
  * Only the outermost allocator call of a thread is reported: glibc's
  * realloc(NULL, n) calls malloc, memalign calls malloc, realloc(p, 0) calls
  * free, and those inner calls are the same allocation, not new ones.
@@ -39,42 +41,24 @@ int alloc_enter(struct pt_regs *ctx)
 	u8 kind = bpf_get_attach_cookie(ctx);
 	u64 a = ctx->di, b = ctx->si, c = ctx->dx;
 	struct call_state st = { .sp = sp, .kind = kind, .depth = 1, .entry_ip = ctx->ip };
-	switch (kind) {
-	case K_CALLOC:
-		st.size = a * b;
-		break;
-	case K_REALLOC:
-		st.old_addr = a;
-		st.size = b;
-		break;
-	case K_REALLOCARRAY:
-		st.old_addr = a;
-		st.size = b * c;
-		break;
-	case K_POSIX_MEMALIGN:
+	st.size = call_size(kind, a, b, c);
+	if (is_realloc_kind(kind) || is_free_kind(kind))
+		st.old_addr = a; /* a free kind's block */
+	if (kind == K_POSIX_MEMALIGN)
 		st.memptr = a;
-		st.size = c;
-		break;
-	case K_ALIGNED_ALLOC:
-	case K_MEMALIGN:
-		st.size = b;
-		break;
-	default: /* malloc, valloc, pvalloc */
-		st.size = a;
-	}
 	*cur = st;
 	return 0;
 }
 
 /* emit_free sends a free: the block, and the caller of free (its return address). */
-static __always_inline void emit_free(u64 pid_tgid, u64 addr, u8 flags, u64 caller)
+static __always_inline void emit_free(u64 pid_tgid, u8 kind, u64 addr, u8 flags, u64 caller)
 {
 	u64 queued;
 	struct free_event *ev = reserve(sizeof(*ev), &queued);
 	if (!ev)
 		return;
 	ev->type = EV_FREE;
-	ev->kind = K_FREE;
+	ev->kind = kind;
 	ev->inside = K_NONE;
 	ev->flags = flags;
 	ev->pid = pid_tgid >> 32;
@@ -89,7 +73,7 @@ static __always_inline void emit_free(u64 pid_tgid, u64 addr, u8 flags, u64 call
 /* emit_forgotten tells user space a picked block is gone (an unpicked realloc moved or freed it). */
 static __always_inline void emit_forgotten(u64 pid_tgid, u64 addr)
 {
-	emit_free(pid_tgid, addr, F_WEIGHTED, 0);
+	emit_free(pid_tgid, K_FREE, addr, F_WEIGHTED, 0);
 }
 
 /* sample_return counts the call in the exact totals and reports whether it was picked; picked
@@ -97,8 +81,8 @@ static __always_inline void emit_forgotten(u64 pid_tgid, u64 addr)
 static __noinline bool sample_return(u64 pid_tgid, struct call_state *st, u64 ret, bool *untracked)
 {
 	u32 tgid = pid_tgid >> 32;
-	bool realloc_kind = st->kind == K_REALLOC || st->kind == K_REALLOCARRAY;
-	bool frees = realloc_kind && st->old_addr && st->size == 0;
+	bool realloc_kind = is_realloc_kind(st->kind);
+	bool frees = (st->kind == K_REALLOC || st->kind == K_REALLOCARRAY) && st->old_addr && st->size == 0;
 	bool failed = st->kind == K_POSIX_MEMALIGN ? (int)ret != 0 : (!ret && !frees);
 	bool pick = sampled(tgid, st->kind, st->size);
 	if (frees)
@@ -114,6 +98,20 @@ static __noinline bool sample_return(u64 pid_tgid, struct call_state *st, u64 re
 	if (addr && !remember_sampled(tgid, addr))
 		*untracked = true; /* its free could not be reported: user space must not track it */
 	return true;
+}
+
+/* free_kind_return reports an allocator's own free (dallocx, sdallocx, operator delete) at its
+ * return: those are probed like allocations, entry and return, so that the frees they make
+ * inside (jemalloc's sized delete calls sdallocx, mimalloc's calls free) are not counted again.
+ * caller is the return address. */
+static __noinline void free_kind_return(u64 pid_tgid, u8 kind, u64 ptr, u64 caller)
+{
+	if (cfg_sample_bytes) {
+		count_total(pid_tgid >> 32, kind, ptr ? 1 : 0); /* as free's: calls, and blocks released */
+		if (!ptr || !forget_sampled(pid_tgid >> 32, ptr))
+			return;
+	}
+	emit_free(pid_tgid, kind, ptr, cfg_sample_bytes ? F_WEIGHTED : 0, ptr ? caller : 0);
 }
 
 SEC("uretprobe")
@@ -135,6 +133,10 @@ int alloc_return(struct pt_regs *ctx)
 	struct call_state st = *cur;
 	cur->depth = 0;
 
+	if (is_free_kind(st.kind)) {
+		free_kind_return(pid_tgid, st.kind, st.old_addr, ctx->ip);
+		return 0;
+	}
 	u64 ret = ctx->ax;
 	u8 flags = 0;
 	bool untracked = false;
@@ -193,6 +195,6 @@ int free_enter(struct pt_regs *ctx)
 	u64 caller = 0;
 	if (ptr)
 		bpf_probe_read_user(&caller, sizeof(caller), (void *)ctx->sp);
-	emit_free(pid_tgid, ptr, cfg_sample_bytes ? F_WEIGHTED : 0, caller);
+	emit_free(pid_tgid, K_FREE, ptr, cfg_sample_bytes ? F_WEIGHTED : 0, caller);
 	return 0;
 }

@@ -125,25 +125,7 @@ int alloc_count(struct pt_regs *ctx)
 		ts->tail.ret = read_ret(sp, &ret, &have);
 		ts->tail.kind = kind;
 	}
-	u64 a = ctx->di, b = ctx->si, c = ctx->dx, size;
-	switch (kind) {
-	case K_CALLOC:
-		size = a * b;
-		break;
-	case K_REALLOC:
-	case K_ALIGNED_ALLOC:
-	case K_MEMALIGN:
-		size = b;
-		break;
-	case K_REALLOCARRAY:
-		size = b * c;
-		break;
-	case K_POSIX_MEMALIGN:
-		size = c;
-		break;
-	default:
-		size = a;
-	}
+	u64 size = call_size(kind, ctx->di, ctx->si, ctx->dx);
 	u64 id;
 	if (cfg_sample_bytes) {
 		if (sampled(pid_tgid >> 32, kind, size) && count_stack_of(ctx, ts, pid_tgid, kind, size, &id))

@@ -19,7 +19,47 @@ enum kind {
 	K_NONE, K_MALLOC, K_CALLOC, K_REALLOC, K_REALLOCARRAY, K_FREE,
 	K_POSIX_MEMALIGN, K_ALIGNED_ALLOC, K_MEMALIGN, K_VALLOC, K_PVALLOC,
 	K_MMAP, K_MUNMAP, K_MREMAP, K_BRK,
+	/* allocators' own entry points (jemalloc, C++ operator new/delete, mimalloc) */
+	K_MALLOCX, K_RALLOCX, K_DALLOCX, K_SDALLOCX,
+	K_NEW, K_NEW_ARRAY, K_DELETE, K_DELETE_ARRAY,
+	K_MI_ZALLOC, K_MI_MALLOCN, K_MI_REALLOCN, K_MI_MALLOC_ALIGNED, K_MI_ZALLOC_ALIGNED, K_MI_REALLOC_ALIGNED,
 };
+
+/* is_realloc_kind: the call takes an old block (first argument) and may move it. */
+static __always_inline bool is_realloc_kind(u8 k)
+{
+	return k == K_REALLOC || k == K_REALLOCARRAY || k == K_RALLOCX || k == K_MI_REALLOCN || k == K_MI_REALLOC_ALIGNED;
+}
+
+/* is_free_kind: an allocator's own free, probed at entry and return (bpf/alloc.h free_kind_return). */
+static __always_inline bool is_free_kind(u8 k)
+{
+	return k == K_DALLOCX || k == K_SDALLOCX || k == K_DELETE || k == K_DELETE_ARRAY;
+}
+
+/* call_size is the bytes an allocator call asks for, from its argument registers. */
+static __always_inline u64 call_size(u8 kind, u64 a, u64 b, u64 c)
+{
+	if (is_free_kind(kind))
+		return 0;
+	switch (kind) {
+	case K_CALLOC:
+	case K_MI_MALLOCN:
+		return a * b;
+	case K_REALLOC:
+	case K_RALLOCX:
+	case K_MI_REALLOC_ALIGNED:
+	case K_ALIGNED_ALLOC:
+	case K_MEMALIGN:
+		return b;
+	case K_REALLOCARRAY:
+	case K_MI_REALLOCN:
+		return b * c;
+	case K_POSIX_MEMALIGN:
+		return c;
+	}
+	return a; /* malloc, valloc, pvalloc, mallocx, operator new, mi_zalloc, mi_*_aligned */
+}
 
 enum event_type { EV_ALLOC = 1, EV_EXEC, EV_FORK, EV_EXIT, EV_MAP, EV_FREE, EV_SYS, EV_COPY, EV_STACK, EV_MODULE, EV_PAGE, EV_SOCK, EV_RENAME };
 
@@ -182,7 +222,7 @@ struct count_val {
 	u64 bytes;
 };
 
-#define HEAP_KINDS (K_PVALLOC + 1)
+#define HEAP_KINDS (K_MI_REALLOC_ALIGNED + 1) /* the syscall kinds' slots among them stay empty */
 
 struct proc_event {
 	u8 type;

@@ -66,11 +66,17 @@ func ReadCounts(dir string) ([]Counted, error) {
 // bytes. aligned_alloc is memalign in glibc 2.36 (one address, one probe, reported under the first
 // name); free's calls include free(NULL), a call like any other, and free has no bytes.
 func Traced(funcs map[string]Count) map[string][2]uint64 {
+	return TracedAs(funcs, map[string]string{"aligned_alloc": "memalign"})
+}
+
+// TracedAs folds counts as Traced does, each function under the kind as names it (loader.ReportedAs:
+// jemalloc's aligned_alloc is its own function, glibc's is memalign).
+func TracedAs(funcs map[string]Count, as map[string]string) map[string][2]uint64 {
 	out := map[string][2]uint64{}
 	for name, n := range funcs {
 		kind, calls, bytes := name, n.Calls, n.Bytes
-		if name == "aligned_alloc" {
-			kind = "memalign"
+		if k, ok := as[name]; ok {
+			kind = k
 		}
 		if name == "free" {
 			bytes = 0

@@ -119,6 +119,7 @@ func (o *options) sessionOptions(command []string) session.Options {
 		Command: command, Workload: o.workload, Messages: o.messages, Size: o.size, User: o.user,
 		Stack: o.stack, StackBytes: uint32(o.stackBytes), RingBytes: uint32(o.ringBytes), TableSize: uint32(o.tableSize), UnwindRows: uint32(o.unwindRows), CacheDir: o.cache(), DetachLater: true,
 		Follow: o.follow, Debug: o.debug, Mode: o.mode, MinAge: o.minAge, MinSize: o.minSize,
+		Allocator: o.allocator, AllocatorPrefix: o.allocatorPrefix,
 		Comm: o.comm, Cgroup: o.cgroup, TopSites: o.topSites, MaxProcs: o.maxProcs, MaxSites: o.maxSites, SampleBytes: o.sample,
 		Stdout: os.Stderr, Stderr: os.Stderr, KillAfter: killAfter(o.killAfter), KillNow: killNow,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),

@@ -70,6 +70,7 @@ func TestBadInput(t *testing.T) {
 		{[]string{"run", "--max-procs", "-1", "--", "true"}, exitUsage, "--max-procs"},
 		{[]string{"run", "--max-sites", "-1", "--", "true"}, exitUsage, "--max-sites"},
 		{[]string{"run", "--verify", "--sample-bytes", "4096", "--", "true"}, exitUsage, "--sample-bytes"},
+		{[]string{"run", "--allocator-prefix", "je_", "--", "true"}, exitUsage, "--allocator"},
 		{[]string{"run", "--ring-size", "8192", "--", "true"}, exitUsage, "--ring-size"},
 		{[]string{"run", "--table-size", "10", "--", "true"}, exitUsage, "--table-size"},
 	}

@@ -23,11 +23,11 @@ func translateKernel(err error, msg string) string {
 	case errors.Is(err, loader.ErrVerifier):
 		return msg
 	case errors.Is(err, loader.ErrStatic):
-		return msg + ": udstrace traces libc's allocator; a static binary has none it can probe"
+		return msg + ": udstrace probes the allocator a program binds malloc to; a static binary exports none (if it is not stripped, name it: --allocator PROGRAM)"
 	case errors.Is(err, loader.ErrGoProgram):
 		return msg + " (use Go's own profiler: runtime/pprof heap profiles)"
-	case errors.Is(err, loader.ErrNoLibc):
-		return msg + ": udstrace traces libc's allocator; this program (e.g. a Go binary) does not use it"
+	case errors.Is(err, loader.ErrNoLibc), errors.Is(err, loader.ErrNoAllocatorObject):
+		return msg + ": udstrace probes the malloc a program binds to; this program (e.g. a Go binary) loads no object that exports one (name its allocator with --allocator FILE)"
 	case strings.Contains(msg, "tracefs"):
 		return msg + ": mount it with `mount -t tracefs tracefs /sys/kernel/tracing`"
 	}

@@ -53,6 +53,8 @@ type options struct {
 	fileMaps   bool
 	kernel     bool
 	kernelSet  bool // --kernel was given (else: on for the echo workload only)
+
+	allocator, allocatorPrefix string // --allocator, --allocator-prefix
 }
 
 var formats = []string{"text", "json", "ndjson", "pprof", "folded", "html"}
@@ -79,6 +81,8 @@ func addFlags(fs *pflag.FlagSet, o *options) {
 	fs.UintVar(&o.tableSize, "table-size", 65536, "entries of the kernel's per-thread, per-process and per-site tables (picked blocks: 4×); a full table is counted as lost")
 	fs.BoolVar(&o.follow, "follow", true, "trace children of traced processes")
 	fs.BoolVar(&o.debug, "debug", false, "verbose logs, the workload's output, and the BPF verifier log on load errors")
+	fs.StringVar(&o.allocator, "allocator", "", "also probe the malloc family in this `FILE`: an allocator udstrace does not recognise, or one without exported symbols (looked up in its symbol table: a static binary that is not stripped)")
+	fs.StringVar(&o.allocatorPrefix, "allocator-prefix", "", "with --allocator: its functions are `PREFIX`malloc, PREFIXfree... (je_ for a jemalloc built with a prefix)")
 	fs.BoolVar(&o.verify, "verify", false, "run: also run the command under udstrace's LD_PRELOAD counter and compare counts per process")
 	fs.IntVar(&o.topSites, "top", 20, "text: call sites to print (1 to 100000)")
 	fs.Uint64Var(&o.sample, "sample-bytes", 0, "take stacks (and in full mode track blocks) only for calls picked about once every `N` bytes allocated (Poisson, unbiased weights; per-process totals stay exact); 0: every call")

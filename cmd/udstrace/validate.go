@@ -125,6 +125,8 @@ func (o *options) validate(sub string, rest []string) string {
 		return fmt.Sprintf("--folded-root %q: the only root is process (--folded-root process)", o.foldedRoot)
 	case o.format == "ndjson" && o.interval <= 0:
 		return "--format ndjson needs --interval (e.g. --interval 1s)"
+	case o.allocatorPrefix != "" && o.allocator == "":
+		return "--allocator-prefix is the prefix of the functions of --allocator FILE: give --allocator too"
 	case o.verify && o.sample > 0:
 		return "--verify compares exact counts per call site: drop --sample-bytes"
 	case o.verify && (sub != "run" || o.mode != "full" || o.workload != ""):
@@ -147,6 +149,8 @@ var appliesTo = []struct {
 }{
 	{"workload", []string{"run"}, false, "run"},
 	{"verify", []string{"run"}, false, "run -- COMMAND"},
+	{"allocator", []string{"run", "attach"}, false, "run and attach"},
+	{"allocator-prefix", []string{"run", "attach"}, false, "run and attach, with --allocator"},
 	{"kill-after", []string{"run"}, false, "run"},
 	{"messages", []string{"run"}, true, "run --workload echo"},
 	{"size", []string{"run"}, true, "run --workload echo"},

@@ -20,14 +20,38 @@ const (
 	Munmap
 	Mremap
 	Brk
+	// Allocators' own entry points, which programs call directly and which never reach malloc:
+	// jemalloc's *allocx, the C++ operators jemalloc, tcmalloc and mimalloc define, mimalloc's mi_*.
+	Mallocx
+	Rallocx
+	Dallocx
+	Sdallocx
+	OperatorNew
+	OperatorNewArray
+	OperatorDelete
+	OperatorDeleteArray
+	MiZalloc
+	MiMallocn
+	MiReallocn
+	MiMallocAligned
+	MiZallocAligned
+	MiReallocAligned
 	kindCount
 )
+
+// KindCount sizes arrays indexed by Kind.
+const KindCount = int(kindCount)
 
 var kindNames = [...]string{
 	KindNone: "none", Malloc: "malloc", Calloc: "calloc", Realloc: "realloc",
 	ReallocArray: "reallocarray", Free: "free", PosixMemalign: "posix_memalign",
 	AlignedAlloc: "aligned_alloc", Memalign: "memalign", Valloc: "valloc", Pvalloc: "pvalloc",
 	Mmap: "mmap", Munmap: "munmap", Mremap: "mremap", Brk: "brk",
+	Mallocx: "mallocx", Rallocx: "rallocx", Dallocx: "dallocx", Sdallocx: "sdallocx",
+	OperatorNew: "operator new", OperatorNewArray: "operator new[]",
+	OperatorDelete: "operator delete", OperatorDeleteArray: "operator delete[]",
+	MiZalloc: "mi_zalloc", MiMallocn: "mi_mallocn", MiReallocn: "mi_reallocn",
+	MiMallocAligned: "mi_malloc_aligned", MiZallocAligned: "mi_zalloc_aligned", MiReallocAligned: "mi_realloc_aligned",
 }
 
 func (k Kind) String() string {
@@ -47,8 +71,21 @@ func KindByName(name string) (Kind, bool) {
 	return KindNone, false
 }
 
-// IsHeap reports whether k is a malloc-family call (an allocation or a free made through libc).
-func (k Kind) IsHeap() bool { return k >= Malloc && k <= Pvalloc }
+// IsHeap reports whether k is a malloc-family call (an allocation or a free made through the allocator).
+func (k Kind) IsHeap() bool { return k >= Malloc && k <= Pvalloc || k >= Mallocx && k < kindCount }
+
+// IsFree reports whether k releases a block: free, dallocx, sdallocx, operator delete.
+func (k Kind) IsFree() bool {
+	return k == Free || k == Dallocx || k == Sdallocx || k == OperatorDelete || k == OperatorDeleteArray
+}
+
+// IsRealloc reports whether k resizes an old block (its first argument), perhaps moving it.
+func (k Kind) IsRealloc() bool {
+	return k == Realloc || k == ReallocArray || k == Rallocx || k == MiReallocn || k == MiReallocAligned
+}
+
+// IsAlloc reports whether k allocates a new block (not a resize, not a free).
+func (k Kind) IsAlloc() bool { return k.IsHeap() && !k.IsFree() && !k.IsRealloc() }
 
 // IsSyscall reports whether k is a memory request made to the kernel directly.
 func (k Kind) IsSyscall() bool { return k >= Mmap && k <= Brk }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/udstrace/udstrace/pkg/event"
 )
 
 // attachKernel attaches the syscall programs (raw tracepoints: bpf/syscalls.h says why) and the
@@ -52,19 +53,28 @@ func (t *Tracer) AttachLibc(path, name string) ([]Probe, error) {
 		return probes, nil
 	}
 	probes := t.aheadFor(key)
-	if probes == nil {
-		if probes, err = FindAllocator(path); err != nil {
-			return nil, fmt.Errorf("reading the allocator of %s: %w", name, err)
-		}
+	if prefix, named := t.named[key]; named {
+		probes, err = FindNamedAllocator(path, prefix)
+	} else if probes == nil {
+		probes, err = FindAllocator(path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the allocator of %s: %w", name, err)
 	}
 	ex, err := link.OpenExecutable(path)
 	if err != nil {
 		return nil, fmt.Errorf("opening %s for uprobes: %w", name, err)
 	}
+	// free gets the entry program alone; an allocator's own frees (dallocx, operator delete) the
+	// entry and return pair, which keeps the frees they make inside from counting twice. Count
+	// mode traces no frees.
 	var allocOffs, allocCookies, freeOffs []uint64
 	for _, p := range probes {
-		if p.Kind.String() == "free" {
+		if p.Kind == event.Free {
 			freeOffs = append(freeOffs, p.Offset)
+			continue
+		}
+		if p.Kind.IsFree() && t.count {
 			continue
 		}
 		allocOffs = append(allocOffs, p.Offset)
@@ -79,6 +89,15 @@ func (t *Tracer) AttachLibc(path, name string) ([]Probe, error) {
 	t.attached[key] = probes
 	t.libcPaths[key] = name
 	return probes, nil
+}
+
+// NameAllocator says the file of identity key is an allocator the user named (--allocator):
+// AttachLibc then looks its functions up as prefix+name, in its symbol table too.
+func (t *Tracer) NameAllocator(key, prefix string) {
+	if t.named == nil {
+		t.named = map[string]string{}
+	}
+	t.named[key] = prefix
 }
 
 func (t *Tracer) placeProbes(ex *link.Executable, allocOffs, cookies, freeOffs []uint64) error {

@@ -125,7 +125,11 @@ func (r *record) decode(raw []byte) bool {
 			return false
 		}
 		ev := (*udstraceFreeEvent)(unsafe.Pointer(&raw[0]))
-		r.alloc = event.Alloc{Time: ev.Ts, PID: ev.Pid, TID: ev.Tid, Kind: event.Free, Addr: ev.Addr,
+		kind := event.Kind(ev.Kind)
+		if !kind.IsFree() {
+			kind = event.Free
+		}
+		r.alloc = event.Alloc{Time: ev.Ts, PID: ev.Pid, TID: ev.Tid, Kind: kind, Addr: ev.Addr,
 			Caller: ev.Caller, Weighted: ev.Flags&flagWeighted != 0}
 	case evCopy:
 		const hdr = int(unsafe.Sizeof(udstraceCopyEvent{}))

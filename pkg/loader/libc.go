@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/udstrace/udstrace/internal/safeopen"
 	"github.com/udstrace/udstrace/pkg/event"
@@ -13,10 +14,52 @@ import (
 )
 
 // allocatorNames lists the probed functions; when several share an address
-// (glibc: memalign = aligned_alloc), the first listed names the probe.
+// (glibc: memalign = aligned_alloc; tcmalloc: free = operator delete), the first listed names
+// the probe: the C names first. Then the allocators' own entry points, which bypass malloc.
 var allocatorNames = []string{
 	"malloc", "calloc", "realloc", "reallocarray", "posix_memalign",
 	"memalign", "aligned_alloc", "valloc", "pvalloc", "free",
+	"mallocx", "rallocx", "dallocx", "sdallocx",
+	"mi_zalloc", "mi_mallocn", "mi_reallocn", "mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned",
+}
+
+// cxxOperators are the C++ operators an allocator may define itself (jemalloc, tcmalloc and
+// mimalloc do; libstdc++'s call malloc and are not probed): plain, sized, aligned and nothrow
+// forms of each, by mangled name, plain forms first (tcmalloc's new[] is its new).
+var cxxOperators = []struct {
+	name string
+	kind event.Kind
+}{
+	{"_Znwm", event.OperatorNew}, {"_ZnwmRKSt9nothrow_t", event.OperatorNew},
+	{"_ZnwmSt11align_val_t", event.OperatorNew}, {"_ZnwmSt11align_val_tRKSt9nothrow_t", event.OperatorNew},
+	{"_Znam", event.OperatorNewArray}, {"_ZnamRKSt9nothrow_t", event.OperatorNewArray},
+	{"_ZnamSt11align_val_t", event.OperatorNewArray}, {"_ZnamSt11align_val_tRKSt9nothrow_t", event.OperatorNewArray},
+	{"_ZdlPv", event.OperatorDelete}, {"_ZdlPvm", event.OperatorDelete}, {"_ZdlPvRKSt9nothrow_t", event.OperatorDelete},
+	{"_ZdlPvSt11align_val_t", event.OperatorDelete}, {"_ZdlPvmSt11align_val_t", event.OperatorDelete},
+	{"_ZdlPvSt11align_val_tRKSt9nothrow_t", event.OperatorDelete},
+	{"_ZdaPv", event.OperatorDeleteArray}, {"_ZdaPvm", event.OperatorDeleteArray}, {"_ZdaPvRKSt9nothrow_t", event.OperatorDeleteArray},
+	{"_ZdaPvSt11align_val_t", event.OperatorDeleteArray}, {"_ZdaPvmSt11align_val_t", event.OperatorDeleteArray},
+	{"_ZdaPvSt11align_val_tRKSt9nothrow_t", event.OperatorDeleteArray},
+}
+
+// probedNames is every probed symbol in naming order: allocatorNames, then the operators.
+func probedNames() []string {
+	names := append([]string(nil), allocatorNames...)
+	for _, op := range cxxOperators {
+		names = append(names, op.name)
+	}
+	return names
+}
+
+// kindOf is the kind a probed symbol reports as.
+func kindOf(name string) event.Kind {
+	for _, op := range cxxOperators {
+		if op.name == name {
+			return op.kind
+		}
+	}
+	k, _ := event.KindByName(name)
+	return k
 }
 
 // Probe is one allocator function in a libc file.
@@ -41,7 +84,17 @@ var argRegs = map[string][]x86asm.Reg{
 var errNoAllocator = errors.New("no malloc symbol")
 
 // FindAllocator reads the dynamic symbols of a libc and returns one probe per distinct function address.
-func FindAllocator(path string) ([]Probe, error) {
+func FindAllocator(path string) ([]Probe, error) { return findAllocator(path, "", false) }
+
+// FindNamedAllocator is FindAllocator for an object the user names (--allocator): its functions
+// are prefix+name (jemalloc built with --with-jemalloc-prefix=je_: je_malloc), and looked for in
+// its symbol table too when it exports none (a static binary that is not stripped). Those
+// probes stay at their functions' starts: slower, never wrong.
+func FindNamedAllocator(path, prefix string) ([]Probe, error) {
+	return findAllocator(path, prefix, true)
+}
+
+func findAllocator(path, prefix string, symtab bool) ([]Probe, error) {
 	ef, err := openELF(path)
 	if err != nil {
 		return nil, err
@@ -49,26 +102,44 @@ func FindAllocator(path string) ([]Probe, error) {
 	defer ef.Close()
 	f := ef.File
 	syms, err := f.DynamicSymbols()
-	if err != nil {
+	if err != nil && !errors.Is(err, elf.ErrNoSymbols) {
 		return nil, fmt.Errorf("reading dynamic symbols of %s: %w", path, err)
 	}
 	addrOf := map[string]uint64{}
-	for _, s := range syms {
-		if elf.ST_TYPE(s.Info) != elf.STT_FUNC || s.Value == 0 || s.Section == elf.SHN_UNDEF {
-			continue
+	add := func(syms []elf.Symbol) {
+		for _, s := range syms {
+			t := elf.ST_TYPE(s.Info)
+			if t != elf.STT_FUNC && t != elf.STT_GNU_IFUNC || s.Value == 0 || s.Section == elf.SHN_UNDEF {
+				continue
+			}
+			name, ok := strings.CutPrefix(s.Name, prefix)
+			if !ok {
+				continue
+			}
+			// Versioned duplicates (malloc@@GLIBC_2.2.5) share the default's address; keep the first.
+			if _, seen := addrOf[name]; !seen {
+				addrOf[name] = s.Value
+			}
 		}
-		// Versioned duplicates (malloc@@GLIBC_2.2.5) share the default's address; keep the first.
-		if _, seen := addrOf[s.Name]; !seen {
-			addrOf[s.Name] = s.Value
+	}
+	add(syms)
+	named := prefix != ""
+	if _, ok := addrOf["malloc"]; !ok && symtab {
+		if st, err := f.Symbols(); err == nil {
+			add(st)
+			named = true
 		}
 	}
 	if _, ok := addrOf["malloc"]; !ok {
 		return nil, fmt.Errorf("reading %s: %w", path, errNoAllocator)
 	}
-	places := placements(f)
+	var places map[string]probeplace.Placement
+	if !named {
+		places = placements(f)
+	}
 	byAddr := map[uint64]*Probe{}
 	var probes []*Probe
-	for _, name := range allocatorNames {
+	for _, name := range probedNames() {
 		addr, ok := addrOf[name]
 		if !ok {
 			continue
@@ -77,7 +148,7 @@ func FindAllocator(path string) ([]Probe, error) {
 			p.Names = append(p.Names, name)
 			continue
 		}
-		kind, _ := event.KindByName(name)
+		kind := kindOf(name)
 		off, err := fileOffset(f, addr)
 		if err != nil {
 			return nil, fmt.Errorf("locating %s in %s: %w", name, path, err)

@@ -51,7 +51,8 @@ type Tracer struct {
 	count     bool
 	attached  map[string][]Probe // libc identity (dev:ino) -> probes placed in it
 	libcPaths map[string]string
-	ahead     *Ahead // probes found while the programs loaded (UseAhead)
+	named     map[string]string // file key -> symbol prefix of an allocator the user named
+	ahead     *Ahead            // probes found while the programs loaded (UseAhead)
 	kmem      kmemPrograms
 	tables    tables
 	// Event ring traffic so far (Read counts it).

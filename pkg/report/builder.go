@@ -190,14 +190,15 @@ func (b *Builder) Alloc(ev *event.Alloc) {
 		}
 		return
 	}
-	switch k {
-	case event.Malloc, event.Calloc, event.Valloc, event.Pvalloc, event.Memalign, event.AlignedAlloc, event.PosixMemalign:
+	switch {
+	case k.IsAlloc():
 		p.countHeap(ev)
 		s := b.call(p, ev)
 		if !ev.Failed && ev.Addr != 0 {
 			p.addBlock(&p.live, s, ev.Addr, ev.Size, ev.Time)
 		}
-	case event.Realloc, event.ReallocArray:
+		return
+	case k.IsRealloc():
 		p.countHeap(ev)
 		s := b.call(p, ev)
 		switch {
@@ -213,16 +214,22 @@ func (b *Builder) Alloc(ev *event.Alloc) {
 				p.addBlock(&p.live, s, ev.Addr, ev.Size, ev.Time)
 			}
 		}
-	case event.Free:
+		return
+	case k.IsFree():
 		p.heap[k].Calls++
 		if ev.Addr == 0 {
-			p.nullFrees++
+			if k == event.Free {
+				p.nullFrees++ // free(NULL); delete of a null pointer is only a call
+			}
 		} else {
 			p.frees++
 			if !p.release(p.live, ev.Addr, true) {
 				b.unmatchedFree(p, ev)
 			}
 		}
+		return
+	}
+	switch k {
 	case event.Mmap:
 		p.mmapCalls++
 		p.mmapBytes += ev.Size

@@ -7,7 +7,7 @@ import "github.com/udstrace/udstrace/pkg/event"
 // calls have no outstanding figures and take no part in the verdict's "after the first
 // socket call" count.
 func (b *Builder) Counted(pid uint32, comm string, kind event.Kind, stack uint64, count, bytes uint64) {
-	if kind == event.KindNone || kind == event.Free {
+	if kind == event.KindNone || kind.IsFree() {
 		return // not calls of an allocation function
 	}
 	b.Totals(pid, kind, count, bytes)
@@ -29,9 +29,11 @@ func (b *Builder) Totals(pid uint32, kind event.Kind, calls, bytes uint64) {
 	}
 	c := &p.heap[kind]
 	c.Calls += calls
-	if kind == event.Free {
+	if kind.IsFree() {
 		p.frees += bytes // free's bytes are the calls that released a block: not free(NULL)
-		p.nullFrees += calls - min(bytes, calls)
+		if kind == event.Free {
+			p.nullFrees += calls - min(bytes, calls)
+		}
 		return
 	}
 	c.Bytes += bytes
@@ -44,15 +46,13 @@ func (b *Builder) Totals(pid uint32, kind event.Kind, calls, bytes uint64) {
 // calls, bytes and frees come from Totals.
 func (b *Builder) weighted(p *proc, ev *event.Alloc) {
 	k, w := ev.Kind, max(ev.Weight, 1)
-	switch k {
-	case event.Free:
+	switch {
+	case k.IsFree():
 		if ev.Addr != 0 {
 			p.release(p.live, ev.Addr, false)
 		}
 		return
-	case event.Malloc, event.Calloc, event.Valloc, event.Pvalloc, event.Memalign, event.AlignedAlloc,
-		event.PosixMemalign, event.Realloc, event.ReallocArray:
-	default:
+	case !k.IsHeap():
 		return
 	}
 	s := b.site(p, k, ev.StackID)

@@ -63,7 +63,11 @@ func (b *Builder) finish(sym Symbolizer, meta Meta, lazy bool) *Report {
 	slices.SortFunc(procs, func(a, b *proc) int { return cmp.Or(cmp.Compare(a.pid, b.pid), cmp.Compare(a.idx, b.idx)) })
 	r.FileMappings = []FileMapping{}
 	for _, p := range procs {
-		r.Processes = append(r.Processes, p.report(meta.Roles[p.pid]))
+		rp := p.report(meta.Roles[p.pid])
+		if a, ok := meta.Allocators[p.pid]; ok && p.group == 0 {
+			rp.Allocator = &a
+		}
+		r.Processes = append(r.Processes, rp)
 		r.FileMappings = append(r.FileMappings, p.fileMappings()...)
 	}
 	slices.SortStableFunc(r.FileMappings, func(a, b FileMapping) int { return cmp.Compare(b.Bytes, a.Bytes) })
@@ -187,13 +191,13 @@ func (p *proc) report(role Role) Process {
 			out.ExitCode = &code
 		}
 	}
-	for k := event.Malloc; k <= event.Pvalloc; k++ {
+	for k := event.Malloc; int(k) < kindSlots; k++ {
 		c := p.heap[k]
-		if c.Calls == 0 {
+		if c.Calls == 0 || !k.IsHeap() {
 			continue
 		}
 		out.HeapByKind[k.String()] = c
-		if k != event.Free {
+		if !k.IsFree() {
 			out.HeapCalls += c.Calls
 			out.HeapBytes += c.Bytes
 		}

@@ -69,6 +69,8 @@ type Meta struct {
 	Warnings      []string    // things the user must know
 	Now           uint64      // CLOCK_MONOTONIC ns the report is taken at, to age live blocks; 0: the latest event time seen
 	Kernel        *KernelMeta // --kernel: the kernel half's counters (nil: off)
+
+	Allocators map[uint32]Allocator // pid -> the object its malloc binds to
 }
 
 // LostEvents is what the kernel side could not deliver, by reason.
@@ -214,6 +216,12 @@ type LostDetail struct {
 	TableFull         TableFull `json:"table_full"`
 }
 
+// Allocator is the object a process's malloc family binds to: its heap calls are probed there.
+type Allocator struct {
+	Name   string `json:"name"`   // glibc, musl, jemalloc, tcmalloc, mimalloc, unknown
+	Object string `json:"object"` // the file
+}
+
 // Process holds one process's totals.
 type Process struct {
 	PID              uint32               `json:"pid"`
@@ -221,6 +229,7 @@ type Process struct {
 	Comm             string               `json:"comm"`
 	Exe              string               `json:"exe"`
 	Role             Role                 `json:"role"`
+	Allocator        *Allocator           `json:"allocator"` // null: no object it mapped exports malloc (see warnings)
 	Exited           bool                 `json:"exited"`
 	ExitCode         *int                 `json:"exit_code"`
 	ExitSignal       int                  `json:"exit_signal,omitempty"`
@@ -373,8 +382,8 @@ type Source struct {
 	Caller   string `json:"caller"`   // first frame outside libc (e.g. main)
 }
 
-// kindSlots sizes per-kind arrays: event.Kind values run up to Brk.
-const kindSlots = int(event.Brk) + 1
+// kindSlots sizes per-kind arrays.
+const kindSlots = event.KindCount
 
 // FileMapping is one process's mappings of one file.
 type FileMapping struct {

@@ -37,7 +37,7 @@ type foldPlan struct {
 func (b *Builder) planFold(limit int) *foldPlan {
 	var all []*site
 	for _, s := range b.order {
-		if !s.gone && s.kind != event.Free {
+		if !s.gone && !s.kind.IsFree() {
 			all = append(all, s)
 		}
 	}

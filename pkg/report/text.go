@@ -77,7 +77,7 @@ func (r *Report) header(b *bytes.Buffer) {
 func (r *Report) processes(b *bytes.Buffer) {
 	fmt.Fprintf(b, "\nPROCESSES\n")
 	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PID\tCOMM\tROLE\tEXIT\tALLOCS\tBYTES\tFREES\tOUTSTANDING\tMMAP\tBRK\tFILES MAPPED\tSOCKCALLS")
+	fmt.Fprintln(tw, "PID\tCOMM\tROLE\tEXIT\tALLOCS\tBYTES\tFREES\tOUTSTANDING\tMMAP\tBRK\tFILES MAPPED\tSOCKCALLS\tALLOCATOR")
 	for _, p := range r.Processes {
 		pid := strconv.FormatUint(uint64(p.PID), 10)
 		if p.FoldedProcesses > 0 {
@@ -89,11 +89,23 @@ func (r *Report) processes(b *bytes.Buffer) {
 		if r.NotTraced() {
 			frees, out, mmaps, brks, files = "-", "-", "-", "-", "-" // count mode traces no frees and no memory syscalls
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 			pid, cmpOr(esc(p.Comm), "?"), cmpOr(esc(string(p.Role)), "-"), exitText(p),
-			commas(p.Allocations), bytesText(p.AllocatedBytes), frees, out, mmaps, brks, files, commas(p.SocketSyscalls))
+			commas(p.Allocations), bytesText(p.AllocatedBytes), frees, out, mmaps, brks, files, commas(p.SocketSyscalls), allocatorText(p))
 	}
 	tw.Flush()
+}
+
+// allocatorText names the allocator a process's heap calls were probed in; "none" when no
+// object it mapped exports malloc (the warnings say why), "-" for a folded group.
+func allocatorText(p Process) string {
+	switch {
+	case p.Allocator != nil:
+		return esc(p.Allocator.Name)
+	case p.FoldedProcesses > 0:
+		return "-"
+	}
+	return "none"
 }
 
 // pidText shows pid 0, which no traced process has, as a folded group.

@@ -1,8 +1,6 @@
 package report
 
 import (
-	"github.com/udstrace/udstrace/pkg/event"
-
 	"cmp"
 	"fmt"
 	"path"
@@ -152,7 +150,7 @@ func (b *Builder) verdict(procs []*proc, roles map[uint32]Role, stackOf func(*si
 	cons := considered(procs, roles)
 	bySite := make(map[*proc][]*site)
 	for _, s := range b.order {
-		if s.gone || s.kind == event.Free {
+		if s.gone || s.kind.IsFree() {
 			continue
 		}
 		bySite[s.p] = append(bySite[s.p], s)

@@ -208,6 +208,10 @@ func Attach(ctx context.Context, pids []int, duration time.Duration, opts Option
 		s.abort()
 		return nil, err
 	}
+	if err := s.attachNamed(); err != nil {
+		s.abort()
+		return nil, err
+	}
 	// Every mapped module gets its unwind table before the probes attach: complete stacks from
 	// the first event.
 	var loading []chan struct{}
@@ -225,6 +229,10 @@ func Attach(ctx context.Context, pids []int, duration time.Duration, opts Option
 	}
 	for i, pid := range pids {
 		if err := s.attachModule(mods[i]); err != nil {
+			s.abort()
+			return nil, err
+		}
+		if err := s.attachAllocators(pid); err != nil {
 			s.abort()
 			return nil, err
 		}

@@ -22,12 +22,16 @@ type handler struct {
 	named      map[uint32]bool // processes whose comm the builder has
 	lastPID    uint32
 	seenCopies map[copyKey]bool // drain goroutine: copies sent ahead to the unwinder
+
+	allocs   map[string]string // module key -> the allocator it exports ("" none)
+	exeKeys  map[uint32]string // pid -> its executable's key, for processes seen exec
+	untraced map[string]bool   // executables already warned of: their processes map no malloc
 }
 
 type copyKey struct{ prefix, ip uint64 }
 
 func newHandler(s *Session) *handler {
-	return &handler{s: s, named: map[uint32]bool{}, seenCopies: map[copyKey]bool{}}
+	return &handler{s: s, named: map[uint32]bool{}, seenCopies: map[copyKey]bool{}, allocs: map[string]string{}, exeKeys: map[uint32]string{}, untraced: map[string]bool{}}
 }
 
 func (h *handler) Alloc(a *event.Alloc) {
@@ -41,10 +45,10 @@ func (h *handler) Alloc(a *event.Alloc) {
 		h.s.bmu.Unlock()
 		return
 	}
-	if a.Weighted && a.Kind != event.Free {
+	if a.Weighted && !a.Kind.IsFree() {
 		a.Weight = h.s.callWeight(a.Size)
 	}
-	if min := h.s.opts.MinSize; min > 0 && a.Kind != event.Free && a.Kind != event.Munmap && a.Size < min {
+	if min := h.s.opts.MinSize; min > 0 && !a.Kind.IsFree() && a.Kind != event.Munmap && a.Size < min {
 		return // frees of what was left out count as unmatched, which the report explains
 	}
 	h.s.bmu.Lock()
@@ -151,7 +155,8 @@ func (h *handler) Exec(e *loader.Exec) {
 	h.forgetPicked(e.PID)
 	h.s.builder.Proc(&e.Proc)
 	h.s.bmu.Unlock()
-	h.checkLibc(e.PID)
+	h.exeKeys[e.PID] = procmaps.KernelDevKey(e.Dev, e.Ino)
+	h.noteExec(e.PID, h.exeKeys[e.PID])
 }
 
 func (h *handler) Proc(p *event.Proc, sock *event.SocketStats, totals []loader.Total) {
@@ -159,9 +164,12 @@ func (h *handler) Proc(p *event.Proc, sock *event.SocketStats, totals []loader.T
 	case event.ProcFork:
 		h.named[p.PID] = true
 		h.s.maps.Fork(p.PPID, p.PID)
+		h.noteFork(p.PPID, p.PID)
 	case event.ProcExit:
 		delete(h.named, p.PID)
 		h.lastPID = 0
+		h.noteExit(p.PID, h.exeKeys[p.PID])
+		delete(h.exeKeys, p.PID)
 		h.s.maps.Exit(p.PID)
 	}
 	h.s.bmu.Lock()
@@ -192,8 +200,8 @@ func (h *handler) Map(m *loader.Mapping) {
 		return // a data file: only named
 	}
 	h.s.maps.Map(m.PID, m.Addr, m.Len, m.Pgoff, m.Dev, m.Ino, m.Name)
-	if loader.IsLibcName(m.Name) {
-		h.checkLibc(m.PID)
+	if mod := h.s.maps.Module(procmaps.KernelDevKey(m.Dev, m.Ino)); mod != nil {
+		h.noteMapped(m.PID, mod)
 	}
 }
 
@@ -294,21 +302,6 @@ func (h *handler) forgetPicked(pid uint32) {
 		return
 	}
 	_ = h.s.tracer.ForgetSampled(h.s.builder.LiveAddrs(pid))
-}
-
-// checkLibc attaches to a libc the process maps that was not resolved up front, and says so.
-func (h *handler) checkLibc(pid uint32) {
-	for key, m := range h.s.maps.Modules() {
-		if !loader.IsLibcName(m.Path) || h.s.tracer.AttachedProbes(key) != nil {
-			continue
-		}
-		path := m.Path
-		if err := h.s.attachModule(m); err != nil {
-			h.s.warn("cannot probe %s mapped by pid %d: %v", path, pid, err)
-			continue
-		}
-		h.s.warn("libc %s (pid %d) was probed only when it was mapped: its first allocations may be missing", path, pid)
-	}
 }
 
 func procRoot(pid uint32) string { return fmt.Sprintf("/proc/%d/root", pid) }

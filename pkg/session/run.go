@@ -127,21 +127,33 @@ func (s *Session) wait(ctx context.Context, p *launch.Process) (syscall.WaitStat
 	return ws, nil
 }
 
-// startFor starts a session with the libc the program will map already probed, so its first allocation is seen.
+// startFor starts a session with the allocators the program will bind malloc to already
+// probed (LD_PRELOAD's, the program's own, its libraries', libc's), so its first allocation is seen.
 func startFor(program string, opts Options) (*Session, error) {
-	libc, err := loader.ResolveLibc(program)
-	if err != nil {
-		return nil, err
+	objs, err := loader.ResolveAllocators(program, append(os.Environ(), opts.Env...))
+	if err != nil && opts.Allocator == "" {
+		return nil, err // else the named allocator is what is probed (a static binary's own)
 	}
-	ahead := loader.FindAllocatorAhead(libc) // on the other core, while the programs load
+	var ahead *loader.Ahead
+	if len(objs) > 0 {
+		ahead = loader.FindAllocatorAhead(objs[0]) // on the other core, while the programs load
+	}
 	s, err := start(opts, true)
 	if err != nil {
 		return nil, err
 	}
-	s.tracer.UseAhead(ahead)
-	if err := s.attachLibc(libc); err != nil {
+	if ahead != nil {
+		s.tracer.UseAhead(ahead)
+	}
+	if err := s.attachNamed(); err != nil {
 		s.abort()
 		return nil, err
+	}
+	for _, obj := range objs {
+		if err := s.attachAllocator(obj); err != nil {
+			s.abort()
+			return nil, err
+		}
 	}
 	return s, nil
 }

@@ -110,9 +110,12 @@ func addLiveTotals(rep *report.Report, totals []loader.Total) {
 		case event.KindNone: // frees by realloc(p, 0)
 			p.Frees += t.Calls
 			continue
-		case event.Free: // its bytes are the calls that released a block: not free(NULL)
+		case event.Free, event.Dallocx, event.Sdallocx, event.OperatorDelete, event.OperatorDeleteArray:
+			// its bytes are the calls that released a block: not free(NULL)
 			p.Frees += t.Bytes
-			p.FreeNullCalls += t.Calls - min(t.Bytes, t.Calls)
+			if t.Kind == event.Free {
+				p.FreeNullCalls += t.Calls - min(t.Bytes, t.Calls)
+			}
 		default:
 			p.Allocations += t.Calls
 			p.AllocatedBytes += t.Bytes
@@ -121,7 +124,7 @@ func addLiveTotals(rep *report.Report, totals []loader.Total) {
 		}
 		c := p.HeapByKind[t.Kind.String()]
 		c.Calls += t.Calls
-		if t.Kind != event.Free {
+		if !t.Kind.IsFree() {
 			c.Bytes += t.Bytes
 		}
 		p.HeapByKind[t.Kind.String()] = c

@@ -60,6 +60,13 @@ type Options struct {
 	Stdout      io.Writer // where the traced commands' output goes
 	Stderr      io.Writer
 	Log         *slog.Logger
+
+	// Allocator names an object whose malloc family to probe besides those found (--allocator):
+	// an allocator udstrace does not recognise, or one without exported symbols (a static
+	// binary's, from its symbol table); AllocatorPrefix is its functions' prefix (je_ for je_malloc).
+	Allocator       string
+	AllocatorPrefix string
+
 	// KillAfter is how long an interrupted command's process group has between SIGTERM and SIGKILL
 	// (0: DefaultKillAfter; negative: none, SIGKILL right after SIGTERM).
 	KillAfter time.Duration
@@ -95,6 +102,8 @@ type Session struct {
 	done    chan error
 	cancel  context.CancelFunc
 	kstacks kernelStacks // handler goroutine: kernel stacks named (kernel.go)
+
+	namedKey string // the file key of Options.Allocator, once opened
 }
 
 func stackMode(s string) (loader.StackMode, error) {
@@ -158,7 +167,7 @@ func start(opts Options, filter bool) (*Session, error) {
 	go s.unwindCopies()
 	s.builder = report.NewBuilder(report.Options{TopSites: opts.TopSites, MinAge: opts.MinAge, MaxProcs: opts.MaxProcs, MaxSites: opts.MaxSites,
 		FoldAtEnd: opts.Mode == "count", Stacks: s.stacks.resolve, CallerStack: s.callerStack, LiveSockets: true})
-	s.meta = report.Meta{Mode: modeName(opts.Mode), SampleBytes: opts.SampleBytes, StackMode: stackName(opts.Stack), Start: time.Now(), Roles: map[uint32]report.Role{},
+	s.meta = report.Meta{Mode: modeName(opts.Mode), SampleBytes: opts.SampleBytes, StackMode: stackName(opts.Stack), Start: time.Now(), Roles: map[uint32]report.Role{}, Allocators: map[uint32]report.Allocator{},
 		RingBytes: cmp.Or(opts.RingBytes, 16<<20), TableSize: cmp.Or(opts.TableSize, 65536)}
 	if d, err := symbolize.NewDebuginfod(opts.Debuginfod); err != nil {
 		s.meta.Warnings = append(s.meta.Warnings, fmt.Sprintf("not asking debuginfod servers for debug files: %v", err))
@@ -197,16 +206,16 @@ func (s *Session) callerStack(pid uint32, ret uint64) uint64 {
 	return s.stacks.intern([]kstack.Frame{s.maps.Caller(pid, ret)}, true)
 }
 
-// attachLibc probes the libc a program will use, found by path (run resolves it as the loader will).
-func (s *Session) attachLibc(path string) error {
+// attachAllocator probes an object that exports malloc, found by path (run resolves them as the loader will).
+func (s *Session) attachAllocator(path string) error {
 	m, err := s.maps.OpenFile(path)
 	if err != nil {
-		return fmt.Errorf("opening libc %s: %w", path, err)
+		return fmt.Errorf("opening allocator %s: %w", path, err)
 	}
 	return s.attachModule(m)
 }
 
-// attachModule probes a libc the session holds open. Its table loads first (every heap stack
+// attachModule probes an allocator object (a libc, jemalloc, ...) the session holds open. Its table loads first (every heap stack
 // starts in it); the probes go into the held file itself, not whatever its path names by now.
 func (s *Session) attachModule(m *procmaps.Module) error {
 	began := time.Now()

@@ -8,7 +8,9 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/udstrace/udstrace/pkg/event"
 	"github.com/udstrace/udstrace/pkg/launch"
+	"github.com/udstrace/udstrace/pkg/loader"
 	"github.com/udstrace/udstrace/pkg/report"
 	"github.com/udstrace/udstrace/workload"
 )
@@ -31,8 +33,18 @@ type VerifyKind struct {
 
 // VerifyEnv is what a traced run adds to its environment so that it holds the same variables as
 // the interposer's run: programs allocate per variable (a shell copies each one), and the counts
-// must not differ for that. Empty values: nothing is preloaded.
-func VerifyEnv() []string { return []string{"LD_PRELOAD=", "ALLOCOUNT_DIR="} }
+// must not differ for that. LD_PRELOAD keeps what the user preloads (an allocator: the
+// interposer's run puts the counter in front of it); ALLOCOUNT_DIR is empty.
+func VerifyEnv() []string { return []string{"LD_PRELOAD=" + os.Getenv("LD_PRELOAD"), "ALLOCOUNT_DIR="} }
+
+// interposerPreload is the interposer's LD_PRELOAD: the counter first, so that it sees every
+// call, then what the user preloads (jemalloc, say), which the counter forwards to.
+func interposerPreload(counter string) string {
+	if user := os.Getenv("LD_PRELOAD"); user != "" {
+		return counter + ":" + user
+	}
+	return counter
+}
 
 // Verify runs the command again, untraced, under the counting interposer shipped with udstrace,
 // and compares its counts with the report's, process by process (matched by name, in start order).
@@ -55,7 +67,7 @@ func Verify(ctx context.Context, command []string, rep *report.Report) ([]Verify
 	if err != nil {
 		return nil, err
 	}
-	env := append(os.Environ(), "LD_PRELOAD="+bins.Allocount, "ALLOCOUNT_DIR="+out)
+	env := append(os.Environ(), "LD_PRELOAD="+interposerPreload(bins.Allocount), "ALLOCOUNT_DIR="+out)
 	p, err := launch.Start(command, launch.Options{Stdout: os.Stderr, Stderr: os.Stderr, Env: env, Path: path, NoASLR: true})
 	if err != nil {
 		return nil, fmt.Errorf("verifying: %w", err)
@@ -78,12 +90,9 @@ func Verify(ctx context.Context, command []string, rep *report.Report) ([]Verify
 type counted struct {
 	pid   int
 	comm  string
-	calls map[string]uint64
+	funcs map[string]workload.Count
 }
 
-// readCounts folds the interposer's counts the way the uprobes see them. free is compared
-// without free(NULL) on both sides: it does nothing, and libc calls it on itself directly (setlocale,
-// tzset, stdio's backup areas...), where no interposer sees it, while the uprobes count every call.
 func readCounts(dir string) ([]counted, error) {
 	all, err := workload.ReadCounts(dir)
 	if err != nil {
@@ -91,22 +100,52 @@ func readCounts(dir string) ([]counted, error) {
 	}
 	var out []counted
 	for _, a := range all {
-		c := counted{pid: a.PID, comm: a.Comm, calls: map[string]uint64{}}
-		for kind, n := range workload.Traced(a.Funcs) {
-			c.calls[kind] = n[0]
-		}
-		if n := a.Funcs["free"].Calls - a.Funcs["free"].Null; n > 0 {
-			c.calls["free"] = n
-		} else {
-			delete(c.calls, "free")
-		}
-		out = append(out, c)
+		out = append(out, counted{pid: a.PID, comm: a.Comm, funcs: a.Funcs})
 	}
 	return out, nil
 }
 
+// foldCounts folds the interposer's counts the way the uprobes of a process's allocator report
+// them (as, from loader.ReportedAs; nil: glibc's). free is compared without free(NULL) on both
+// sides: it does nothing, and libc calls it on itself directly (setlocale, tzset, stdio's backup
+// areas...), where no interposer sees it, while the uprobes count every call.
+func foldCounts(funcs map[string]workload.Count, as map[string]string) map[string]uint64 {
+	calls := map[string]uint64{}
+	folded := workload.Traced(funcs)
+	if as != nil {
+		folded = workload.TracedAs(funcs, as)
+	}
+	for kind, n := range folded {
+		calls[kind] = n[0]
+	}
+	if n := funcs["free"].Calls - funcs["free"].Null; n > 0 {
+		calls["free"] = n
+	} else {
+		delete(calls, "free")
+	}
+	return calls
+}
+
+// reportedAs is how a traced process's allocator names its functions: its object first, then
+// the libc its program links (for the functions the allocator lacks); nil when unknown.
+func reportedAs(p report.Process) map[string]string {
+	if p.Allocator == nil {
+		return nil
+	}
+	objs := []string{p.Allocator.Object}
+	if libc, err := loader.ResolveLibc(p.Exe); err == nil {
+		objs = append(objs, libc)
+	}
+	as, err := loader.ReportedAs(objs)
+	if err != nil {
+		return nil
+	}
+	return as
+}
+
 func compare(rep *report.Report, preload []counted) []VerifyRow {
 	used := make([]bool, len(preload))
+	folds := map[string]map[string]string{} // by allocator and exe: placing probes to learn the names decodes code
 	var rows []VerifyRow
 	for _, p := range rep.Processes {
 		row := VerifyRow{Comm: p.Comm, TracedPID: p.PID, PreloadPID: -1}
@@ -120,6 +159,9 @@ func compare(rep *report.Report, preload []counted) []VerifyRow {
 		kinds := map[string]bool{}
 		traced := map[string]uint64{}
 		for k, c := range p.HeapByKind {
+			if kind, ok := event.KindByName(k); !ok || kind >= event.Mallocx {
+				continue // an allocator's own entry point (operator new, mallocx): the counter interposes the C functions only
+			}
 			if k == "free" {
 				c.Calls -= min(p.FreeNullCalls, c.Calls) // as readCounts: free(NULL) is not compared
 			}
@@ -127,8 +169,19 @@ func compare(rep *report.Report, preload []counted) []VerifyRow {
 				traced[k], kinds[k] = c.Calls, true
 			}
 		}
+		var pcalls map[string]uint64
 		if pc != nil {
-			for k := range pc.calls {
+			key := p.Exe
+			if p.Allocator != nil {
+				key += "\x00" + p.Allocator.Object
+			}
+			as, ok := folds[key]
+			if !ok {
+				as = reportedAs(p)
+				folds[key] = as
+			}
+			pcalls = foldCounts(pc.funcs, as)
+			for k := range pcalls {
 				kinds[k] = true
 			}
 		}
@@ -136,11 +189,11 @@ func compare(rep *report.Report, preload []counted) []VerifyRow {
 		for _, k := range sortedKeys(kinds) {
 			vk := VerifyKind{Kind: k, Traced: traced[k]}
 			if pc != nil {
-				vk.Preload = pc.calls[k]
+				vk.Preload = pcalls[k]
 			}
 			if vk.Traced != vk.Preload {
 				row.Match = false
-				row.Explanation = append(row.Explanation, explainKind(rep, p.PID, vk)...)
+				row.Explanation = append(row.Explanation, explainKind(rep, p, vk)...)
 			}
 			row.Kinds = append(row.Kinds, vk)
 		}
@@ -154,22 +207,29 @@ func compare(rep *report.Report, preload []counted) []VerifyRow {
 
 // explainKind names the call sites behind a difference: calls the dynamic loader makes reach
 // libc's malloc through its own pointer, which no LD_PRELOAD interposer sees.
-func explainKind(rep *report.Report, pid uint32, vk VerifyKind) []string {
+// An allocator's calls of its own functions (tcmalloc's TCMallocGuard) do not go through the
+// interposable symbol either.
+func explainKind(rep *report.Report, p report.Process, vk VerifyKind) []string {
 	if vk.Traced < vk.Preload {
 		return []string{fmt.Sprintf("%s: the interposer saw %d more calls than the uprobes", vk.Kind, vk.Preload-vk.Traced)}
 	}
 	if vk.Kind == "free" {
-		return explainFrees(rep, pid, vk)
+		return explainFrees(rep, p, vk)
 	}
 	var out []string
 	var loader uint64
 	for _, s := range rep.Sites {
-		if s.PID != pid || s.Kind != vk.Kind {
+		if s.PID != p.PID || s.Kind != vk.Kind {
 			continue
 		}
-		if f := directCaller(s.Stack); f != nil && isLoader(f.Module) {
+		f := directCaller(s.Stack)
+		switch {
+		case f != nil && isLoader(f.Module):
 			loader += s.Count
 			out = append(out, fmt.Sprintf("%s: %d call(s) at site #%d from the dynamic loader (%s), which calls libc's %s directly, not through the interposable symbol", vk.Kind, s.Count, s.ID, f.Symbol, vk.Kind))
+		case f != nil && inAllocator(p, f.Module):
+			loader += s.Count
+			out = append(out, fmt.Sprintf("%s: %d call(s) at site #%d from the allocator itself (%s), which calls its own %s directly, not through the interposable symbol", vk.Kind, s.Count, s.ID, f.Symbol, vk.Kind))
 		}
 	}
 	if rest := vk.Traced - vk.Preload; loader < rest {
@@ -194,11 +254,17 @@ func isLoader(module string) bool { return strings.HasPrefix(filepath.Base(modul
 
 // explainFrees names the callers behind extra frees: libc and the dynamic loader free memory
 // they allocated themselves (a dying thread's tcache) by calling libc's free directly.
-func explainFrees(rep *report.Report, pid uint32, vk VerifyKind) []string {
+func explainFrees(rep *report.Report, p report.Process, vk VerifyKind) []string {
 	var out []string
 	var inside uint64
+	for _, s := range rep.Sites {
+		if f := directCaller(s.Stack); s.PID == p.PID && f != nil && inAllocator(p, f.Module) && s.Count > s.OutstandingCount {
+			inside += s.Count - s.OutstandingCount
+			out = append(out, fmt.Sprintf("free: %d call(s) by the allocator on the blocks of site #%d, which it allocated itself (%s)", s.Count-s.OutstandingCount, s.ID, f.Symbol))
+		}
+	}
 	for _, f := range rep.UnmatchedFreeSites {
-		if f.PID != pid || len(f.Caller) == 0 || !isLibcOrLoader(f.Caller[0].Module) {
+		if f.PID != p.PID || len(f.Caller) == 0 || !isLibcOrLoader(f.Caller[0].Module) {
 			continue
 		}
 		inside += f.Count
@@ -210,6 +276,12 @@ func explainFrees(rep *report.Report, pid uint32, vk VerifyKind) []string {
 		out = append(out, fmt.Sprintf("free: libc's own frees (%d) exceed the difference (%d): the interposer saw some frees the uprobes did not", inside, rest))
 	}
 	return out
+}
+
+// inAllocator says whether a module is the process's allocator object (not libc: glibc's own
+// calls are explained above).
+func inAllocator(p report.Process, module string) bool {
+	return p.Allocator != nil && p.Allocator.Name != "glibc" && filepath.Base(module) == filepath.Base(p.Allocator.Object)
 }
 
 func isLibcOrLoader(module string) bool {
