@@ -38,7 +38,7 @@ run: build
 	$(SUDO) ./udstrace run --workload echo
 
 # What the tests need at run time (oracles and tools), installed when missing (scripts/deps.sh).
-TEST_DEPS := gdb binutils bpftool bpftrace strace libc6-dev libc6-dbg g++ gcc make perl procps util-linux debuginfod dash sqlite3 redis-server
+TEST_DEPS := gdb binutils bpftool bpftrace strace libc6-dev libc6-dbg g++ gcc make perl procps util-linux debuginfod dash sqlite3 redis-server prometheus
 # What make generate needs besides.
 GEN_DEPS  := clang-19 llvm-19 libbpf-dev
 

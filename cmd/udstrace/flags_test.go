@@ -89,7 +89,11 @@ func TestFlagValues(t *testing.T) {
 	}{
 		{[]string{"run", "--duration", "1s", "--", "sleep", "3"}, "--duration applies only to attach, trace and top"},
 		{[]string{"run", "--pid", "1", "--", "true"}, "--pid applies only to attach, trace and top"},
-		{[]string{"run", "--interval", "1s", "--", "true"}, "--interval applies only to --format ndjson and top"},
+		{[]string{"run", "--interval", "1s", "--", "true"}, "--interval applies only to --format ndjson, --serve and top"},
+		{[]string{"run", "--serve", "127.0.0.1:9464", "--", "true"}, "--serve applies only to attach and trace"},
+		{[]string{"top", "--serve", "127.0.0.1:9464"}, "--serve applies only to attach and trace"},
+		{[]string{"trace", "--serve", "localhost"}, `--serve "localhost": use HOST:PORT`},
+		{[]string{"trace", "--serve", "127.0.0.1:99999"}, `--serve "127.0.0.1:99999": use HOST:PORT`},
 		{[]string{"run", "--messages", "5", "--", "true"}, "--messages applies only to run --workload echo"},
 		{[]string{"run", "--user", "nobody", "--", "true"}, "--user applies only to run --workload echo"},
 		{[]string{"trace", "--kill-after", "1s"}, "--kill-after applies only to run"},
