@@ -3,6 +3,7 @@ package serve
 import (
 	"cmp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -99,9 +100,14 @@ func sourceOf(kind string) int {
 	return 1 // mmap, mremap
 }
 
-// metricsOf builds the exposition of r; labelsOf gives a process's label values (procLabels).
-func metricsOf(r *report.Report, labelsOf func(pid uint32, comm string) []string, profSizes map[string]int) []prometheus.Metric {
+// metricsOf builds the exposition of r.
+func metricsOf(r *report.Report, profSizes map[string]int) []prometheus.Metric {
 	full := r.Mode != "count"
+	containers := containersOf(r)
+	labelsOf := func(pid uint32, comm string) []string {
+		c := containers[pid]
+		return []string{strconv.FormatUint(uint64(pid), 10), comm, c[0], c[1]}
+	}
 	byKey := map[string]*procFigures{}
 	var order []*procFigures
 	figures := func(pid uint32, comm string) *procFigures {
@@ -221,4 +227,15 @@ func lostCauses(d report.LostDetail) []lostCause {
 	}
 	return []lostCause{{"ring_buffer", d.RingBuffer}, {"kernel_table_full", table}, {"untraced_process", untraced},
 		{"stale_call", stale}, {"other", rest}}
+}
+
+// containersOf gives each pid of r its container id and pod UID (pid 0, folded entries: none).
+func containersOf(r *report.Report) map[uint32][2]string {
+	out := map[uint32][2]string{}
+	for _, p := range r.Processes {
+		if p.FoldedProcesses == 0 && (p.ContainerID != "" || p.PodUID != "") {
+			out[p.PID] = [2]string{p.ContainerID, p.PodUID}
+		}
+	}
+	return out
 }

@@ -45,7 +45,9 @@ func (pr *profiler) cut(r *report.Report) (cum, iv *profile.Profile) {
 	for i := range r.Sites {
 		r.SiteStack(&r.Sites[i])
 	}
+	containers := containersOf(r)
 	cum = r.Profile()
+	labelContainers(cum, containers)
 	ivr := *r // the same report with each site's allocations since the previous snapshot
 	ivr.Sites = make([]report.Site, len(r.Sites))
 	next := make(map[siteKey][2]uint64, len(r.Sites))
@@ -63,7 +65,31 @@ func (pr *profiler) cut(r *report.Report) (cum, iv *profile.Profile) {
 	}
 	pr.last = r.End
 	iv = ivr.Profile()
+	labelContainers(iv, containers)
 	return cum, iv
+}
+
+// labelContainers adds container_id and pod_uid labels to the samples of processes in containers.
+func labelContainers(p *profile.Profile, containers map[uint32][2]string) {
+	if len(containers) == 0 {
+		return
+	}
+	for _, s := range p.Sample {
+		pids := s.NumLabel["pid"]
+		if len(pids) == 0 {
+			continue
+		}
+		c, ok := containers[uint32(pids[0])]
+		if !ok {
+			continue
+		}
+		if c[0] != "" {
+			s.Label["container_id"] = []string{c[0]}
+		}
+		if c[1] != "" {
+			s.Label["pod_uid"] = []string{c[1]}
+		}
+	}
 }
 
 // encode writes p gzipped, as pprof reads it.

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
@@ -29,9 +28,6 @@ const (
 // Options configure a Server.
 type Options struct {
 	Log *slog.Logger // nil: slog.Default()
-	// Labels gives a process's values of the per-process labels past pid and comm (container_id,
-	// pod_uid); nil: none known.
-	Labels func(pid uint32) (containerID, podUID string)
 }
 
 // Server serves the latest snapshot handed to Update. Only the latest snapshot's metrics and
@@ -103,20 +99,12 @@ func (s *Server) Update(r *report.Report) {
 		s.log.Error("cutting profiles", "err", err)
 		return
 	}
-	s.col.set(metricsOf(r, s.labels, map[string]int{"heap": len(heap), "interval": len(ivb)}))
+	s.col.set(metricsOf(r, map[string]int{"heap": len(heap), "interval": len(ivb)}))
 	s.mu.Lock()
 	s.heap, s.iv, s.at = heap, ivb, r.End
 	s.mu.Unlock()
 	s.log.Debug("snapshot", "processes", len(r.Processes), "sites", len(r.Sites), "heap_profile_bytes", len(heap),
 		"interval_profile_bytes", len(ivb), "lost_events", r.LostEvents, "took", time.Since(start))
-}
-
-func (s *Server) labels(pid uint32, comm string) []string {
-	var cid, pod string
-	if s.opts.Labels != nil && pid != 0 { // pid 0: exited processes folded together
-		cid, pod = s.opts.Labels(pid)
-	}
-	return []string{strconv.FormatUint(uint64(pid), 10), comm, cid, pod}
 }
 
 func (s *Server) serveProfile(w http.ResponseWriter, interval bool) {

@@ -1,7 +1,6 @@
 package serve
 
 import (
-	"strconv"
 	"testing"
 	"time"
 
@@ -11,10 +10,6 @@ import (
 
 	"github.com/udstrace/udstrace/pkg/report"
 )
-
-func plainLabels(pid uint32, comm string) []string {
-	return []string{strconv.FormatUint(uint64(pid), 10), comm, "", ""}
-}
 
 // gather registers ms as a collector would serve them and gathers them as a scrape does: it
 // fails on a label set exposed twice.
@@ -78,7 +73,7 @@ func TestMetricsSumSharedLabelSets(t *testing.T) {
 		{PID: 0, Comm: "sh", FoldedProcesses: 4, HeapByKind: map[string]report.CallCount{"calloc": {Calls: 1, Bytes: 8}}},
 		{PID: 0, Comm: "sh", FoldedProcesses: 2, HeapByKind: map[string]report.CallCount{"calloc": {Calls: 1, Bytes: 8}}},
 	}}
-	got := gather(t, metricsOf(r, plainLabels, nil))
+	got := gather(t, metricsOf(r, nil))
 	if v := find(t, got["udstrace_heap_calls_total"], map[string]string{"pid": "7", "kind": "malloc"}); v != 5 {
 		t.Errorf("pid 7 malloc calls %v, want 5", v)
 	}
@@ -113,7 +108,7 @@ func TestMetricsOutstandingBySource(t *testing.T) {
 	}
 	r := &report.Report{Mode: "full", Processes: []report.Process{{PID: 9, Comm: "a", MmapCalls: 2, MmapBytes: 4096 + 8192,
 		MappedFileCalls: 1, MappedFileBytes: 8192}}, Sites: sites}
-	got := gather(t, metricsOf(r, plainLabels, nil))
+	got := gather(t, metricsOf(r, nil))
 	for src, want := range map[string][2]float64{"heap": {164, 3}, "mmap": {4096, 1}, "brk": {135168, 1}} {
 		if v := find(t, got["udstrace_outstanding_bytes"], map[string]string{"pid": "9", "source": src}); v != want[0] {
 			t.Errorf("%s outstanding bytes %v, want %v", src, v, want[0])
@@ -126,7 +121,7 @@ func TestMetricsOutstandingBySource(t *testing.T) {
 		t.Errorf("anonymous mmap bytes %v, want 4096", v)
 	}
 	r.Mode = "count"
-	got = gather(t, metricsOf(r, plainLabels, nil))
+	got = gather(t, metricsOf(r, nil))
 	for _, name := range []string{"udstrace_outstanding_bytes", "udstrace_frees_total"} {
 		if len(got[name]) > 0 {
 			t.Errorf("count mode exposes %s", name)
@@ -214,6 +209,35 @@ func TestIntervalProfile(t *testing.T) {
 	for _, p := range []*profile.Profile{cum, iv} {
 		if _, err := encode(p); err != nil {
 			t.Error(err)
+		}
+	}
+}
+
+// A process's container id and pod UID label its metrics and its profile samples; a process
+// outside containers gets none.
+func TestContainerLabels(t *testing.T) {
+	r := &report.Report{Mode: "full",
+		Processes: []report.Process{{PID: 5, Comm: "app", ContainerID: "c1", PodUID: "u1"}, {PID: 6, Comm: "host"}},
+		Sites: []report.Site{
+			{ID: 1, PID: 5, Comm: "app", Kind: "malloc", Count: 1, Bytes: 8, OutstandingCount: 1, OutstandingBytes: 8},
+			{ID: 2, PID: 6, Comm: "host", Kind: "malloc", Count: 1, Bytes: 8},
+		}}
+	got := gather(t, metricsOf(r, nil))
+	if v := find(t, got["udstrace_outstanding_bytes"], map[string]string{"pid": "5", "container_id": "c1", "pod_uid": "u1", "source": "heap"}); v != 8 {
+		t.Errorf("app's outstanding %v, want 8", v)
+	}
+	find(t, got["udstrace_outstanding_bytes"], map[string]string{"pid": "6", "container_id": "", "pod_uid": ""})
+	var pr profiler
+	cum, iv := pr.cut(r)
+	for _, p := range []*profile.Profile{cum, iv} {
+		for _, s := range p.Sample {
+			pid := s.NumLabel["pid"][0]
+			if c := s.Label["container_id"]; (pid == 5) != (len(c) == 1 && c[0] == "c1") {
+				t.Errorf("pid %d sample labelled container_id %v", pid, c)
+			}
+			if u := s.Label["pod_uid"]; (pid == 5) != (len(u) == 1 && u[0] == "u1") {
+				t.Errorf("pid %d sample labelled pod_uid %v", pid, u)
+			}
 		}
 	}
 }
