@@ -49,7 +49,7 @@ func run(ctx context.Context, args []string) int {
 	if sub == "top" && o.interval <= 0 {
 		o.interval = defaultTopInterval
 	}
-	if o.serve != "" && o.interval <= 0 {
+	if o.daemon() && o.interval <= 0 {
 		o.interval = defaultServeInterval
 	}
 	msg := o.validate(sub, rest)
@@ -77,7 +77,7 @@ func run(ctx context.Context, args []string) int {
 	if stream != nil {
 		sopts.Interval, sopts.OnInterval = o.interval, stream.snapshot
 	}
-	if o.serve != "" {
+	if o.daemon() {
 		stop, err := startServe(o, &sopts)
 		if err != nil {
 			commit(false)

@@ -89,7 +89,9 @@ func TestFlagValues(t *testing.T) {
 	}{
 		{[]string{"run", "--duration", "1s", "--", "sleep", "3"}, "--duration applies only to attach, trace and top"},
 		{[]string{"run", "--pid", "1", "--", "true"}, "--pid applies only to attach, trace and top"},
-		{[]string{"run", "--interval", "1s", "--", "true"}, "--interval applies only to --format ndjson, --serve and top"},
+		{[]string{"run", "--interval", "1s", "--", "true"}, "--interval applies only to --format ndjson, --serve, --otlp-endpoint and top"},
+		{[]string{"run", "--otlp-endpoint", "http://127.0.0.1:4318", "--", "true"}, "--otlp-endpoint applies only to attach and trace"},
+		{[]string{"trace", "--otlp-endpoint", "ftp://x:1"}, `--otlp-endpoint: "ftp://x:1": use http://HOST:PORT`},
 		{[]string{"run", "--serve", "127.0.0.1:9464", "--", "true"}, "--serve applies only to attach and trace"},
 		{[]string{"top", "--serve", "127.0.0.1:9464"}, "--serve applies only to attach and trace"},
 		{[]string{"trace", "--serve", "localhost"}, `--serve "localhost": use HOST:PORT`},

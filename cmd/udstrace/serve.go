@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -29,6 +30,17 @@ func serveAddrProblem(addr string) string {
 	return ""
 }
 
+// otlpProblem checks --otlp-endpoint, "" when well-formed.
+func otlpProblem(endpoint string) string {
+	if _, err := serve.OTLPURL(endpoint); err != nil {
+		return "--otlp-endpoint: " + strings.TrimPrefix(err.Error(), "parsing OTLP endpoint ")
+	}
+	return ""
+}
+
+// daemon reports whether the trace serves or exports its snapshots (--serve, --otlp-endpoint).
+func (o *options) daemon() bool { return o.serve != "" || o.otlp != "" }
+
 // isTerminal reports whether f is a terminal.
 func isTerminal(f *os.File) bool {
 	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
@@ -49,11 +61,15 @@ func daemonLog(debug bool) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
 }
 
-// startServe binds --serve's address and chains the server's Update to sopts's OnInterval (after
+// startServe binds --serve's address, starts the --otlp-endpoint exporter and chains the server's Update to sopts's OnInterval (after
 // the stream's, if any); the returned stop ends serving.
 func startServe(o options, sopts *session.Options) (stop func(), err error) {
 	sopts.Log = daemonLog(o.debug)
-	srv, err := serve.Listen(o.serve, serve.Options{Log: sopts.Log})
+	otlp := ""
+	if o.otlp != "" {
+		otlp, _ = serve.OTLPURL(o.otlp) // validated
+	}
+	srv, err := serve.New(serve.Options{Addr: o.serve, OTLP: otlp, Log: sopts.Log})
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +79,7 @@ func startServe(o options, sopts *session.Options) (stop func(), err error) {
 		if tracing != nil {
 			tracing()
 		}
-		sopts.Log.Info("tracing", "interval", o.interval.String(), "sample_bytes", o.sample, "max_procs", o.maxProcs, "max_sites", o.maxSites)
+		sopts.Log.Info("tracing", "otlp_endpoint", otlp, "interval", o.interval.String(), "sample_bytes", o.sample, "max_procs", o.maxProcs, "max_sites", o.maxSites)
 	}
 	prev := sopts.OnInterval
 	sopts.Interval = o.interval

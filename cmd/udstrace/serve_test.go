@@ -69,12 +69,12 @@ type served struct {
 
 // startServed runs udstrace trace --comm udshold --serve 127.0.0.1:0 --interval 1s -f json, waits
 // for its JSON log lines "serving" (the address) and "tracing", then starts the held program, in
-// cgroup v2 directory cgroup when not "".
-func startServed(t *testing.T, cgroup string) *served {
+// cgroup v2 directory cgroup when not "". extra are more udstrace flags.
+func startServed(t *testing.T, cgroup string, extra ...string) *served {
 	t.Helper()
 	bin, hold := buildCLI(t), buildHold(t)
 	out := filepath.Join(t.TempDir(), "final.json")
-	cmd := exec.Command(bin, "trace", "--comm", "udshold", "--serve", "127.0.0.1:0", "--interval", "1s", "-f", "json", "-o", out)
+	cmd := exec.Command(bin, append([]string{"trace", "--comm", "udshold", "--serve", "127.0.0.1:0", "--interval", "1s", "-f", "json", "-o", out}, extra...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -42,17 +42,19 @@ var (
 	cpuSecs     = desc("tracer_cpu_seconds_total", "CPU time udstrace itself used, by mode (user, system).", "mode")
 	peakRSS     = desc("tracer_peak_rss_bytes", "udstrace's peak resident memory (VmHWM).")
 	snapTime    = desc("snapshot_timestamp_seconds", "When the figures served were taken (Unix time).")
-	profBytes   = desc("profile_bytes", "Size of the gzipped pprof profile served, by profile (heap: cumulative, interval: the last interval).", "profile")
+	profBytes   = desc("profile_bytes", "Size of the last profiles cut, by profile (heap: cumulative pprof, interval: the last interval's pprof, otlp: its OTLP request).", "profile")
+	otlpExports = desc("otlp_exports_total", "OTLP profile exports, by result (ok, failed, dropped: the previous one still under way).", "result")
 )
 
 var allDescs = []*prometheus.Desc{heapCalls, heapBytes, heapFailed, freeCalls, outBytes, outBlocks, anonCalls, anonBytes,
-	brkBytes, procsTraced, procsFolded, lost, tableFull, truncated, ringRecs, ringBytes, cpuSecs, peakRSS, snapTime, profBytes}
+	brkBytes, procsTraced, procsFolded, lost, tableFull, truncated, ringRecs, ringBytes, cpuSecs, peakRSS, snapTime, profBytes, otlpExports}
 
 // collector serves the figures of the latest snapshot: every scrape between two intervals sees
 // the same consistent set.
 type collector struct {
 	mu      sync.Mutex
 	metrics []prometheus.Metric
+	otlp    *exporter // its outcomes are read at each scrape
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
@@ -67,6 +69,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Unlock()
 	for _, m := range ms {
 		ch <- m
+	}
+	if c.otlp != nil {
+		ch <- prometheus.MustNewConstMetric(otlpExports, prometheus.CounterValue, float64(c.otlp.ok.Load()), "ok")
+		ch <- prometheus.MustNewConstMetric(otlpExports, prometheus.CounterValue, float64(c.otlp.failed.Load()), "failed")
+		ch <- prometheus.MustNewConstMetric(otlpExports, prometheus.CounterValue, float64(c.otlp.dropped.Load()), "dropped")
 	}
 }
 

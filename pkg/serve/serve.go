@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/collector/pdata/pprofile"
 
 	"github.com/udstrace/udstrace/pkg/report"
 )
@@ -27,7 +28,9 @@ const (
 
 // Options configure a Server.
 type Options struct {
-	Log *slog.Logger // nil: slog.Default()
+	Addr string       // HOST:PORT to serve on; "": no HTTP (OTLP only)
+	OTLP string       // URL to post each interval's OTLP profiles to (OTLPURL); "": none
+	Log  *slog.Logger // nil: slog.Default()
 }
 
 // Server serves the latest snapshot handed to Update. Only the latest snapshot's metrics and
@@ -39,23 +42,33 @@ type Server struct {
 	ln   net.Listener
 	srv  *http.Server
 
-	prof profiler // Update's only: not locked
+	prof profiler  // Update's only: not locked
+	otlp *exporter // nil: no --otlp-endpoint
 
 	mu       sync.Mutex
 	heap, iv []byte // gzipped pprof
 	at       time.Time
 }
 
-// Listen binds addr (host:port; port 0 picks one) so that a bad address fails before tracing.
-func Listen(addr string, o Options) (*Server, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("listening on %s: %w", addr, err)
-	}
-	s := &Server{opts: o, log: o.Log, col: &collector{}, ln: ln}
+// New binds o.Addr (port 0 picks one), so that a bad address fails before tracing, and starts
+// the OTLP exporter.
+func New(o Options) (*Server, error) {
+	s := &Server{opts: o, log: o.Log, col: &collector{}}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	if o.OTLP != "" {
+		s.otlp = newExporter(o.OTLP, s.log)
+		s.col.otlp = s.otlp
+	}
+	if o.Addr == "" {
+		return s, nil
+	}
+	ln, err := net.Listen("tcp", o.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", o.Addr, err)
+	}
+	s.ln = ln
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(s.col, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
 	mux := http.NewServeMux()
@@ -74,19 +87,35 @@ func Listen(addr string, o Options) (*Server, error) {
 	return s, nil
 }
 
-// Addr is the address bound, its port chosen when the one asked was 0.
-func (s *Server) Addr() string { return s.ln.Addr().String() }
+// Addr is the address bound, its port chosen when the one asked was 0; "" without HTTP.
+func (s *Server) Addr() string {
+	if s.ln == nil {
+		return ""
+	}
+	return s.ln.Addr().String()
+}
 
-// Serve serves until Close.
+// Serve serves until Close (without HTTP: returns at once).
 func (s *Server) Serve() {
+	if s.ln == nil {
+		return
+	}
 	s.log.Info("serving", "addr", s.Addr(), "metrics", MetricsPath, "heap", HeapPath, "interval", IntervalHeapPath)
 	if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		s.log.Error("serving", "addr", s.Addr(), "err", err)
 	}
 }
 
-// Close stops serving, letting requests under way finish until ctx ends.
-func (s *Server) Close(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+// Close stops serving and exporting, letting requests under way finish until ctx ends.
+func (s *Server) Close(ctx context.Context) error {
+	if s.otlp != nil {
+		s.otlp.close(ctx)
+	}
+	if s.srv == nil {
+		return nil
+	}
+	return s.srv.Shutdown(ctx)
+}
 
 // Update takes a snapshot (a Builder.Snapshot's report, whose stacks it symbolizes) as the
 // figures to serve; the previous snapshot's are dropped. Not safe for concurrent use.
@@ -99,7 +128,17 @@ func (s *Server) Update(r *report.Report) {
 		s.log.Error("cutting profiles", "err", err)
 		return
 	}
-	s.col.set(metricsOf(r, map[string]int{"heap": len(heap), "interval": len(ivb)}))
+	sizes := map[string]int{"heap": len(heap), "interval": len(ivb)}
+	if s.otlp != nil {
+		body, err := (&pprofile.ProtoMarshaler{}).MarshalProfiles(OTLPProfiles(iv, r))
+		if err != nil {
+			s.log.Error("encoding OTLP profiles", "err", err)
+		} else {
+			sizes["otlp"] = len(body)
+			s.otlp.send(body)
+		}
+	}
+	s.col.set(metricsOf(r, sizes))
 	s.mu.Lock()
 	s.heap, s.iv, s.at = heap, ivb, r.End
 	s.mu.Unlock()
