@@ -61,8 +61,8 @@ func daemonLog(debug bool) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
 }
 
-// startServe binds --serve's address, starts the --otlp-endpoint exporter and chains the server's Update to sopts's OnInterval (after
-// the stream's, if any); the returned stop ends serving.
+// startServe binds --serve's address, starts the --otlp-endpoint exporter and chains the
+// server's Update to sopts's OnInterval (after the stream's, if any); stop ends both.
 func startServe(o options, sopts *session.Options) (stop func(), err error) {
 	sopts.Log = daemonLog(o.debug)
 	otlp := ""

@@ -36,11 +36,10 @@ type Options struct {
 // Server serves the latest snapshot handed to Update. Only the latest snapshot's metrics and
 // its two encoded profiles are kept, so its memory does not grow with the trace's length.
 type Server struct {
-	opts Options
-	log  *slog.Logger
-	col  *collector
-	ln   net.Listener
-	srv  *http.Server
+	log *slog.Logger
+	col *collector
+	ln  net.Listener
+	srv *http.Server
 
 	prof profiler  // Update's only: not locked
 	otlp *exporter // nil: no --otlp-endpoint
@@ -53,7 +52,7 @@ type Server struct {
 // New binds o.Addr (port 0 picks one), so that a bad address fails before tracing, and starts
 // the OTLP exporter.
 func New(o Options) (*Server, error) {
-	s := &Server{opts: o, log: o.Log, col: &collector{}}
+	s := &Server{log: o.Log, col: &collector{}}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
