@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -46,7 +47,9 @@ func TestServeContainerLabels(t *testing.T) {
 			}
 		}
 	})
-	s := startServed(t, cg)
+	s := startServed(t, func(hold string, args ...string) *exec.Cmd { // moved before it execs the program
+		return exec.Command("/bin/sh", "-c", "echo $$ > "+cg+"/cgroup.procs && exec "+hold+" "+strings.Join(args, " "))
+	})
 	want := fmt.Sprintf(`udstrace_outstanding_bytes{comm="udshold",container_id="%s",pid="%d",pod_uid="%s",source="heap"} %d`, id, s.pid, uid, holdBytes)
 	var exposition string
 	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
@@ -125,4 +128,84 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestServeChrootOwnLibc: a program in a chroot with its own copy of libc and ld.so (another
+// file than the host's, as in a container) is traced through /proc/PID/root: its libc is probed
+// when it maps it, and the 200 blocks it allocates after that are all counted, with stacks.
+func TestServeChrootOwnLibc(t *testing.T) {
+	testenv.NeedRoot(t)
+	root := t.TempDir()
+	if err := os.Chmod(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	libc, err := filepath.EvalSymlinks("/lib/x86_64-linux-gnu/libc.so.6")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ldso, err := filepath.EvalSymlinks("/lib64/ld-linux-x86-64.so.2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for src, dst := range map[string]string{libc: "lib/x86_64-linux-gnu/libc.so.6", ldso: "lib64/ld-linux-x86-64.so.2"} {
+		if err := os.MkdirAll(filepath.Join(root, filepath.Dir(dst)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("cp", src, filepath.Join(root, dst)).CombinedOutput(); err != nil {
+			t.Fatalf("cp: %v %s", err, out)
+		}
+	}
+	s := startServed(t, func(hold string, args ...string) *exec.Cmd {
+		if out, err := exec.Command("cp", hold, filepath.Join(root, "udshold")).CombinedOutput(); err != nil {
+			t.Fatalf("cp: %v %s", err, out)
+		}
+		// 1 s before allocating: the libc is probed when the process maps it, after its exec.
+		return exec.Command("chroot", append([]string{root, "/udshold"}, append(args, "1000")...)...)
+	})
+	logs := s.stop()
+	raw, err := os.ReadFile(s.report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Processes []struct {
+			PID        int                                   `json:"pid"`
+			HeapByKind map[string]struct{ Calls, Bytes int } `json:"heap_calls_by_kind"`
+			Exe        string                                `json:"exe"`
+		} `json:"processes"`
+		Sites []struct {
+			PID   int    `json:"pid"`
+			Kind  string `json:"kind"`
+			Count int    `json:"count"`
+			Stack []struct {
+				Symbol string `json:"symbol"`
+				Module string `json:"module"`
+			} `json:"stack"`
+		} `json:"sites"`
+	}
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range rep.Processes {
+		if p.PID != s.pid {
+			continue
+		}
+		if m := p.HeapByKind["malloc"]; m.Calls != holdBlocks || m.Bytes != holdBytes {
+			t.Errorf("chrooted udshold: %d mallocs, %d bytes; want %d, %d\n%s", m.Calls, m.Bytes, holdBlocks, holdBytes, tail(logs))
+		}
+		for _, site := range rep.Sites {
+			if site.PID == s.pid && site.Kind == "malloc" {
+				var frames []string
+				for _, f := range site.Stack {
+					frames = append(frames, f.Symbol)
+				}
+				if !strings.Contains(strings.Join(frames, " "), "udshold!main") {
+					t.Errorf("the malloc site's stack has no udshold!main: %v", frames)
+				}
+				t.Logf("chrooted udshold (exe %s): malloc stack %v", p.Exe, frames)
+			}
+		}
+		return
+	}
+	t.Fatalf("no chrooted udshold pid %d in the report\n%s", s.pid, tail(logs))
 }

@@ -101,7 +101,7 @@ func readOTLP(t *testing.T, path string, pid int) []otlpFigures {
 func TestOTLPExport(t *testing.T) {
 	testenv.NeedRoot(t)
 	endpoint, out := startCollector(t)
-	s := startServed(t, "", "--otlp-endpoint", endpoint)
+	s := startServed(t, nil, "--otlp-endpoint", endpoint)
 	var got []otlpFigures
 	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
 		got = readOTLP(t, out, s.pid)

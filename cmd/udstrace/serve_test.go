@@ -22,13 +22,16 @@ import (
 	"github.com/udstrace/udstrace/internal/testenv"
 )
 
-// holdC allocates argv[1] blocks of 1000+i bytes (i from 0), says "ready" on stdout with write(2)
-// (no stdio: its buffer would be one more block) and holds them until killed.
+// holdC allocates argv[1] blocks of 1000+i bytes (i from 0), after argv[2] ms if given, says
+// "ready" on stdout with write(2) (no stdio: its buffer would be one more block) and holds them
+// until killed.
 const holdC = `#include <stdlib.h>
 #include <unistd.h>
 static void *volatile keep[100000];
 int main(int argc, char **argv) {
 	long n = atol(argv[1]);
+	if (argc > 2)
+		usleep(atol(argv[2]) * 1000);
 	for (long i = 0; i < n; i++)
 		keep[i] = malloc(1000 + i);
 	write(1, "ready\n", 6);
@@ -68,8 +71,8 @@ type served struct {
 
 // startServed runs udstrace trace --comm udshold --serve 127.0.0.1:0 --interval 1s -f json, waits
 // for its JSON log lines "serving" (the address) and "tracing", then starts the held program, in
-// cgroup v2 directory cgroup when not "". extra are more udstrace flags.
-func startServed(t *testing.T, cgroup string, extra ...string) *served {
+// the way launch says (nil: as it is). extra are more udstrace flags.
+func startServed(t *testing.T, launch func(hold string, args ...string) *exec.Cmd, extra ...string) *served {
 	t.Helper()
 	bin, hold := buildCLI(t), buildHold(t)
 	out := filepath.Join(t.TempDir(), "final.json")
@@ -130,10 +133,10 @@ func startServed(t *testing.T, cgroup string, extra ...string) *served {
 			t.Fatalf("udstrace --serve never said serving and tracing:\n%s", logs)
 		}
 	}
-	h := exec.Command(hold, strconv.Itoa(holdBlocks))
-	if cgroup != "" { // moved before it execs the program
-		h = exec.Command("/bin/sh", "-c", "echo $$ > "+cgroup+"/cgroup.procs && exec "+hold+" "+strconv.Itoa(holdBlocks))
+	if launch == nil {
+		launch = exec.Command
 	}
+	h := launch(hold, strconv.Itoa(holdBlocks))
 	hout, err := h.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -181,7 +184,7 @@ func TestServePrometheus(t *testing.T) {
 	testenv.NeedRoot(t)
 	prom := needTool(t, "prometheus", "prometheus")
 	promtool := needTool(t, "promtool", "prometheus")
-	s := startServed(t, "")
+	s := startServed(t, nil)
 
 	resp, err := http.Get("http://" + s.addr + "/metrics")
 	if err != nil {
@@ -302,7 +305,7 @@ func readServedReport(t *testing.T, path string) servedReport {
 // holding them with nothing allocated in that interval.
 func TestServePprof(t *testing.T) {
 	testenv.NeedRoot(t)
-	s := startServed(t, "")
+	s := startServed(t, nil)
 	base := "http://" + s.addr
 	pprofTop := func(index string) string {
 		var out string
