@@ -2,10 +2,12 @@ package serve
 
 import (
 	"cmp"
+	"net/url"
 	"os"
 	"path"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/google/pprof/profile"
 	"go.opentelemetry.io/collector/pdata/pcommon"
@@ -147,8 +149,8 @@ func (x *otlpDict) attr(k string, v any) int32 {
 
 // OTLPProfiles converts p (a Report.Profile(), labelled by pid) into OTLP profiles: one resource
 // per process (host.name, process.pid, process.executable.name and .path, container.id,
-// k8s.pod.uid where known), and in it one profile per sample type (OTLP profiles carry one
-// each), sharing one dictionary.
+// k8s.pod.uid where known, and OTEL_RESOURCE_ATTRIBUTES's), and in it one profile per sample
+// type (OTLP profiles carry one each), sharing one dictionary.
 func OTLPProfiles(p *profile.Profile, r *report.Report) pprofile.Profiles {
 	out := pprofile.NewProfiles()
 	x := newOTLPDict(out.Dictionary())
@@ -172,11 +174,15 @@ func OTLPProfiles(p *profile.Profile, r *report.Report) pprofile.Profiles {
 	}
 	slices.Sort(pids)
 	host, _ := os.Hostname()
+	extra := envResource(os.Getenv("OTEL_RESOURCE_ATTRIBUTES"))
 	for _, pid := range pids {
 		samples := byPID[pid]
 		rp := out.ResourceProfiles().AppendEmpty()
 		ra := rp.Resource().Attributes()
 		ra.PutStr("host.name", host)
+		for _, kv := range extra { // the environment's word over udstrace's (a pod's hostname is not its node's)
+			ra.PutStr(kv[0], kv[1])
+		}
 		ra.PutInt("process.pid", pid)
 		pr, ok := procs[pid]
 		if ok && pr.Exe != "" {
@@ -232,4 +238,21 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	slices.SortFunc(ks, cmp.Compare)
 	return ks
+}
+
+// envResource reads OTEL_RESOURCE_ATTRIBUTES as the OpenTelemetry SDKs do: key=value pairs,
+// comma-separated, values percent-encoded; malformed pairs are skipped.
+func envResource(v string) [][2]string {
+	var out [][2]string
+	for _, pair := range strings.Split(v, ",") {
+		k, val, ok := strings.Cut(pair, "=")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" {
+			continue
+		}
+		if dec, err := url.PathUnescape(strings.TrimSpace(val)); err == nil {
+			out = append(out, [2]string{k, dec})
+		}
+	}
+	return out
 }

@@ -30,6 +30,7 @@ func TestOTLPURL(t *testing.T) {
 // to the pprof profile's; stacks and strings through the shared dictionary, whose tables start
 // with their zero entries; the request survives the protobuf round trip.
 func TestOTLPProfiles(t *testing.T) {
+	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "host.name=node-7,k8s.node.name=node%2D7, bad ,=x")
 	main := []report.StackFrame{{Frame: 0, Symbol: "malloc", Function: "malloc", Module: "/lib/libc.so.6", FileOffset: 0x10},
 		{Frame: 1, Symbol: "main", Function: "main", Module: "/bin/app", FileOffset: 0x20}}
 	r := &report.Report{Mode: "full",
@@ -62,6 +63,9 @@ func TestOTLPProfiles(t *testing.T) {
 	for _, rp := range pd.ResourceProfiles().All() {
 		a := rp.Resource().Attributes().AsRaw()
 		pid := a["process.pid"].(int64)
+		if a["host.name"] != "node-7" || a["k8s.node.name"] != "node-7" || len(a) > 7 {
+			t.Errorf("pid %d: OTEL_RESOURCE_ATTRIBUTES not applied as the SDKs do: %v", pid, a)
+		}
 		if pid == 5 && (a["container.id"] != "c1" || a["k8s.pod.uid"] != "u1" || a["process.executable.name"] != "app") {
 			t.Errorf("pid 5 attributes %v", a)
 		}
