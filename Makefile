@@ -38,7 +38,7 @@ run: build
 	$(SUDO) ./udstrace run --workload echo
 
 # What the tests need at run time (oracles and tools), installed when missing (scripts/deps.sh).
-TEST_DEPS := gdb binutils bpftool bpftrace strace libc6-dev libc6-dbg g++ gcc make perl procps util-linux debuginfod dash sqlite3 redis-server libjemalloc2 libjemalloc-dev libtcmalloc-minimal4 libgoogle-perftools-dev libmimalloc2.0 libmimalloc-dev musl-tools chromium
+TEST_DEPS := gdb binutils bpftool bpftrace strace libc6-dev libc6-dbg g++ gcc make perl procps util-linux debuginfod dash sqlite3 redis-server libjemalloc2 libjemalloc-dev libtcmalloc-minimal4 libgoogle-perftools-dev libmimalloc2.0 libmimalloc-dev musl-tools chromium prometheus
 # What make generate needs besides.
 GEN_DEPS  := clang-19 llvm-19 libbpf-dev
 

@@ -267,7 +267,10 @@ struct {
  * so they must not queue behind megabytes of events. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 << 10);
+	/* Module and page requests come in bursts (a compiler starting: ~1,500 pages at once) and a
+	 * request is a whole proc_event (~850 B): room for about 1,200. One the ring has no room for is
+	 * asked again, but stacks through it are cut meanwhile. */
+	__uint(max_entries, 1 << 20);
 } requests SEC(".maps");
 
 struct {

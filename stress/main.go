@@ -1,9 +1,9 @@
 // Command stress checks udstrace's reliability and safety end to end, as root, from the repository
 // root after `make build`: event loss accounting under a flood, nothing left behind however udstrace
-// ends, concurrent tracers, memory over a soak, and a churning target. It prints a table of what held
-// and exits non-zero if anything did not.
+// ends, concurrent tracers, memory over a soak and over a daemon (--serve) soak, and a churning
+// target. It prints a table of what held and exits non-zero if anything did not.
 //
-//	go run ./stress [-flood 30s] [-soak 2m] [-only flood,leftovers,concurrent,soak,churn,procs,files]
+//	go run ./stress [-flood 30s] [-soak 2m] [-serve-soak 2m] [-only flood,leftovers,concurrent,soak,serve,churn,procs,files]
 package main
 
 import (
@@ -45,7 +45,8 @@ func progress(format string, args ...any) {
 func main() {
 	flood := flag.Duration("flood", 30*time.Second, "flood: how long the traced flood should run (sets the call count)")
 	soak := flag.Duration("soak", 2*time.Minute, "soak: how long the soak trace runs")
-	only := flag.String("only", "", "comma-separated checks to run (flood, leftovers, concurrent, soak, churn, procs, files); empty: all")
+	serveSoak := flag.Duration("serve-soak", 2*time.Minute, "serve: how long the daemon (--serve) soak runs")
+	only := flag.String("only", "", "comma-separated checks to run (flood, leftovers, concurrent, soak, serve, churn, procs, files); empty: all")
 	keep := flag.Bool("keep", false, "keep the scratch directory (reports, logs, programs)")
 	flag.Parse()
 
@@ -82,6 +83,9 @@ func main() {
 	}
 	if want("soak") {
 		rows = append(rows, checkSoak(env, *soak))
+	}
+	if want("serve") {
+		rows = append(rows, checkServeSoak(env, *serveSoak))
 	}
 	if want("churn") {
 		rows = append(rows, checkChurn(env))

@@ -49,6 +49,9 @@ func run(ctx context.Context, args []string) int {
 	if sub == "top" && o.interval <= 0 {
 		o.interval = defaultTopInterval
 	}
+	if o.daemon() && o.interval <= 0 {
+		o.interval = defaultServeInterval
+	}
 	msg := o.validate(sub, rest)
 	if msg == "" {
 		msg = o.inapplicable(sub, inv.set)
@@ -74,6 +77,15 @@ func run(ctx context.Context, args []string) int {
 	stream := newStreamer(out, o, sub)
 	if stream != nil {
 		sopts.Interval, sopts.OnInterval = o.interval, stream.snapshot
+	}
+	if o.daemon() {
+		stop, err := startServe(o, &sopts)
+		if err != nil {
+			commit(false)
+			fmt.Fprintf(os.Stderr, "udstrace: %s\n", explain(err))
+			return exitFailure
+		}
+		defer stop()
 	}
 	rep, err := trace(ctx, sub, o, sopts)
 	if err == nil && o.fileMaps {

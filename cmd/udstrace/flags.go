@@ -55,6 +55,8 @@ type options struct {
 	kernelSet  bool // --kernel was given (else: on for the echo workload only)
 
 	allocator, allocatorPrefix string // --allocator, --allocator-prefix
+	serve                      string
+	otlp                       string
 }
 
 var formats = []string{"text", "json", "ndjson", "pprof", "folded", "html"}
@@ -99,6 +101,8 @@ func addFlags(fs *pflag.FlagSet, o *options) {
 	fs.StringVar(&o.weight, "weight", "bytes", "folded: what each stack's value counts: "+strings.Join(weightNames(), ", ")+" (outstanding-*: full mode)")
 	fs.BoolVar(&o.fileMaps, "include-file-maps", false, "show the call sites of file mappings (mmap of a file: libraries, data files) among the allocations in text, pprof, folded, ndjson and top; JSON always has them, marked file_backed, and every report lists the files mapped apart")
 	fs.StringVar(&o.sort, "sort", "bytes", "top: rank sites by bytes (allocated per second), count (calls per second), outstanding (bytes not freed) or growth (outstanding bytes gained per second)")
+	fs.StringVar(&o.serve, "serve", "", "attach, trace: serve Prometheus metrics (/metrics) and pprof heap profiles (/debug/pprof/heap, /debug/pprof/heap/interval) on `HOST:PORT`, cut every --interval (default 10s), until stopped")
+	fs.StringVar(&o.otlp, "otlp-endpoint", "", "attach, trace: post each --interval's heap profile as OTLP profiles over HTTP to `URL` (http://HOST:4318: its /v1development/profiles)")
 	fs.StringVar(&o.foldedRoot, "folded-root", "", "folded: process roots each stack at a frame naming its process (comm-PID), to keep processes apart in one flame graph")
 }
 

@@ -123,6 +123,10 @@ func (o *options) validate(sub string, rest []string) string {
 		return fmt.Sprintf("--sort %s: count mode traces no frees, so nothing is outstanding: use --mode full, or --sort bytes or count", o.sort)
 	case o.foldedRoot != "" && o.foldedRoot != "process":
 		return fmt.Sprintf("--folded-root %q: the only root is process (--folded-root process)", o.foldedRoot)
+	case o.serve != "" && serveAddrProblem(o.serve) != "":
+		return serveAddrProblem(o.serve)
+	case o.otlp != "" && otlpProblem(o.otlp) != "":
+		return otlpProblem(o.otlp)
 	case o.format == "ndjson" && o.interval <= 0:
 		return "--format ndjson needs --interval (e.g. --interval 1s)"
 	case o.allocatorPrefix != "" && o.allocator == "":
@@ -158,6 +162,8 @@ var appliesTo = []struct {
 	{"pid", []string{"attach", "trace", "top"}, false, "attach, trace and top"},
 	{"duration", []string{"attach", "trace", "top"}, false, "attach, trace and top (run ends when its command does)"},
 	{"sort", []string{"top"}, false, "top"},
+	{"serve", []string{"attach", "trace"}, false, "attach and trace"},
+	{"otlp-endpoint", []string{"attach", "trace"}, false, "attach and trace"},
 	{"format", []string{"run", "attach", "trace"}, false, "run, attach and trace (top draws its own view)"},
 	{"output", []string{"run", "attach", "trace"}, false, "run, attach and trace (top draws on the terminal)"},
 	{"weight", []string{"run", "attach", "trace"}, false, "run, attach and trace with --format folded"},
@@ -187,8 +193,8 @@ func (o *options) inapplicable(sub string, set func(name string) bool) string {
 			return fmt.Sprintf("--%s applies only to --format folded: drop it, or add --format folded", f)
 		}
 	}
-	if set("interval") && sub != "top" && o.format != "ndjson" {
-		return "--interval applies only to --format ndjson and top: drop it, or add --format ndjson"
+	if set("interval") && sub != "top" && o.format != "ndjson" && !o.daemon() {
+		return "--interval applies only to --format ndjson, --serve, --otlp-endpoint and top: drop it, or add --format ndjson"
 	}
 	return ""
 }

@@ -261,6 +261,11 @@ type Process struct {
 	SocketSyscallsByName       map[string]uint64     `json:"socket_syscalls_by_name"`
 	FirstSocketTime            *uint64               `json:"first_socket_time"`
 	notTraced                  bool                  // count mode: frees, outstanding and memory syscalls not traced (nottraced.go)
+
+	// The process's cgroup v2 path and the container and Kubernetes pod it names (cgroupinfo); omitted when not known.
+	Cgroup      string `json:"cgroup,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
+	PodUID      string `json:"pod_uid,omitempty"`
 }
 
 // CallCount counts calls of one allocator function.

@@ -119,6 +119,7 @@ func (h *handler) name(a *event.Alloc) {
 func (s *Session) describe(pid uint32) string {
 	comm, exe := procName(pid)
 	s.builder.Named(pid, comm, exe)
+	s.cgroups.Note(pid)
 	dir := fmt.Sprintf("/proc/%d/task", pid)
 	tasks, _ := os.ReadDir(dir)
 	for _, d := range tasks {
@@ -153,6 +154,7 @@ func (h *handler) Exec(e *loader.Exec) {
 	h.s.maps.Exec(e.PID, e.Exe, e.StartCode, e.InterpBase, procmaps.KernelDevKey(e.Dev, e.Ino))
 	h.s.bmu.Lock()
 	h.forgetPicked(e.PID)
+	h.s.cgroups.Note(e.PID) // under bmu: a snapshot's pruning cannot fall between this and the builder's knowing the pid
 	h.s.builder.Proc(&e.Proc)
 	h.s.bmu.Unlock()
 	h.exeKeys[e.PID] = procmaps.KernelDevKey(e.Dev, e.Ino)
@@ -174,6 +176,9 @@ func (h *handler) Proc(p *event.Proc, sock *event.SocketStats, totals []loader.T
 	}
 	h.s.bmu.Lock()
 	defer h.s.bmu.Unlock()
+	if p.Kind == event.ProcFork {
+		h.s.cgroups.Inherit(p.PID, p.PPID) // a fork starts in its parent's cgroup
+	}
 	if sock != nil {
 		h.s.builder.Sockets(*sock)
 	}

@@ -47,5 +47,6 @@ func (s *Session) snapshot() *report.Report {
 	// the event reader needs.
 	rep := s.builder.Snapshot(&symbolizer{maps: s.maps}, meta)
 	addLiveTotals(rep, live)
+	s.labelContainers(rep, true)
 	return rep
 }

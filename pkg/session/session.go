@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/udstrace/udstrace/pkg/cgroupinfo"
 	"github.com/udstrace/udstrace/pkg/kstack"
 	"github.com/udstrace/udstrace/pkg/loader"
 	"github.com/udstrace/udstrace/pkg/procmaps"
@@ -98,7 +99,8 @@ type Session struct {
 	mu      sync.Mutex // guards roles and warnings, written from the launcher while events flow
 	bmu     sync.Mutex // guards the builder and samples: events and interval snapshots
 	samples map[sampleKey]*sampleSum
-	unwinds chan unwindJob // copied stacks for the unwinder goroutine
+	cgroups *cgroupinfo.Cache // processes' cgroups, read at exec or first sight (containers.go)
+	unwinds chan unwindJob    // copied stacks for the unwinder goroutine
 	done    chan error
 	cancel  context.CancelFunc
 	kstacks kernelStacks // handler goroutine: kernel stacks named (kernel.go)
@@ -152,7 +154,7 @@ func start(opts Options, filter bool) (*Session, error) {
 	opts.Log.Debug("BPF loaded", "took", time.Since(began))
 	s := &Session{
 		opts: opts, tracer: tr, maps: newTable(opts.Mode == "count"),
-		done: make(chan error, 1),
+		done: make(chan error, 1), cgroups: cgroupinfo.NewCache(),
 	}
 	s.stacks = newStackStore(s.maps)
 	s.tables = newTableLoader(s)
@@ -298,6 +300,7 @@ func (s *Session) finish() (*report.Report, error) {
 		s.warn("%s: %s: traced from its program headers; its symbols and debug information may be missing", path, why)
 	}
 	rep := s.builder.Finish(&symbolizer{maps: s.maps, final: true}, s.meta)
+	s.labelContainers(rep, false)
 	rep.Warnings = append(rep.Warnings, s.maps.Debuginfod.Warnings()...)
 	s.opts.Log.Debug("report built", "took", time.Since(began), "sites", len(rep.Sites))
 	return rep, nil
