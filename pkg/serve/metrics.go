@@ -44,10 +44,16 @@ var (
 	snapTime    = desc("snapshot_timestamp_seconds", "When the figures served were taken (Unix time).")
 	profBytes   = desc("profile_bytes", "Size of the last profiles cut, by profile (heap: cumulative pprof, interval: the last interval's pprof, otlp: its OTLP request).", "profile")
 	otlpExports = desc("otlp_exports_total", "OTLP profile exports, by result (ok, failed, dropped: the previous one still under way).", "result")
+	// --kernel: the kernel's own allocations in the traced tasks' context.
+	kernelAllocs = desc("kernel_allocations_total", "Kernel allocations made in the process's context (--kernel), by kind (kmalloc, kmem_cache_alloc, page).", append(procLabels, "kind")...)
+	kernelBytes  = desc("kernel_bytes_total", "Bytes of the kernel allocations made in the process's context (--kernel), by kind.", append(procLabels, "kind")...)
+	kernelOut    = desc("kernel_outstanding_bytes", "Bytes of those kernel allocations not freed yet, by anyone (--kernel), by kind.", append(procLabels, "kind")...)
+	kernelLeft   = desc("kernel_left_out_total", "Kernel allocations left out or incomplete (--kernel), by reason: interrupt (made in interrupt context while a traced task ran, never blamed on it), untracked (their free could not be watched), no_stack, lost (the ring had no room).", "reason")
 )
 
 var allDescs = []*prometheus.Desc{heapCalls, heapBytes, heapFailed, freeCalls, outBytes, outBlocks, anonCalls, anonBytes,
-	brkBytes, procsTraced, procsFolded, lost, tableFull, truncated, ringRecs, ringBytes, cpuSecs, peakRSS, snapTime, profBytes, otlpExports}
+	brkBytes, procsTraced, procsFolded, lost, tableFull, truncated, ringRecs, ringBytes, cpuSecs, peakRSS, snapTime, profBytes, otlpExports,
+	kernelAllocs, kernelBytes, kernelOut, kernelLeft}
 
 // collector serves the figures of the latest snapshot: every scrape between two intervals sees
 // the same consistent set.
@@ -91,7 +97,10 @@ type procFigures struct {
 	frees                          uint64
 	out                            [len(sources)]report.BlockCount
 	anonCalls, anonBytes, brkBytes uint64
+	kernel                         map[string]*kernelFigures // --kernel: by kind
 }
+
+type kernelFigures struct{ count, bytes, out uint64 }
 
 // sources are the outstanding memory's sources, by the kind of call that allocated it.
 var sources = [...]string{"heap", "mmap", "brk"}
@@ -154,6 +163,21 @@ func metricsOf(r *report.Report, profSizes map[string]int) []prometheus.Metric {
 		o.Count += s.OutstandingCount
 		o.Bytes += s.OutstandingBytes
 	}
+	for i := range r.KernelSites { // --kernel
+		s := &r.KernelSites[i]
+		f := figures(s.PID, s.Comm)
+		if f.kernel == nil {
+			f.kernel = map[string]*kernelFigures{}
+		}
+		k := f.kernel[s.Kind]
+		if k == nil {
+			k = &kernelFigures{}
+			f.kernel[s.Kind] = k
+		}
+		k.count += s.Count
+		k.bytes += s.Bytes
+		k.out += s.OutstandingBytes
+	}
 	var ms []prometheus.Metric
 	add := func(d *prometheus.Desc, t prometheus.ValueType, v float64, ls ...string) {
 		ms = append(ms, prometheus.MustNewConstMetric(d, t, v, ls...))
@@ -182,6 +206,23 @@ func metricsOf(r *report.Report, profSizes map[string]int) []prometheus.Metric {
 			add(anonBytes, prometheus.CounterValue, float64(f.anonBytes), f.labels...)
 			add(brkBytes, prometheus.CounterValue, float64(f.brkBytes), f.labels...)
 		}
+		kinds = kinds[:0]
+		for k := range f.kernel {
+			kinds = append(kinds, k)
+		}
+		slices.Sort(kinds)
+		for _, k := range kinds {
+			kf, kl := f.kernel[k], append(slices.Clone(f.labels), k)
+			add(kernelAllocs, prometheus.CounterValue, float64(kf.count), kl...)
+			add(kernelBytes, prometheus.CounterValue, float64(kf.bytes), kl...)
+			add(kernelOut, prometheus.GaugeValue, float64(kf.out), kl...)
+		}
+	}
+	if k := r.Kernel; k != nil {
+		add(kernelLeft, prometheus.CounterValue, float64(k.InterruptLeftOut), "interrupt")
+		add(kernelLeft, prometheus.CounterValue, float64(k.Untracked), "untracked")
+		add(kernelLeft, prometheus.CounterValue, float64(k.NoStack), "no_stack")
+		add(kernelLeft, prometheus.CounterValue, float64(k.Lost), "lost")
 	}
 	add(procsTraced, prometheus.GaugeValue, float64(len(r.Processes)))
 	add(procsFolded, prometheus.GaugeValue, float64(folded))

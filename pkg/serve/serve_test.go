@@ -241,3 +241,36 @@ func TestContainerLabels(t *testing.T) {
 		}
 	}
 }
+
+// TestKernelMetrics: --kernel's allocations are exposed per process and kind, summed over a
+// reused pid's sites, with what the kernel half left out by reason; without --kernel there are none.
+func TestKernelMetrics(t *testing.T) {
+	r := &report.Report{Mode: "full", Processes: []report.Process{{PID: 7, Comm: "srv"}},
+		KernelSites: []report.KernelSite{
+			{ID: 1, PID: 7, Comm: "srv", Kind: "kmalloc", Count: 200, Bytes: 204800, OutstandingBytes: 1024},
+			{ID: 2, PID: 7, Comm: "srv", Kind: "kmalloc", Count: 100, Bytes: 51200},
+			{ID: 3, PID: 7, Comm: "srv", Kind: "kmem_cache_alloc", Count: 300, Bytes: 69600},
+		},
+		Kernel: &report.KernelReport{Allocations: 600, InterruptLeftOut: 9, Untracked: 2},
+	}
+	got := gather(t, metricsOf(r, nil))
+	for kind, want := range map[string][3]float64{"kmalloc": {300, 256000, 1024}, "kmem_cache_alloc": {300, 69600, 0}} {
+		ls := map[string]string{"pid": "7", "comm": "srv", "kind": kind}
+		if v := find(t, got["udstrace_kernel_allocations_total"], ls); v != want[0] {
+			t.Errorf("%s allocations %v, want %v", kind, v, want[0])
+		}
+		if v := find(t, got["udstrace_kernel_bytes_total"], ls); v != want[1] {
+			t.Errorf("%s bytes %v, want %v", kind, v, want[1])
+		}
+		if v := find(t, got["udstrace_kernel_outstanding_bytes"], ls); v != want[2] {
+			t.Errorf("%s outstanding %v, want %v", kind, v, want[2])
+		}
+	}
+	if v := find(t, got["udstrace_kernel_left_out_total"], map[string]string{"reason": "interrupt"}); v != 9 {
+		t.Errorf("interrupt left out %v, want 9", v)
+	}
+	r.KernelSites, r.Kernel = nil, nil
+	if got := gather(t, metricsOf(r, nil)); len(got["udstrace_kernel_allocations_total"]) != 0 || len(got["udstrace_kernel_left_out_total"]) != 0 {
+		t.Error("kernel metrics exposed without --kernel")
+	}
+}
