@@ -7,8 +7,10 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/udstrace/udstrace/internal/testenv"
+	"github.com/udstrace/udstrace/pkg/report"
 )
 
 // TestAttachJemalloc: attached to running processes whose malloc is jemalloc's (preloaded, or
@@ -131,5 +133,60 @@ func TestVerifyAllocators(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTraceSeesRunningJemalloc: a system-wide trace started while programs already run on
+// jemalloc (preloaded, and linked) probes it at once: no mapping event will come for it. Their
+// calls made during the trace are counted exactly, and their allocator is named.
+func TestTraceSeesRunningJemalloc(t *testing.T) {
+	testenv.NeedRoot(t)
+	needFile(t, jemallocSO)
+	plain := buildPattern(t)
+	linked := testenv.CompileC(t, "patternje", serverSrc, "-ljemalloc")
+	pre := startPatternEnv(t, plain, "LD_PRELOAD="+jemallocSO)
+	lin := startPatternEnv(t, linked)
+	o := testOptions(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tracing := make(chan struct{})
+	o.OnTracing = func() { close(tracing) }
+	done := make(chan *report.Report, 1)
+	go func() {
+		rep, err := Trace(ctx, 0, o)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- rep
+	}()
+	select {
+	case <-tracing:
+	case <-done:
+		t.Fatal("trace ended before tracing")
+	}
+	pre.ask(t, "m 300") // 300 mallocs and their frees
+	lin.ask(t, "m 120")
+	time.Sleep(300 * time.Millisecond)
+	cancel()
+	rep := <-done
+	if rep == nil {
+		t.Fatal("no report")
+	}
+	v, _ := decodeView(t, rep)
+	for _, c := range []struct {
+		pid          int
+		malloc, free uint64
+	}{{pre.cmd.Process.Pid, 300, 300}, {lin.cmd.Process.Pid, 120, 120}} {
+		if got := calls(v, uint32(c.pid), "malloc"); got != c.malloc {
+			t.Errorf("pid %d: %d mallocs, want %d", c.pid, got, c.malloc)
+		}
+		if got := calls(v, uint32(c.pid), "free"); got != c.free {
+			t.Errorf("pid %d: %d frees, want %d", c.pid, got, c.free)
+		}
+	}
+	for _, p := range rep.Processes {
+		if p.PID == uint32(pre.cmd.Process.Pid) || p.PID == uint32(lin.cmd.Process.Pid) {
+			checkAllocator(t, p, "jemalloc", jemallocSO)
+		}
 	}
 }

@@ -271,7 +271,9 @@ func Trace(ctx context.Context, duration time.Duration, opts Options) (*report.R
 	for _, msg := range failed {
 		s.warn("%s", msg)
 	}
+	skip := map[string]bool{}
 	for _, l := range libcs {
+		skip[l.key] = true
 		m, err := s.maps.AddOpened(l.f, l.name, l.root)
 		if err == nil {
 			err = s.attachModule(m)
@@ -280,6 +282,7 @@ func Trace(ctx context.Context, duration time.Duration, opts Options) (*report.R
 			s.warn("cannot probe %s: %v", l.name, err)
 		}
 	}
+	s.attachRunningAllocators(skip) // jemalloc, tcmalloc, mimalloc mapped before the trace began
 	s.meta.Command = []string{"trace"}
 	s.waitFor(ctx, duration, func() bool { return false })
 	return s.finish()
