@@ -33,6 +33,8 @@ type Paths struct {
 	NoRandom     string // norandom PROGRAM [ARG...]: exec PROGRAM with address-space randomization off
 	Twins        string // twins [ROUNDS]: twin callers whose malloc entries share pc, sp and fp
 	TailCall     string // tailcall: mallocs under functions that left by tail calls (-O2 -g)
+	// The echo server and client built against musl ("": this build had no musl-gcc).
+	ServerMusl, ClientMusl string
 }
 
 // ErrMissing is returned by Extract when udstrace was built without the
@@ -52,6 +54,9 @@ func Extract(dir string) (Paths, error) {
 	var p Paths
 	for _, f := range p.files() {
 		data, err := binFS.ReadFile("bin/" + f.name)
+		if f.optional && err == nil && len(data) == 0 {
+			continue // built without its compiler: the path stays ""
+		}
 		if errors.Is(err, fs.ErrNotExist) || (err == nil && len(data) == 0) {
 			return Paths{}, fmt.Errorf("%w (bin/%s not embedded)", ErrMissing, f.name)
 		}
@@ -78,24 +83,27 @@ func Names() []string {
 }
 
 type file struct {
-	name string
-	dst  *string
+	name     string
+	dst      *string
+	optional bool // may be built empty (its compiler was missing)
 }
 
 func (p *Paths) files() []file {
 	return []file{
-		{"echo-server", &p.Server},
-		{"echo-client", &p.Client},
-		{"allocpattern", &p.AllocPattern},
-		{"chain", &p.Chain},
-		{"allocount.so", &p.Allocount},
-		{"threadalloc", &p.ThreadAlloc},
-		{"burst", &p.Burst},
-		{"dlctor", &p.DlCtor},
-		{"libdlctor.so", &p.DlCtorLib},
-		{"norandom", &p.NoRandom},
-		{"twins", &p.Twins},
-		{"tailcall", &p.TailCall},
+		{name: "echo-server", dst: &p.Server},
+		{name: "echo-client", dst: &p.Client},
+		{name: "allocpattern", dst: &p.AllocPattern},
+		{name: "chain", dst: &p.Chain},
+		{name: "allocount.so", dst: &p.Allocount},
+		{name: "threadalloc", dst: &p.ThreadAlloc},
+		{name: "burst", dst: &p.Burst},
+		{name: "dlctor", dst: &p.DlCtor},
+		{name: "libdlctor.so", dst: &p.DlCtorLib},
+		{name: "norandom", dst: &p.NoRandom},
+		{name: "twins", dst: &p.Twins},
+		{name: "tailcall", dst: &p.TailCall},
+		{name: "echo-server-musl", dst: &p.ServerMusl, optional: true},
+		{name: "echo-client-musl", dst: &p.ClientMusl, optional: true},
 	}
 }
 

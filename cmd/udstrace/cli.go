@@ -128,7 +128,7 @@ func (o *options) sessionOptions(command []string) session.Options {
 		level = slog.LevelDebug
 	}
 	sopts := session.Options{
-		Command: command, Workload: o.workload, Messages: o.messages, Size: o.size, User: o.user,
+		Command: command, Workload: o.workload, Messages: o.messages, Size: o.size, User: o.user, EchoLibc: o.echoLibc,
 		Stack: o.stack, StackBytes: uint32(o.stackBytes), RingBytes: uint32(o.ringBytes), TableSize: uint32(o.tableSize), UnwindRows: uint32(o.unwindRows), CacheDir: o.cache(), DetachLater: true,
 		Follow: o.follow, Debug: o.debug, Mode: o.mode, MinAge: o.minAge, MinSize: o.minSize,
 		Allocator: o.allocator, AllocatorPrefix: o.allocatorPrefix,
@@ -189,6 +189,8 @@ func write(w io.Writer, rep *report.Report, o options) error {
 func explain(err error) string {
 	msg := err.Error()
 	switch {
+	case errors.Is(err, session.ErrNoMuslEcho):
+		return msg + ": install musl-tools (apt-get install musl-tools) and rebuild udstrace (make)"
 	case errors.Is(err, session.ErrUnknownWorkload):
 		return msg + ": the only workload is echo (--workload echo)"
 	case errors.Is(err, session.ErrCommandNotFound):

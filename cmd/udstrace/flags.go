@@ -22,6 +22,7 @@ type options struct {
 	messages   int
 	size       int
 	user       string
+	echoLibc   string
 	format     string
 	output     string
 	mode       string
@@ -69,6 +70,7 @@ func addFlags(fs *pflag.FlagSet, o *options) {
 	fs.StringVar(&o.workload, "workload", "", "run: built-in workload to run and trace: echo")
 	fs.IntVar(&o.messages, "messages", 3, "echo: messages each client sends")
 	fs.IntVar(&o.size, "size", 0, "echo: bytes per message (0: the classic three strings)")
+	fs.StringVar(&o.echoLibc, "echo-libc", "glibc", "echo: the C library the workload's programs are built against: glibc or musl (built when musl-tools' musl-gcc was there)")
 	fs.StringVar(&o.user, "user", "nobody", "echo: run the workload as this unprivileged `USER`")
 	fs.BoolVar(&o.kernel, "kernel", false, "also trace the kernel's own allocations (slab, pages) in the traced tasks, with kernel stacks and frees paired across processes; on by default for the echo workload (--kernel=false turns it off); costs a tracepoint hit on every kernel allocation of the machine")
 	fs.StringVarP(&o.format, "format", "f", "text", "report format: "+strings.Join(formats, ", "))

@@ -87,6 +87,8 @@ func (o *options) validate(sub string, rest []string) string {
 		return bad("messages", o.messages)
 	case o.size < 0 || o.size > maxSize:
 		return bad("size", o.size)
+	case o.echoLibc != "glibc" && o.echoLibc != "musl":
+		return fmt.Sprintf("--echo-libc %q: use --echo-libc glibc or musl", o.echoLibc)
 	case o.user == "":
 		return "--user \"\": name the user to run the workload as (default nobody)"
 	case o.stackBytes < minStackBytes || o.stackBytes > maxStackBytes || !pow2(o.stackBytes):
@@ -159,6 +161,7 @@ var appliesTo = []struct {
 	{"messages", []string{"run"}, true, "run --workload echo"},
 	{"size", []string{"run"}, true, "run --workload echo"},
 	{"user", []string{"run"}, true, "run --workload echo"},
+	{"echo-libc", []string{"run"}, true, "run --workload echo"},
 	{"pid", []string{"attach", "trace", "top"}, false, "attach, trace and top"},
 	{"duration", []string{"attach", "trace", "top"}, false, "attach, trace and top (run ends when its command does)"},
 	{"sort", []string{"top"}, false, "top"},

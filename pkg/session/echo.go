@@ -3,6 +3,7 @@ package session
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -39,6 +40,9 @@ const testPanicEnv = "UDSTRACE_TEST_PANIC"
 // exec; only the socket's directory (work/, 0700) is the workload user's.
 // Directories of a udstrace that died before its janitor could act (the janitor itself was killed) are
 // removed by the next echo run.
+// ErrNoMuslEcho: this udstrace was built without musl-gcc, so it carries no musl echo programs.
+var ErrNoMuslEcho = errors.New("this udstrace was built without the musl echo programs")
+
 func runEcho(ctx context.Context, opts Options) (*report.Report, error) {
 	if opts.Messages <= 0 {
 		opts.Messages = 3
@@ -63,6 +67,16 @@ func runEcho(ctx context.Context, opts Options) (*report.Report, error) {
 	bins, err := workload.Extract(jan.Dir)
 	if err != nil {
 		return nil, err
+	}
+	switch opts.EchoLibc {
+	case "", "glibc":
+	case "musl":
+		if bins.ServerMusl == "" || bins.ClientMusl == "" {
+			return nil, ErrNoMuslEcho
+		}
+		bins.Server, bins.Client = bins.ServerMusl, bins.ClientMusl
+	default:
+		return nil, fmt.Errorf("choosing the echo workload's C library: %q is not glibc or musl", opts.EchoLibc)
 	}
 	server, err := launch.Pin(bins.Server)
 	if err != nil {

@@ -34,9 +34,14 @@ func startKernelOracle(t *testing.T, comms ...string) *kernelOracle {
 	for _, c := range comms {
 		conds = append(conds, fmt.Sprintf("comm == %q", c))
 	}
-	prog := `BEGIN { printf("ready\n"); }
+	return startBpftrace(t, `BEGIN { printf("ready\n"); }
 tracepoint:kmem:kmalloc, tracepoint:kmem:kmem_cache_alloc, tracepoint:kmem:mm_page_alloc
-/` + strings.Join(conds, " || ") + `/ { @[pid, kstack(64)] = count(); }`
+/`+strings.Join(conds, " || ")+`/ { @[pid, kstack(64)] = count(); }`)
+}
+
+// startBpftrace starts bpftrace running prog (whose BEGIN prints "ready") and waits for it.
+func startBpftrace(t *testing.T, prog string) *kernelOracle {
+	t.Helper()
 	script := `mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null; ulimit -l unlimited; exec bpftrace -e "$0"`
 	cmd := exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c", script, prog)
 	pipe, err := cmd.StdoutPipe()

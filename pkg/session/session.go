@@ -32,6 +32,7 @@ type Options struct {
 	Kernel      string   // KernelOn, KernelOff, or KernelDefault (on for the echo workload)
 	Size        int      // echo: bytes per message (0: the classic three strings)
 	User        string   // echo: run the workload as this user (default "nobody"; "root" to keep root)
+	EchoLibc    string   // echo: the C library its programs are built against: "glibc" (default) or "musl"
 	Stack       string   // "auto" or "table" (in-kernel CFI), "cfi" (copied, unwound here) or "fp"
 	StackBytes  uint32   // bytes of user stack copied per event (cfi, and the fallback)
 	RingBytes   uint32
