@@ -22,7 +22,8 @@ import (
 	"github.com/udstrace/udstrace/internal/testenv"
 )
 
-// holdC allocates argv[1] blocks of 1000+i bytes (i from 0), after argv[2] ms if given, says
+// holdC allocates argv[1] blocks of 1000+i bytes (i from 0), after argv[2] ms if given (argv[2]
+// "-": once a byte arrives on stdin), says
 // "ready" on stdout with write(2) (no stdio: its buffer would be one more block) and holds them
 // until killed.
 const holdC = `#include <stdlib.h>
@@ -30,7 +31,10 @@ const holdC = `#include <stdlib.h>
 static void *volatile keep[100000];
 int main(int argc, char **argv) {
 	long n = atol(argv[1]);
-	if (argc > 2)
+	char go;
+	if (argc > 2 && argv[2][0] == '-')
+		(void)!read(0, &go, 1);
+	else if (argc > 2)
 		usleep(atol(argv[2]) * 1000);
 	for (long i = 0; i < n; i++)
 		keep[i] = malloc(1000 + i);
