@@ -1,14 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,10 +18,34 @@ import (
 	"github.com/udstrace/udstrace/internal/testenv"
 )
 
-// startCollector builds the tests' OpenTelemetry Collector (testdata/otelcol: the collector's
-// OTLP receiver with profiles, writing what it receives as OTLP JSON lines) and runs it on a free
-// 127.0.0.1 port; it returns its endpoint and the file it writes.
-func startCollector(t *testing.T) (endpoint, out string) {
+// collectorConfig is the test collector's configuration: OTLP/HTTP in on %[1]s, contrib's file
+// exporter out to %[2]s as JSON lines, one profiles pipeline between them; the collector's own
+// telemetry is off so that it listens on no port of its own.
+const collectorConfig = `receivers:
+  otlp:
+    protocols:
+      http:
+        endpoint: %[1]s
+exporters:
+  file:
+    path: %[2]s
+    format: json
+service:
+  telemetry:
+    metrics:
+      level: none
+  pipelines:
+    profiles:
+      receivers: [otlp]
+      exporters: [file]
+`
+
+// startCollector builds the tests' OpenTelemetry Collector (testdata/otelcol: a real collector
+// with the OTLP receiver and contrib's file exporter), runs it with profiles enabled by its
+// feature gate on a free 127.0.0.1 port, and waits until it accepts connections; it returns its
+// endpoint, the file its file exporter writes, and a stop that shuts it down gracefully (the
+// file exporter flushes its buffer then).
+func startCollector(t *testing.T) (endpoint, out string, stop func()) {
 	t.Helper()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "otelcol")
@@ -31,21 +56,49 @@ func startCollector(t *testing.T) (endpoint, out string) {
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	out = filepath.Join(dir, "profiles.jsonl")
-	cmd := exec.Command(bin, "-http", addr, "-out", out)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
+	cfg := filepath.Join(dir, "otelcol.yaml")
+	if err := os.WriteFile(cfg, fmt.Appendf(nil, collectorConfig, addr, out), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	cmd := exec.Command(bin, "--config", "file:"+cfg, "--feature-gates", "service.profilesSupport")
 	logs := &strings.Builder{}
-	cmd.Stderr = logs
+	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	if line, _ := bufio.NewReader(stdout).ReadString('\n'); !strings.HasPrefix(line, "listening") {
-		t.Fatalf("the collector said %q:\n%s", line, logs)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(time.Minute):
+			cmd.Process.Kill()
+			<-exited
+		}
 	}
-	return "http://" + addr, out
+	t.Cleanup(stop)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case err := <-exited:
+			stopped = true
+			t.Fatalf("the collector exited (%v):\n%s", err, logs)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the collector does not listen on %s:\n%s", addr, logs)
+		}
+	}
+	return "http://" + addr, out, stop
 }
 
 // otlpFigures are one process's totals in one OTLP request, by sample type.
@@ -54,7 +107,9 @@ type otlpFigures struct {
 	values map[string]int64
 }
 
-// readOTLP reads the collector's file: per request, the figures of the resource with process.pid pid.
+// readOTLP reads the file exporter's output (one OTLP JSON object per line, a request each): per
+// request, the figures of the resource with process.pid pid. A last line without its newline is
+// still being written and is left for the next read.
 func readOTLP(t *testing.T, path string, pid int) []otlpFigures {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -62,7 +117,12 @@ func readOTLP(t *testing.T, path string, pid int) []otlpFigures {
 		return nil
 	}
 	var out []otlpFigures
-	for _, line := range bytes.Split(bytes.TrimSpace(b), []byte("\n")) {
+	if i := bytes.LastIndexByte(b, '\n'); i >= 0 {
+		b = b[:i]
+	} else {
+		b = nil
+	}
+	for _, line := range bytes.Split(b, []byte("\n")) {
 		if len(line) == 0 {
 			continue
 		}
@@ -94,13 +154,14 @@ func readOTLP(t *testing.T, path string, pid int) []otlpFigures {
 }
 
 // TestOTLPExport: udstrace --otlp-endpoint posts each interval's profile to a real
-// OpenTelemetry Collector receiver; the held program's resource carries its pid, executable
-// name and host name; its inuse_space in the last request is the outstanding bytes of the JSON
+// OpenTelemetry Collector (OTLP receiver to file exporter, in a profiles pipeline); what the file
+// exporter wrote is checked: the held program's resource carries its pid, executable name and
+// host name; its inuse_space in the last request is the outstanding bytes of the JSON
 // report udstrace writes when it stops, and its alloc_objects and alloc_space over all the
 // requests (the intervals) add up to that report's allocations and allocated bytes.
 func TestOTLPExport(t *testing.T) {
 	testenv.NeedRoot(t)
-	endpoint, out := startCollector(t)
+	endpoint, out, stopCollector := startCollector(t)
 	s := startServed(t, nil, "--otlp-endpoint", endpoint)
 	var got []otlpFigures
 	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
@@ -110,6 +171,7 @@ func TestOTLPExport(t *testing.T) {
 		}
 	}
 	logs := s.stop()
+	stopCollector()               // its file exporter flushes what it still buffers
 	got = readOTLP(t, out, s.pid) // what came before udstrace stopped
 	if len(got) < 2 {
 		t.Fatalf("%d OTLP requests about udshold reached the collector:\n%s", len(got), logs)
