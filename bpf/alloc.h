@@ -42,8 +42,8 @@ int alloc_enter(struct pt_regs *ctx)
 	u64 a = ctx->di, b = ctx->si, c = ctx->dx;
 	struct call_state st = { .sp = sp, .kind = kind, .depth = 1, .entry_ip = ctx->ip };
 	st.size = call_size(kind, a, b, c);
-	if (is_realloc_kind(kind) || is_free_kind(kind))
-		st.old_addr = a; /* a free kind's block */
+	if (is_realloc_kind(kind) || is_free_kind(kind) || kind == K_XALLOCX)
+		st.old_addr = a; /* a free kind's block; the block xallocx resizes */
 	if (kind == K_POSIX_MEMALIGN)
 		st.memptr = a;
 	*cur = st;
@@ -83,7 +83,8 @@ static __noinline bool sample_return(u64 pid_tgid, struct call_state *st, u64 re
 	u32 tgid = pid_tgid >> 32;
 	bool realloc_kind = is_realloc_kind(st->kind);
 	bool frees = (st->kind == K_REALLOC || st->kind == K_REALLOCARRAY) && st->old_addr && st->size == 0;
-	bool failed = st->kind == K_POSIX_MEMALIGN ? (int)ret != 0 : (!ret && !frees);
+	bool xalloc = st->kind == K_XALLOCX; /* returns a size: the block grew in place if it is enough */
+	bool failed = st->kind == K_POSIX_MEMALIGN ? (int)ret != 0 : xalloc ? ret < st->size : (!ret && !frees);
 	bool pick = sampled(tgid, st->kind, st->size);
 	if (frees)
 		count_total(tgid, K_NONE, 0); /* realloc(p, 0): a free, but not a call of free (kind slot 0) */
@@ -92,7 +93,7 @@ static __noinline bool sample_return(u64 pid_tgid, struct call_state *st, u64 re
 		emit_forgotten(pid_tgid, st->old_addr);
 	if (!pick || failed || frees)
 		return pick; /* a picked failure or free is still reported, with its weight */
-	u64 addr = ret;
+	u64 addr = xalloc ? st->old_addr : ret;
 	if (st->kind == K_POSIX_MEMALIGN)
 		bpf_probe_read_user(&addr, sizeof(addr), (void *)st->memptr);
 	if (addr && !remember_sampled(tgid, addr))
@@ -156,6 +157,12 @@ int alloc_return(struct pt_regs *ctx)
 		if ((int)ret == 0)
 			bpf_probe_read_user(&hdr->a.addr, sizeof(hdr->a.addr), (void *)st.memptr);
 		else
+			hdr->a.flags |= F_FAILED;
+	} else if (st.kind == K_XALLOCX) {
+		/* In place or not at all: the block keeps its address, resized when the size returned
+		 * reaches the size asked. */
+		hdr->a.addr = ret >= st.size ? st.old_addr : 0;
+		if (ret < st.size)
 			hdr->a.flags |= F_FAILED;
 	} else {
 		hdr->a.addr = ret;

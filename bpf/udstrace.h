@@ -23,6 +23,7 @@ enum kind {
 	K_MALLOCX, K_RALLOCX, K_DALLOCX, K_SDALLOCX,
 	K_NEW, K_NEW_ARRAY, K_DELETE, K_DELETE_ARRAY,
 	K_MI_ZALLOC, K_MI_MALLOCN, K_MI_REALLOCN, K_MI_MALLOC_ALIGNED, K_MI_ZALLOC_ALIGNED, K_MI_REALLOC_ALIGNED,
+	K_XALLOCX, /* jemalloc's resize in place: returns the size it has, never moves the block */
 };
 
 /* is_realloc_kind: the call takes an old block (first argument) and may move it. */
@@ -48,6 +49,7 @@ static __always_inline u64 call_size(u8 kind, u64 a, u64 b, u64 c)
 		return a * b;
 	case K_REALLOC:
 	case K_RALLOCX:
+	case K_XALLOCX:
 	case K_MI_REALLOC_ALIGNED:
 	case K_ALIGNED_ALLOC:
 	case K_MEMALIGN:
@@ -222,7 +224,7 @@ struct count_val {
 	u64 bytes;
 };
 
-#define HEAP_KINDS (K_MI_REALLOC_ALIGNED + 1) /* the syscall kinds' slots among them stay empty */
+#define HEAP_KINDS (K_XALLOCX + 1) /* the syscall kinds' slots among them stay empty */
 
 struct proc_event {
 	u8 type;

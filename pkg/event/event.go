@@ -36,6 +36,7 @@ const (
 	MiMallocAligned
 	MiZallocAligned
 	MiReallocAligned
+	Xallocx // jemalloc's resize in place (never moves the block)
 	kindCount
 )
 
@@ -51,7 +52,7 @@ var kindNames = [...]string{
 	OperatorNew: "operator new", OperatorNewArray: "operator new[]",
 	OperatorDelete: "operator delete", OperatorDeleteArray: "operator delete[]",
 	MiZalloc: "mi_zalloc", MiMallocn: "mi_mallocn", MiReallocn: "mi_reallocn",
-	MiMallocAligned: "mi_malloc_aligned", MiZallocAligned: "mi_zalloc_aligned", MiReallocAligned: "mi_realloc_aligned",
+	MiMallocAligned: "mi_malloc_aligned", MiZallocAligned: "mi_zalloc_aligned", MiReallocAligned: "mi_realloc_aligned", Xallocx: "xallocx",
 }
 
 func (k Kind) String() string {
@@ -81,7 +82,7 @@ func (k Kind) IsFree() bool {
 
 // IsRealloc reports whether k resizes an old block (its first argument), perhaps moving it.
 func (k Kind) IsRealloc() bool {
-	return k == Realloc || k == ReallocArray || k == Rallocx || k == MiReallocn || k == MiReallocAligned
+	return k == Realloc || k == ReallocArray || k == Rallocx || k == MiReallocn || k == MiReallocAligned || k == Xallocx
 }
 
 // IsAlloc reports whether k allocates a new block (not a resize, not a free).

@@ -19,7 +19,7 @@ import (
 var allocatorNames = []string{
 	"malloc", "calloc", "realloc", "reallocarray", "posix_memalign",
 	"memalign", "aligned_alloc", "valloc", "pvalloc", "free",
-	"mallocx", "rallocx", "dallocx", "sdallocx",
+	"mallocx", "rallocx", "xallocx", "dallocx", "sdallocx",
 	"mi_zalloc", "mi_mallocn", "mi_reallocn", "mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned",
 }
 

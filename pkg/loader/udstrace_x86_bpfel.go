@@ -166,7 +166,7 @@ type udstraceProcEvent struct {
 	Dev      uint32
 	Mod      uint32
 	Sock     udstraceSockStats
-	Totals   [29]udstraceCountVal
+	Totals   [30]udstraceCountVal
 	Comm     [16]int8
 	Name     [256]int8
 }

@@ -168,7 +168,8 @@ int main(int argc, char **argv) {
 		sink = p;
 		p = rallocx(p, 5000, 0);
 		sink = p;
-		sdallocx(p, 5000, 0);
+		size_t u = xallocx(p, 6000, 0, 0); /* in place, or not at all (then u < 6000) */
+		sdallocx(p, u >= 6000 ? 6000 : 5000, 0);
 		void *q = mallocx(64, MALLOCX_ALIGN(64));
 		sink = q;
 		dallocx(q, 0);
@@ -204,7 +205,7 @@ int main(int argc, char **argv) {
 }
 `
 
-// TestAllocatorEntryPoints: jemalloc's mallocx/rallocx/sdallocx/dallocx and mimalloc's mi_*
+// TestAllocatorEntryPoints: jemalloc's mallocx/rallocx/xallocx/sdallocx/dallocx and mimalloc's mi_*
 // called directly are reported under their own kinds, exactly as the program calls them, and
 // their frees pair with their allocations (mimalloc's mi_free is its free).
 func TestAllocatorEntryPoints(t *testing.T) {
@@ -217,7 +218,7 @@ func TestAllocatorEntryPoints(t *testing.T) {
 		want           map[string][2]uint64
 	}{
 		{"jemalloc", jeSrc, "-ljemalloc", map[string][2]uint64{
-			"mallocx": {2 * n, 164 * n}, "rallocx": {n, 5000 * n}, "sdallocx": {n, 0}, "dallocx": {n, 0}}},
+			"mallocx": {2 * n, 164 * n}, "rallocx": {n, 5000 * n}, "xallocx": {n, 6000 * n}, "sdallocx": {n, 0}, "dallocx": {n, 0}}},
 		{"mimalloc", miSrc, "-lmimalloc", map[string][2]uint64{
 			"mi_zalloc": {n, 100 * n}, "mi_mallocn": {n, 100 * n}, "mi_reallocn": {n, 800 * n},
 			"mi_malloc_aligned": {n, 256 * n}, "mi_realloc_aligned": {n, 1000 * n}, "mi_zalloc_aligned": {n, 128 * n}}},
