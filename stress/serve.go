@@ -109,25 +109,7 @@ scrape:
 		res.fail("only %d RSS samples, %d interval profiles", len(rss), len(sizes))
 		return res
 	}
-	peak := int64(0)
-	for _, v := range rss {
-		peak = max(peak, v)
-	}
-	q := len(rss) / 4
-	q2, q4 := mean(rss[q:2*q]), mean(rss[len(rss)-q:])
-	res.note("VmRSS: start %s, peak %s, end %s; mean of 2nd quarter %s, of last quarter %s (growth %.0f%%); %d samples",
-		mib(rss[0]), mib(peak), mib(rss[len(rss)-1]), mib(int64(q2)), mib(int64(q4)), 100*(q4/q2-1), len(rss))
-	var tl []string
-	for i := 0; i < len(rss); i += max(1, len(rss)/12) {
-		tl = append(tl, fmt.Sprintf("%ds:%.0f", i, float64(rss[i])/1024))
-	}
-	res.note("VmRSS timeline (s since start: MiB): %s", strings.Join(tl, " "))
-	if peak > soakRSSLimitKB {
-		res.fail("peak VmRSS %s over the %s bound", mib(peak), mib(soakRSSLimitKB))
-	}
-	if q4 > 1.5*q2 {
-		res.fail("VmRSS still growing in the second half: last quarter %s vs second quarter %s", mib(int64(q4)), mib(int64(q2)))
-	}
+	judgeRSS(res, rss)
 	sq := len(sizes) / 4
 	s2, s4 := mean(sizes[sq:2*sq]), mean(sizes[len(sizes)-sq:])
 	smax := int64(0)

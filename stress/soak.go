@@ -65,25 +65,7 @@ echo "soak: $n iterations"; : > %s`, secs, ap, done)
 		res.fail("only %d RSS samples", len(rss))
 		return res
 	}
-	peak := int64(0)
-	for _, v := range rss {
-		peak = max(peak, v)
-	}
-	q := len(rss) / 4
-	q2, q4 := mean(rss[q:2*q]), mean(rss[len(rss)-q:])
-	res.note("VmRSS: start %s, peak %s, end %s; mean of 2nd quarter %s, of last quarter %s (growth %.0f%%); %d samples",
-		mib(rss[0]), mib(peak), mib(rss[len(rss)-1]), mib(int64(q2)), mib(int64(q4)), 100*(q4/q2-1), len(rss))
-	var tl []string
-	for i := 0; i < len(rss); i += max(1, len(rss)/12) {
-		tl = append(tl, fmt.Sprintf("%ds:%.0f", i, float64(rss[i])/1024))
-	}
-	res.note("VmRSS timeline (s since start: MiB): %s", strings.Join(tl, " "))
-	if peak > soakRSSLimitKB {
-		res.fail("peak VmRSS %s over the %s bound", mib(peak), mib(soakRSSLimitKB))
-	}
-	if q4 > 1.5*q2 {
-		res.fail("VmRSS still growing in the second half: last quarter %s vs second quarter %s", mib(int64(q4)), mib(int64(q2)))
-	}
+	judgeRSS(res, rss)
 	if rep, err := readReport(out); err == nil {
 		res.note("report: %d processes, lost_events %d, %d warnings", len(rep.Processes), rep.LostEvents, len(rep.Warnings))
 		if fi, err := os.Stat(out); err == nil {
@@ -107,3 +89,27 @@ func mean(v []int64) float64 {
 }
 
 func mib(kb int64) string { return fmt.Sprintf("%.1f MiB", float64(kb)/1024) }
+
+// judgeRSS notes udstrace's VmRSS over a soak (start, peak, end, the second and last quarters'
+// means, a timeline) and fails res when it peaks over the bound or still grows in the second half.
+func judgeRSS(res *result, rss []int64) {
+	peak := int64(0)
+	for _, v := range rss {
+		peak = max(peak, v)
+	}
+	q := len(rss) / 4
+	q2, q4 := mean(rss[q:2*q]), mean(rss[len(rss)-q:])
+	res.note("VmRSS: start %s, peak %s, end %s; mean of 2nd quarter %s, of last quarter %s (growth %.0f%%); %d samples",
+		mib(rss[0]), mib(peak), mib(rss[len(rss)-1]), mib(int64(q2)), mib(int64(q4)), 100*(q4/q2-1), len(rss))
+	var tl []string
+	for i := 0; i < len(rss); i += max(1, len(rss)/12) {
+		tl = append(tl, fmt.Sprintf("%ds:%.0f", i, float64(rss[i])/1024))
+	}
+	res.note("VmRSS timeline (s since start: MiB): %s", strings.Join(tl, " "))
+	if peak > soakRSSLimitKB {
+		res.fail("peak VmRSS %s over the %s bound", mib(peak), mib(soakRSSLimitKB))
+	}
+	if q4 > 1.5*q2 {
+		res.fail("VmRSS still growing in the second half: last quarter %s vs second quarter %s", mib(int64(q4)), mib(int64(q2)))
+	}
+}

@@ -84,15 +84,20 @@ func (r *Report) WriteFolded(w io.Writer, o FoldedOptions) error {
 var ErrNotTraced = errors.New("count mode traces no frees, so nothing is outstanding")
 
 func (s *Site) weight(w Weight) uint64 {
+	return w.of(s.Count, s.Bytes, s.OutstandingCount, s.OutstandingBytes)
+}
+
+// of picks the weight's figure among a site's four.
+func (w Weight) of(count, bytes, outCount, outBytes uint64) uint64 {
 	switch w {
 	case WeightCount:
-		return s.Count
+		return count
 	case WeightOutstandingBytes:
-		return s.OutstandingBytes
+		return outBytes
 	case WeightOutstandingCount:
-		return s.OutstandingCount
+		return outCount
 	}
-	return s.Bytes
+	return bytes
 }
 
 // processFrame names a process as a root frame; pid 0 stands for folded processes.

@@ -29,15 +29,7 @@ func kernelRoot(s *KernelSite) string {
 }
 
 func (s *KernelSite) weight(w Weight) uint64 {
-	switch w {
-	case WeightCount:
-		return s.Count
-	case WeightOutstandingBytes:
-		return s.OutstandingBytes
-	case WeightOutstandingCount:
-		return s.OutstandingCount
-	}
-	return s.Bytes
+	return w.of(s.Count, s.Bytes, s.OutstandingCount, s.OutstandingBytes)
 }
 
 // kernelPart is a share of a kernel site: the calls and bytes of one user stack (nil: the
