@@ -45,6 +45,9 @@ type Kallsyms struct {
 	syms   []ksym
 	loaded bool
 	err    error
+	// unknown are addresses a reload did not name either (a BPF program's, with its symbols
+	// not exposed): they do not cost another 40 ms reload each time a stack shows them.
+	unknown map[uint64]bool
 }
 
 var kernelSyms = &Kallsyms{path: "/proc/kallsyms"}
@@ -131,10 +134,15 @@ func (k *Kallsyms) Frames(addrs []uint64) ([]KernelFrame, error) {
 	reloaded := false
 	for i, a := range addrs {
 		f, ok := k.lookup(a)
-		if !ok && !reloaded && a >= moduleSpace { // a module or BPF program loaded since
+		if !ok && !reloaded && a >= moduleSpace && !k.unknown[a] { // a module or BPF program loaded since
 			reloaded = true
 			k.load()
-			f, _ = k.lookup(a)
+			if f, ok = k.lookup(a); !ok {
+				if k.unknown == nil {
+					k.unknown = map[uint64]bool{}
+				}
+				k.unknown[a] = true
+			}
 		}
 		out[i] = f
 	}
