@@ -87,7 +87,7 @@ func (e *env) interposeWith(ctx context.Context, so string, pairs int) (sample, 
 	if so != "" {
 		preload += ":" + so
 	}
-	out, _, err := e.runChild(ctx, e.tmp, []string{"LD_PRELOAD=" + preload, "ALLOCOUNT_DIR=" + dir}, append([]string{e.bench}, e.args(pairs)...)...)
+	out, _, err := e.runChild(ctx, e.tmp, []string{"LD_PRELOAD=" + preload, "ALLOCOUNT_DIR=" + dir}, append([]string{e.bench}, e.args(pairs)...)...) // the counter first, then the allocator
 	if err != nil {
 		return s, err
 	}
@@ -101,7 +101,7 @@ func (e *env) interposeWith(ctx context.Context, so string, pairs int) (sample, 
 	if files != 1 {
 		return s, fmt.Errorf("allocount: want 1 count file, found %d", files)
 	}
-	s.malloc, s.free = counts["malloc"][0], counts["free"][0]
+	s.malloc, s.free, s.null = counts["malloc"][0], counts["free"][0], counts["free"][1]
 	return s, nil
 }
 

@@ -195,28 +195,7 @@ func (e *env) runUntraced(ctx context.Context, pairs int) (sample, error) {
 
 // runInterposer runs allocbench under allocount.so and reads its counts.
 func (e *env) runInterposer(ctx context.Context, pairs int) (sample, error) {
-	s := newSample()
-	dir, err := os.MkdirTemp(e.tmp, "allocount-")
-	if err != nil {
-		return s, err
-	}
-	defer os.RemoveAll(dir)
-	out, _, err := e.runChild(ctx, e.tmp, e.allocountEnv(dir), append([]string{e.bench}, e.args(pairs)...)...)
-	if err != nil {
-		return s, err
-	}
-	if _, err := parseBench(out, &s); err != nil {
-		return s, err
-	}
-	counts, files, err := readAllocount(dir)
-	if err != nil {
-		return s, err
-	}
-	if files != 1 {
-		return s, fmt.Errorf("allocount: want 1 count file, found %d", files)
-	}
-	s.malloc, s.free, s.null = counts["malloc"][0], counts["free"][0], counts["free"][1]
-	return s, nil
+	return e.interposeWith(ctx, "", pairs)
 }
 
 func (e *env) allocountEnv(dir string) []string {
